@@ -1,0 +1,276 @@
+"""The `sealserve` command: parses arguments, wires the parts, prints errors.
+
+Flags of the file commands mirror `gramine-sgx-pf-crypt` (`-w`, `-i`, `-o`, `-V`) so that a
+user of the seed can swap the command. Every error a user can cause is one line on stderr and
+a non-zero exit; `--debug` shows the traceback. Nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from sealserve import __version__
+from sealserve.errors import InvalidArgument, NotFound, SealserveError
+
+log = logging.getLogger("sealserve")
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="sealserve: %(levelname)s: %(message)s",
+    )
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        args.run(args)
+    except SealserveError as exc:
+        return _fail(args, str(exc))
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(args, f"{exc.strerror or exc}{where}")
+    except KeyboardInterrupt:
+        print("sealserve: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so in one line unless debugging
+        if args.debug:
+            raise
+        print(f"sealserve: internal error: {type(exc).__name__}: {exc} "
+              "(run with --debug for details)", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    if args.debug:
+        log.exception("traceback")
+    print(f"sealserve: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sealserve",
+        description="Confidential TensorFlow Serving: encrypted SavedModels, decrypted in "
+        "memory only, served through TF Serving's REST and gRPC APIs.",
+    )
+    parser.add_argument("--version", action="version", version=f"sealserve {__version__}")
+    parser.add_argument("--debug", action="store_true", help="log details and show tracebacks")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    keygen = commands.add_parser("keygen", help="generate a 16-byte wrap key (mode 0600)")
+    keygen.add_argument("-w", "--wrap-key", required=True, metavar="PATH", help="key file to write")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    keygen.set_defaults(run=_keygen)
+
+    encrypt = commands.add_parser(
+        "encrypt", help="encrypt a file or a whole model directory into Gramine protected files"
+    )
+    _add_io(encrypt, "plaintext file or directory", "output path, bound into every file")
+    encrypt.add_argument("--format-version", type=int, choices=(1, 2), default=2,
+                         help="2 for Gramine >= 1.9 (default), 1 for Gramine <= 1.8")
+    encrypt.set_defaults(run=_encrypt)
+
+    decrypt = commands.add_parser("decrypt", help="decrypt a protected file or model tree")
+    _add_io(decrypt, "protected file or tree", "plaintext output (mode 0600)")
+    decrypt.add_argument(
+        "-V", "--verify-path", nargs="?", const="", default=None, metavar="PATH",
+        help="check the path bound into the file(s): PATH, or the -i path when PATH is omitted "
+        "(as gramine-sgx-pf-crypt -V)",
+    )
+    decrypt.set_defaults(run=_decrypt)
+
+    rekey = commands.add_parser(
+        "rekey", help="rotate the wrap key (rewrites only each file's metadata node)",
+        description="Rotate the wrap key. Only the metadata node each file's wrap key protects "
+        "is rewritten, so this takes milliseconds; the per-node keys stay, so someone who had "
+        "the old key and a copy of the files can still read them: use --reencrypt for that.",
+    )
+    rekey.add_argument("-w", "--wrap-key", required=True, metavar="OLD_KEY", help="current key")
+    rekey.add_argument("--new-key", required=True, metavar="NEW_KEY", help="new key file")
+    rekey.add_argument("-i", "--input", required=True, metavar="IN", help="protected file or tree")
+    rekey.add_argument("-o", "--output", required=True, metavar="OUT",
+                       help="output path (for a file, the input itself rekeys it in place)")
+    rekey.add_argument("--reencrypt", action="store_true",
+                       help="re-encrypt every node with fresh keys instead")
+    rekey.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rekey.set_defaults(run=_rekey)
+
+    verify = commands.add_parser("verify", help="check a whole encrypted model tree")
+    verify.add_argument("-w", "--wrap-key", required=True, metavar="KEY")
+    verify.add_argument("path", metavar="DIR", help="protected model tree (or a single file)")
+    verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(run=_verify)
+
+    models = commands.add_parser("models", help="generate test and demo models")
+    model_commands = models.add_subparsers(title="model commands", metavar="COMMAND")
+    make = model_commands.add_parser("make", help="write a generated SavedModel")
+    make.add_argument("name", choices=_model_names(), help="which model")
+    make.add_argument("directory", metavar="DIR", help="SavedModel directory to create")
+    make.set_defaults(run=_models_make)
+    return parser
+
+
+def _add_io(parser: argparse.ArgumentParser, input_help: str, output_help: str) -> None:
+    parser.add_argument("-w", "--wrap-key", required=True, metavar="KEY", help="wrap key file")
+    parser.add_argument("-i", "--input", required=True, metavar="IN", help=input_help)
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help=output_help)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _model_names() -> list[str]:
+    from sealserve.tools.models import MODEL_NAMES
+
+    return list(MODEL_NAMES)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _keygen(args: argparse.Namespace) -> None:
+    from sealserve.keyfile import generate_wrap_key_file
+
+    generate_wrap_key_file(args.wrap_key, force=args.force)
+    print(f"wrote a new wrap key to {args.wrap_key} (mode 0600)")
+
+
+def _encrypt(args: argparse.Namespace) -> None:
+    from sealserve import model_tree
+    from sealserve.keyfile import read_wrap_key
+
+    key = read_wrap_key(args.wrap_key)
+    source = _existing(args.input)
+    if source.is_dir():
+        with _progress(args, _tree_size(source), "encrypt") as progress:
+            manifest = model_tree.encrypt_tree(source, args.output, key,
+                                               version=args.format_version, progress=progress)
+        print(f"encrypted {len(manifest.files)} files ({manifest.total_size} bytes) into "
+              f"{args.output}, model id {manifest.model_id}")
+        print(f"(Gramine's encrypted files must be mounted at this exact path: "
+              f"\"{manifest.bound_root}\")")
+    else:
+        with _progress(args, source.stat().st_size, "encrypt") as progress:
+            bound = model_tree.encrypt_file(source, args.output, key,
+                                            version=args.format_version, progress=progress)
+        print(f"encrypted {source} into {args.output}")
+        print(f"(Gramine's encrypted files must contain this exact path: "
+              f"\"{bound.decode('utf-8', 'backslashreplace')}\")")
+
+
+def _decrypt(args: argparse.Namespace) -> None:
+    from sealserve import model_tree
+    from sealserve.keyfile import read_wrap_key
+
+    key = read_wrap_key(args.wrap_key)
+    source = _existing(args.input)
+    expected = None
+    if args.verify_path is not None:
+        expected = args.verify_path or args.input
+    if source.is_dir():
+        tree = model_tree.ProtectedTree(source, key)
+        with _progress(args, tree.manifest.total_size, "decrypt") as progress:
+            manifest = model_tree.decrypt_tree(tree, args.output, expected_root=expected,
+                                               progress=progress)
+        print(f"decrypted {len(manifest.files)} files ({manifest.total_size} bytes) of model "
+              f"{manifest.model_id} into {args.output}")
+    else:
+        with _progress(args, source.stat().st_size, "decrypt") as progress:
+            reader = model_tree.decrypt_file(source, args.output, key,
+                                             expected_path=expected, progress=progress)
+        print(f"decrypted {source} ({reader.size} bytes, format version {reader.version}) "
+              f"into {args.output}")
+
+
+def _rekey(args: argparse.Namespace) -> None:
+    from sealserve import model_tree
+    from sealserve.keyfile import read_wrap_key
+
+    old_key = read_wrap_key(args.wrap_key)
+    new_key = read_wrap_key(args.new_key)
+    source = _existing(args.input)
+    how = "re-encrypted" if args.reencrypt else "rekeyed"
+    if source.is_dir():
+        tree = model_tree.ProtectedTree(source, old_key)
+        with _progress(args, tree.manifest.total_size, "rekey") as progress:
+            manifest = model_tree.rekey_tree(tree, args.output, new_key,
+                                             reencrypt=args.reencrypt, progress=progress)
+        print(f"{how} {len(manifest.files)} files of model {manifest.model_id} into {args.output}")
+    else:
+        with _progress(args, source.stat().st_size, "rekey") as progress:
+            model_tree.rekey_file(source, args.output, old_key, new_key,
+                                  reencrypt=args.reencrypt, progress=progress)
+        print(f"{how} {source} into {args.output}")
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from sealserve import model_tree
+    from sealserve.keyfile import read_wrap_key
+    from sealserve.protected_files import ProtectedFileReader
+
+    key = read_wrap_key(args.wrap_key)
+    source = _existing(args.path)
+    if source.is_dir():
+        tree = model_tree.ProtectedTree(source, key)
+        with _progress(args, tree.manifest.total_size, "verify") as progress:
+            tree.verify(progress)
+        manifest = tree.manifest
+        print(f"OK: model {manifest.model_id}, {len(manifest.files)} files, "
+              f"{manifest.total_size} bytes, bound to \"{manifest.bound_root}\"")
+    else:
+        with ProtectedFileReader(source, key) as reader, \
+                _progress(args, reader.size, "verify") as progress:
+            for chunk in reader.iter_chunks():
+                progress(len(chunk))
+            print(f"OK: {source}, {reader.size} bytes, format version {reader.version}, bound "
+                  f"to \"{reader.bound_path.decode('utf-8', 'backslashreplace')}\"")
+
+
+def _models_make(args: argparse.Namespace) -> None:
+    from sealserve.tools.models import make_model
+
+    make_model(args.name, Path(args.directory))
+    print(f"wrote SavedModel {args.name} to {args.directory}")
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _existing(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise NotFound(f"{path} not found")
+    if not (p.is_dir() or p.is_file()):
+        raise InvalidArgument(f"{path} is not a regular file or directory")
+    return p
+
+
+def _tree_size(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A byte-counting progress bar on stderr, only on a terminal and without --quiet."""
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024,
+              file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+if __name__ == "__main__":
+    sys.exit(main())
