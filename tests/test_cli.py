@@ -56,11 +56,12 @@ def plain_file(tmp_path: Path) -> Path:
 
 
 def test_keygen_writes_16_private_bytes_and_refuses_to_overwrite(capsys, tmp_path):
-    key = tmp_path / "k"
+    key = tmp_path / "keys" / "k"
     assert run(capsys, "keygen", "-w", key)[0] == 0
     first = key.read_bytes()
     assert len(first) == 16
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
     code, _, err = run(capsys, "keygen", "-w", key)
     assert_one_line_error(code, err, "already exists", "--force")
     assert key.read_bytes() == first

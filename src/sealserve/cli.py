@@ -210,7 +210,8 @@ def _rekey(args: argparse.Namespace) -> None:
         with _progress(args, source.stat().st_size, "rekey") as progress:
             model_tree.rekey_file(source, args.output, old_key, new_key,
                                   reencrypt=args.reencrypt, progress=progress)
-        print(f"{how} {source} into {args.output}")
+        where = "in place" if args.output == args.input else f"into {args.output}"
+        print(f"{how} {source} {where}")
 
 
 def _verify(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 from sealserve.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from sealserve.fsio import PRIVATE_FILE_MODE, atomic_output_file
+from sealserve.fsio import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, atomic_output_file
 from sealserve.protected_files import KEY_SIZE
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,10 @@ def read_wrap_key(path: str | os.PathLike[str]) -> bytes:
 
 
 def generate_wrap_key_file(path: str | os.PathLike[str], *, force: bool = False) -> None:
-    """Write 16 fresh random bytes to `path` with mode 0600."""
+    """Write 16 fresh random bytes to `path` with mode 0600; a missing directory for it is
+    created with mode 0700."""
     path = Path(path)
+    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     if path.exists() and not force:
         raise AlreadyExists(f"{path} already exists; use --force to replace the key")
     if path.is_dir():

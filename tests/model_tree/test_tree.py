@@ -193,3 +193,9 @@ def test_symlinks_are_refused(tmp_path, model_dir, wrap_key):
     with pytest.raises(Exception, match="not a regular file"):
         encrypt_tree(model_dir, str(tmp_path / "out"), wrap_key)
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_parents_of_a_tree_output_are_created(tmp_path, model_dir, wrap_key):
+    out = tmp_path / "models" / "resnet50" / "1"
+    encrypt_tree(model_dir, str(out), wrap_key)
+    ProtectedTree(out, wrap_key).verify()

@@ -102,6 +102,11 @@ class CountingFile(io.BytesIO):
         self.bytes_read += len(data)
         return data
 
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = super().readinto(buffer)
+        self.bytes_read += n
+        return n
+
 
 def test_reading_a_range_decrypts_only_the_nodes_it_needs():
     # Gramine's own 13 MB file with a two-level MHT: a 100-byte read deep inside it reads

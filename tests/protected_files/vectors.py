@@ -44,8 +44,8 @@ class RecoveredKeys:
     def nonce(self) -> bytes:
         return self.metadata_nonce
 
-    def data_node_key(self, d: int) -> bytes:
-        return self.data_keys[d]
+    def data_node_keys(self, first: int, count: int) -> bytes:
+        return b"".join(self.data_keys[d] for d in range(first, first + count))
 
     def mht_node_key(self, m: int) -> bytes:
         return self.mht_keys[m]

@@ -127,7 +127,8 @@ class ProtectedFileReader(io.RawIOBase):
                 fmt.mht_node_physical(0), self.metadata.root_mht_key, self.metadata.root_mht_mac
             )
         self._group = bytearray(fmt.DATA_SLOTS_PER_MHT * fmt.NODE_SIZE)
-        self._sealed = bytearray(fmt.NODE_SIZE + fmt.MAC_SIZE)
+        # ciphertext of one group, plus room for the last node's tag (see _decrypt_group)
+        self._stored = bytearray(fmt.DATA_SLOTS_PER_MHT * fmt.NODE_SIZE + fmt.MAC_SIZE)
 
     # -- node access ---------------------------------------------------------------------
 
@@ -172,24 +173,34 @@ class ProtectedFileReader(io.RawIOBase):
         return plain
 
     def _decrypt_group(self, d0: int, d1: int) -> memoryview:
-        """Decrypt data nodes [d0, d1), all children of one MHT node, into the group buffer."""
+        """Decrypt data nodes [d0, d1), all children of one MHT node, into the group buffer.
+
+        AES-GCM wants each node's ciphertext followed by its tag, but the tags live in the
+        MHT node. Nodes are decrypted last to first, so each tag can be written just after
+        its node's ciphertext, over the first bytes of the next node, already decrypted:
+        no per-node copy of the ciphertext."""
         mht = self._mht(d0 // fmt.DATA_SLOTS_PER_MHT)
-        stored = memoryview(self._read_physical(fmt.data_node_physical(d0), d1 - d0))
+        count = d1 - d0
+        stored = memoryview(self._stored)
+        self._file.seek(fmt.data_node_physical(d0) * fmt.NODE_SIZE)
+        want = count * fmt.NODE_SIZE
+        if self._file.readinto(stored[:want]) != want:
+            raise DataLoss(f"{self.name} is truncated")
         out = memoryview(self._group)
-        sealed = self._sealed  # ciphertext ‖ tag, as AESGCM wants them
-        for i in range(d1 - d0):
+        for i in range(count - 1, -1, -1):
             entry = fmt.data_entry_offset(d0 + i)
             node = i * fmt.NODE_SIZE
-            sealed[: fmt.NODE_SIZE] = stored[node : node + fmt.NODE_SIZE]
-            sealed[fmt.NODE_SIZE :] = mht[entry + fmt.KEY_SIZE : entry + fmt.ENTRY_SIZE]
+            stored[node + fmt.NODE_SIZE : node + fmt.NODE_SIZE + fmt.MAC_SIZE] = \
+                mht[entry + fmt.KEY_SIZE : entry + fmt.ENTRY_SIZE]
             try:
                 AESGCM(mht[entry : entry + fmt.KEY_SIZE]).decrypt_into(
-                    ZERO_IV, sealed, None, out[node : node + fmt.NODE_SIZE]
+                    ZERO_IV, stored[node : node + fmt.NODE_SIZE + fmt.MAC_SIZE], None,
+                    out[node : node + fmt.NODE_SIZE],
                 )
             except InvalidTag:
                 log.warning("GCM tag mismatch at data node %d of %s", d0 + i, self.name)
                 raise self._corrupted() from None
-        return out[: (d1 - d0) * fmt.NODE_SIZE]
+        return out[:want]
 
     # -- plaintext access ----------------------------------------------------------------
 

@@ -35,7 +35,9 @@ class NodeKeys(Protocol):
 
     def nonce(self) -> bytes: ...
 
-    def data_node_key(self, d: int) -> bytes: ...
+    def data_node_keys(self, first: int, count: int) -> bytes:
+        """The keys of data nodes first..first+count-1, concatenated."""
+        ...
 
     def mht_node_key(self, m: int) -> bytes: ...
 
@@ -43,19 +45,11 @@ class NodeKeys(Protocol):
 class RandomNodeKeys:
     """Fresh CSPRNG keys for every node and a fresh KDF nonce (what Gramine does)."""
 
-    def __init__(self) -> None:
-        self._group = -1
-        self._keys = b""
-
     def nonce(self) -> bytes:
         return os.urandom(fmt.NONCE_SIZE)
 
-    def data_node_key(self, d: int) -> bytes:
-        group, slot = divmod(d, fmt.DATA_SLOTS_PER_MHT)
-        if group != self._group:  # one getrandom call per group instead of per node
-            self._group = group
-            self._keys = os.urandom(fmt.KEY_SIZE * fmt.DATA_SLOTS_PER_MHT)
-        return self._keys[slot * fmt.KEY_SIZE : (slot + 1) * fmt.KEY_SIZE]
+    def data_node_keys(self, first: int, count: int) -> bytes:
+        return os.urandom(fmt.KEY_SIZE * count)  # one getrandom call per group
 
     def mht_node_key(self, m: int) -> bytes:
         return os.urandom(fmt.KEY_SIZE)
@@ -135,17 +129,15 @@ class _Writer:
         plain[length : count * fmt.NODE_SIZE] = bytes(count * fmt.NODE_SIZE - length)  # §7 pad
 
         sealed = memoryview(self.sealed)
+        keys = self.keys.data_node_keys(d0, count)
         for i in range(count):
-            key = self.keys.data_node_key(d0 + i)
+            key = keys[i * fmt.KEY_SIZE : (i + 1) * fmt.KEY_SIZE]
             node = i * fmt.NODE_SIZE
-            AESGCM(key).encrypt_into(
-                ZERO_IV, plain[node : node + fmt.NODE_SIZE], None,
-                sealed[node : node + fmt.NODE_SIZE + fmt.MAC_SIZE],
-            )
+            tag = node + fmt.NODE_SIZE
+            AESGCM(key).encrypt_into(ZERO_IV, plain[node:tag], None,
+                                     sealed[node : tag + fmt.MAC_SIZE])
             entry = i * fmt.ENTRY_SIZE
-            mht[entry : entry + fmt.KEY_SIZE] = key
-            mht[entry + fmt.KEY_SIZE : entry + fmt.ENTRY_SIZE] = \
-                sealed[node + fmt.NODE_SIZE : node + fmt.NODE_SIZE + fmt.MAC_SIZE]
+            mht[entry : entry + fmt.ENTRY_SIZE] = key + sealed[tag : tag + fmt.MAC_SIZE]
         self._put(fmt.data_node_physical(d0) * fmt.NODE_SIZE, sealed[: count * fmt.NODE_SIZE])
         self._report(length)
 

@@ -1,0 +1,1 @@
+"""The model server: loaders, manager, data plane, REST and gRPC adapters."""

@@ -1,0 +1,39 @@
+"""The one way sealserve imports TensorFlow.
+
+TensorFlow's C++ runtime prints start-up chatter (CUDA probing on machines without a GPU)
+straight to file descriptor 2, before its log level applies. Users should see sealserve's own
+lines, so the import and the first device initialisation run with fd 2 pointed at /dev/null;
+Python exceptions are unaffected and still reach the caller. Call it early, before other
+threads write to stderr. Idempotent and cheap after the first call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from types import ModuleType
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@functools.cache
+def import_tensorflow() -> ModuleType:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # warnings and errors only
+    with _native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # device initialisation, while still silenced
+    return tf

@@ -1,0 +1,1 @@
+"""Owner-side tools: generated models, certificates, model conversion."""

@@ -1,0 +1,57 @@
+"""Protected SavedModels load from memory only, and only when the whole tree is authentic."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sealserve.model_tree import ProtectedTree, TreeIntegrityError, encrypt_tree
+from sealserve.serving.memory_load import load_protected_saved_model
+from sealserve.serving.tensorflow_runtime import import_tensorflow
+
+
+@pytest.fixture
+def encrypted_model(tmp_path, half_plus_two, wrap_key):
+    out = tmp_path / "enc"
+    encrypt_tree(half_plus_two, str(out), wrap_key)
+    return out
+
+
+def test_encrypted_model_loads_and_runs_in_memory(encrypted_model, wrap_key):
+    tf = import_tensorflow()
+    model = load_protected_saved_model(ProtectedTree(encrypted_model, wrap_key))
+    y = model.signatures["serving_default"](x=tf.constant([1.0, 2.0, 5.0]))["y"]
+    assert y.numpy().tolist() == [2.5, 3.0, 4.5]
+    # the in-memory copy of the files is gone once TensorFlow holds the model
+    assert tf.io.gfile.glob("ram://sealserve-*") == []
+
+
+def test_no_plaintext_reaches_temporary_file_systems(encrypted_model, wrap_key, half_plus_two):
+    secret = (half_plus_two / "saved_model.pb").read_bytes()[-64:]
+    watched = [d for d in ("/tmp", "/dev/shm", "/var/tmp") if os.path.isdir(d)]
+    before = {d: set(os.listdir(d)) for d in watched}
+    load_protected_saved_model(ProtectedTree(encrypted_model, wrap_key))
+    for d in watched:
+        for name in set(os.listdir(d)) - before[d]:
+            path = os.path.join(d, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    assert secret not in f.read(), f"plaintext in {path}"
+
+
+def test_a_corrupted_file_stops_the_load_before_tensorflow_reads_it(encrypted_model, wrap_key):
+    tf = import_tensorflow()
+    path = encrypted_model / "saved_model.pb"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(Exception, match="authentication failed"):
+        load_protected_saved_model(ProtectedTree(encrypted_model, wrap_key))
+    assert tf.io.gfile.glob("ram://sealserve-*") == []
+
+
+def test_a_missing_file_is_refused(encrypted_model, wrap_key):
+    (encrypted_model / "fingerprint.pb").unlink()
+    with pytest.raises(TreeIntegrityError, match="'fingerprint.pb' is missing"):
+        load_protected_saved_model(ProtectedTree(encrypted_model, wrap_key))
