@@ -33,6 +33,7 @@ bench: install
 lint: install
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy src
 
 clean:

@@ -62,8 +62,9 @@ class Result:
     passed: bool | None = None
 
 
-def time_runs(run: Callable[[int], object], repeats: int,
-              reset: Callable[[], object] | None = None) -> list[float]:
+def time_runs(
+    run: Callable[[int], object], repeats: int, reset: Callable[[], object] | None = None
+) -> list[float]:
     """Seconds taken by run(0), run(1), …; `reset` (untimed) goes before each run."""
     times: list[float] = []
     for i in range(repeats):
@@ -75,8 +76,9 @@ def time_runs(run: Callable[[int], object], repeats: int,
     return times
 
 
-def throughput(operation: str, nbytes: int, times: list[float],
-               reference: Result | None = None) -> Result:
+def throughput(
+    operation: str, nbytes: int, times: list[float], reference: Result | None = None
+) -> Result:
     result = Result(operation, nbytes / MB / min(times), "MB/s", times, ratio=1.0)
     if reference is not None:
         result.ratio = result.value / reference.value
@@ -89,8 +91,9 @@ def latency(operation: str, times: list[float], *, judged: bool = True) -> Resul
     ms = statistics.median(times) * 1000
     if not judged:
         return Result(operation, ms, "ms", times)
-    return Result(operation, ms, "ms", times, target=f"< {MAX_REKEY_MS:g} ms",
-                  passed=ms < MAX_REKEY_MS)
+    return Result(
+        operation, ms, "ms", times, target=f"< {MAX_REKEY_MS:g} ms", passed=ms < MAX_REKEY_MS
+    )
 
 
 def informational(result: Result, reference: Result) -> Result:
@@ -124,8 +127,7 @@ def write_random(path: Path, size: int) -> None:
             f.write(os.urandom(min(16 * MB, size - offset)))
 
 
-def bench(work: Path, size: int, rekey_size: int, repeats: int,
-          rekey_repeats: int) -> list[Result]:
+def bench(work: Path, size: int, rekey_size: int, repeats: int, rekey_repeats: int) -> list[Result]:
     data = os.urandom(size)
     key = AESGCM.generate_key(bit_length=128)
     plain = work / "plain.bin"
@@ -134,28 +136,55 @@ def bench(work: Path, size: int, rekey_size: int, repeats: int,
     # 1. reference: one-shot AES-128-GCM in memory
     gcm, nonce = AESGCM(key), os.urandom(12)
     sealed = gcm.encrypt(nonce, data, None)
-    ref_enc = throughput("one-shot `AESGCM.encrypt` (reference)", size,
-                         time_runs(lambda _: gcm.encrypt(nonce, data, None), repeats))
-    ref_dec = throughput("one-shot `AESGCM.decrypt` (reference)", size,
-                         time_runs(lambda _: gcm.decrypt(nonce, sealed, None), repeats))
-    del sealed
+    ref_enc = throughput(
+        "one-shot `AESGCM.encrypt` (reference)",
+        size,
+        time_runs(lambda _: gcm.encrypt(nonce, data, None), repeats),
+    )
+    ref_dec = throughput(
+        "one-shot `AESGCM.decrypt` (reference)",
+        size,
+        time_runs(lambda _: gcm.decrypt(nonce, sealed, None), repeats),
+    )
+    sealed = b""  # free it: only the reference timings used it
 
     # context: the disk alone (write + fsync the same bytes), and our crypto alone
     floor_path = work / "floor.bin"
-    disk = informational(throughput("write + fsync of the same bytes (disk floor)", size,
-                                    time_runs(lambda _: write_and_fsync(floor_path, data), repeats,
-                                              reset=lambda: floor_path.unlink(missing_ok=True))),
-                         ref_enc)
+    disk = informational(
+        throughput(
+            "write + fsync of the same bytes (disk floor)",
+            size,
+            time_runs(
+                lambda _: write_and_fsync(floor_path, data),
+                repeats,
+                reset=lambda: floor_path.unlink(missing_ok=True),
+            ),
+        ),
+        ref_enc,
+    )
     floor_path.unlink()
-    crypto_only = throughput("`write_protected` into a null sink (crypto only)", size, time_runs(
-        lambda _: write_protected(io.BytesIO(data), size, _NullSink(), key, b"model.pf"),
-        repeats), ref_enc)
+    crypto_only = throughput(
+        "`write_protected` into a null sink (crypto only)",
+        size,
+        time_runs(
+            lambda _: write_protected(io.BytesIO(data), size, _NullSink(), key, b"model.pf"),
+            repeats,
+        ),
+        ref_enc,
+    )
 
     # 2. encrypt_file, file to file; the last output stays for the decrypt runs
     encrypted = work / "model.pf"
-    enc = throughput("`encrypt_file` (file → file)", size, time_runs(
-        lambda _: encrypt_file(plain, str(encrypted), key), repeats,
-        reset=lambda: encrypted.unlink(missing_ok=True)), ref_enc)
+    enc = throughput(
+        "`encrypt_file` (file → file)",
+        size,
+        time_runs(
+            lambda _: encrypt_file(plain, str(encrypted), key),
+            repeats,
+            reset=lambda: encrypted.unlink(missing_ok=True),
+        ),
+        ref_enc,
+    )
 
     # 3. decryption, streamed in memory and file to file
     def stream(_: int) -> None:
@@ -163,16 +192,27 @@ def bench(work: Path, size: int, rekey_size: int, repeats: int,
             got = sum(len(chunk) for chunk in reader.iter_chunks())
         assert got == size, (got, size)
 
-    dec_stream = throughput("`ProtectedFileReader.iter_chunks` (file → memory)", size,
-                            time_runs(stream, repeats), ref_dec)
+    dec_stream = throughput(
+        "`ProtectedFileReader.iter_chunks` (file → memory)",
+        size,
+        time_runs(stream, repeats),
+        ref_dec,
+    )
     decrypted = work / "decrypted.bin"
-    dec_file = throughput("`decrypt_file` (file → file)", size, time_runs(
-        lambda _: decrypt_file(encrypted, decrypted, key), repeats,
-        reset=lambda: decrypted.unlink(missing_ok=True)), ref_dec)
+    dec_file = throughput(
+        "`decrypt_file` (file → file)",
+        size,
+        time_runs(
+            lambda _: decrypt_file(encrypted, decrypted, key),
+            repeats,
+            reset=lambda: decrypted.unlink(missing_ok=True),
+        ),
+        ref_dec,
+    )
     assert decrypted.read_bytes() == data, "decrypt_file returned other bytes"
     for path in (plain, encrypted, decrypted):
         path.unlink()
-    del data
+    data = b""  # free it before the rekey runs
 
     # 4. rekey a rekey_size protected file, in place (alternating keys) and into a new path
     write_random(plain, rekey_size)
@@ -180,14 +220,24 @@ def bench(work: Path, size: int, rekey_size: int, repeats: int,
     encrypt_file(plain, str(protected), key)
     keys = [key, AESGCM.generate_key(bit_length=128)]
     label = f"{rekey_size / MB:g} MB"
-    in_place = latency(f"`rekey_file` {label}, in place (node 0 only)", time_runs(
-        lambda i: rekey_file(protected, str(protected), keys[i % 2], keys[(i + 1) % 2]),
-        rekey_repeats))
+    in_place = latency(
+        f"`rekey_file` {label}, in place (node 0 only)",
+        time_runs(
+            lambda i: rekey_file(protected, str(protected), keys[i % 2], keys[(i + 1) % 2]),
+            rekey_repeats,
+        ),
+    )
     old, new = keys[rekey_repeats % 2], keys[(rekey_repeats + 1) % 2]
     # a copy to a new path is bound by the disk (like `cp` + fsync), so it is not judged
-    to_copy = latency(f"`rekey_file` {label}, to a new path (copy + node 0)", time_runs(
-        lambda _: rekey_file(protected, str(copy), old, new), rekey_repeats,
-        reset=lambda: copy.unlink(missing_ok=True)), judged=False)
+    to_copy = latency(
+        f"`rekey_file` {label}, to a new path (copy + node 0)",
+        time_runs(
+            lambda _: rekey_file(protected, str(copy), old, new),
+            rekey_repeats,
+            reset=lambda: copy.unlink(missing_ok=True),
+        ),
+        judged=False,
+    )
     with ProtectedFileReader(copy, new) as reader:
         assert reader.size == rekey_size
     return [ref_enc, disk, crypto_only, enc, ref_dec, dec_stream, dec_file, in_place, to_copy]
@@ -215,8 +265,10 @@ def machine() -> dict[str, object]:
 
 def table(results: list[Result]) -> str:
     """The results as a Markdown table (readable in a terminal too)."""
-    lines = ["| operation | result | vs one-shot | target | status |",
-             "| --- | ---: | ---: | --- | --- |"]
+    lines = [
+        "| operation | result | vs one-shot | target | status |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
     for r in results:
         value = f"{r.value:,.0f} MB/s" if r.unit == "MB/s" else f"{r.value:.2f} ms"
         ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
@@ -228,12 +280,15 @@ def table(results: list[Result]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=256, help="plaintext size (default 256)")
-    parser.add_argument("--rekey-mb", type=int, default=100,
-                        help="size of the file to rekey (default 100)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per throughput, the best kept (default 3)")
-    parser.add_argument("--rekey-repeats", type=int, default=5,
-                        help="runs per rekey, the median kept (default 5)")
+    parser.add_argument(
+        "--rekey-mb", type=int, default=100, help="size of the file to rekey (default 100)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per throughput, the best kept (default 3)"
+    )
+    parser.add_argument(
+        "--rekey-repeats", type=int, default=5, help="runs per rekey, the median kept (default 5)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     args = parser.parse_args()
     if min(args.size_mb, args.rekey_mb, args.repeats, args.rekey_repeats) < 1:
@@ -241,25 +296,37 @@ def main() -> None:
 
     info = machine()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"{date}: {info['nproc']} × {info['cpu']}, Python {info['python']}, "
-          f"cryptography {info['cryptography']} ({info['openssl']})")
-    print(f"plaintext {args.size_mb} MB; MB/s best of {args.repeats} runs; "
-          f"rekey ms median of {args.rekey_repeats} runs; MB = 2**20 bytes\n")
+    print(
+        f"{date}: {info['nproc']} × {info['cpu']}, Python {info['python']}, "
+        f"cryptography {info['cryptography']} ({info['openssl']})"
+    )
+    print(
+        f"plaintext {args.size_mb} MB; MB/s best of {args.repeats} runs; "
+        f"rekey ms median of {args.rekey_repeats} runs; MB = 2**20 bytes\n"
+    )
     work = Path(tempfile.mkdtemp(prefix="sealserve-bench-", dir="/tmp"))
     try:
-        results = bench(work, args.size_mb * MB, args.rekey_mb * MB, args.repeats,
-                        args.rekey_repeats)
+        results = bench(
+            work, args.size_mb * MB, args.rekey_mb * MB, args.repeats, args.rekey_repeats
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(results))
 
     if args.json:
-        args.json.write_text(json.dumps({
-            "date": date,
-            "machine": info,
-            "parameters": {k: v for k, v in vars(args).items() if k != "json"},
-            "results": [asdict(r) for r in results],
-        }, indent=2, ensure_ascii=False) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": date,
+                    "machine": info,
+                    "parameters": {k: v for k, v in vars(args).items() if k != "json"},
+                    "results": [asdict(r) for r in results],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -73,12 +73,14 @@ def test_keygen_writes_16_private_bytes_and_refuses_to_overwrite(capsys, tmp_pat
 # -- encrypt / decrypt -------------------------------------------------------------------
 
 
-def test_encrypt_binds_gramines_normalized_output_path(capsys, tmp_path, monkeypatch, key_file,
-                                                      plain_file, wrap_key):
+def test_encrypt_binds_gramines_normalized_output_path(
+    capsys, tmp_path, monkeypatch, key_file, plain_file, wrap_key
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out" / "model").mkdir(parents=True)
-    code, out, _ = run(capsys, "encrypt", "-w", key_file, "-i", plain_file,
-                       "-o", "./out//tmp/../model/x")
+    code, out, _ = run(
+        capsys, "encrypt", "-w", key_file, "-i", plain_file, "-o", "./out//tmp/../model/x"
+    )
     assert code == 0
     assert 'must contain this exact path: "out/model/x"' in out
     with ProtectedFileReader(tmp_path / "out/model/x", wrap_key, expected_path="out/model/x") as r:
@@ -88,14 +90,19 @@ def test_encrypt_binds_gramines_normalized_output_path(capsys, tmp_path, monkeyp
 
 def test_format_version_1_for_older_gramine(capsys, tmp_path, key_file, plain_file, wrap_key):
     out = tmp_path / "v1.enc"
-    assert run(capsys, "encrypt", "-w", key_file, "-i", plain_file, "-o", out,
-               "--format-version", "1")[0] == 0
+    assert (
+        run(
+            capsys, "encrypt", "-w", key_file, "-i", plain_file, "-o", out, "--format-version", "1"
+        )[0]
+        == 0
+    )
     with ProtectedFileReader(out, wrap_key) as reader:
         assert reader.version == 1
 
 
-def test_decrypts_a_file_gramine_wrote_and_checks_its_path_like_dash_V(capsys, tmp_path,
-                                                                      monkeypatch):
+def test_decrypts_a_file_gramine_wrote_and_checks_its_path_like_dash_V(
+    capsys, tmp_path, monkeypatch
+):
     case = Case(vector_cases("public")[0].parent / "name_saved_model_pb")
     monkeypatch.chdir(tmp_path)
     shutil.copy(case.directory / "enc.bin", "saved_model.pb")
@@ -103,8 +110,9 @@ def test_decrypts_a_file_gramine_wrote_and_checks_its_path_like_dash_V(capsys, t
     code, out, _ = run(capsys, "decrypt", "-w", "key", "-i", "saved_model.pb", "-o", "plain", "-V")
     assert code == 0, out
     assert Path("plain").read_bytes() == case.plain
-    code, _, err = run(capsys, "decrypt", "-w", "key", "-i", "saved_model.pb", "-o", "p2",
-                       "-V", "models/other.pb")
+    code, _, err = run(
+        capsys, "decrypt", "-w", "key", "-i", "saved_model.pb", "-o", "p2", "-V", "models/other.pb"
+    )
     assert_one_line_error(code, err, "bound to path 'saved_model.pb'", "models/other.pb")
     assert not Path("p2").exists()
 
@@ -121,8 +129,9 @@ def test_directory_round_trip_and_verify(capsys, tmp_path, key_file):
     assert code == 0 and out.startswith("OK: model ")
     code, _, _ = run(capsys, "decrypt", "-w", key_file, "-i", enc, "-o", tmp_path / "dec", "-V")
     assert code == 0
-    assert (tmp_path / "dec" / "saved_model.pb").read_bytes() == \
-        (plain / "saved_model.pb").read_bytes()
+    assert (tmp_path / "dec" / "saved_model.pb").read_bytes() == (
+        plain / "saved_model.pb"
+    ).read_bytes()
 
 
 def test_verify_names_the_bad_file(capsys, tmp_path, key_file):
@@ -177,7 +186,9 @@ def test_not_a_protected_file(capsys, tmp_path, key_file, plain_file):
 
 @pytest.mark.parametrize("command", ["encrypt", "decrypt"])
 def test_missing_input(capsys, tmp_path, key_file, command):
-    code, _, err = run(capsys, command, "-w", key_file, "-i", tmp_path / "nope", "-o", tmp_path / "o")
+    code, _, err = run(
+        capsys, command, "-w", key_file, "-i", tmp_path / "nope", "-o", tmp_path / "o"
+    )
     assert_one_line_error(code, err, "nope not found")
 
 
@@ -193,8 +204,9 @@ def test_bad_key_file(capsys, tmp_path, plain_file):
     short.write_bytes(b"0123")
     code, _, err = run(capsys, "encrypt", "-w", short, "-i", plain_file, "-o", tmp_path / "o")
     assert_one_line_error(code, err, "16 raw bytes")
-    code, _, err = run(capsys, "encrypt", "-w", tmp_path / "absent", "-i", plain_file,
-                       "-o", tmp_path / "o")
+    code, _, err = run(
+        capsys, "encrypt", "-w", tmp_path / "absent", "-i", plain_file, "-o", tmp_path / "o"
+    )
     assert_one_line_error(code, err, "wrap key file", "not found")
 
 
@@ -219,8 +231,9 @@ def test_existing_output_is_refused_and_kept(capsys, tmp_path, key_file, plain_f
 
 
 def test_output_in_a_missing_directory(capsys, tmp_path, key_file, plain_file):
-    code, _, err = run(capsys, "encrypt", "-w", key_file, "-i", plain_file,
-                       "-o", tmp_path / "no" / "such" / "out")
+    code, _, err = run(
+        capsys, "encrypt", "-w", key_file, "-i", plain_file, "-o", tmp_path / "no" / "such" / "out"
+    )
     assert_one_line_error(code, err, "does not exist")
 
 
@@ -234,12 +247,16 @@ def new_key_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_rekey_in_place_rewrites_only_the_metadata_node(capsys, tmp_path, key_file, new_key_file,
-                                                        plain_file):
+def test_rekey_in_place_rewrites_only_the_metadata_node(
+    capsys, tmp_path, key_file, new_key_file, plain_file
+):
     enc = tmp_path / "x.enc"
     run(capsys, "encrypt", "-w", key_file, "-i", plain_file, "-o", enc)
     before = enc.read_bytes()
-    assert run(capsys, "rekey", "-w", key_file, "--new-key", new_key_file, "-i", enc, "-o", enc)[0] == 0
+    assert (
+        run(capsys, "rekey", "-w", key_file, "--new-key", new_key_file, "-i", enc, "-o", enc)[0]
+        == 0
+    )
     after = enc.read_bytes()
     assert after[4096:] == before[4096:] and after[:4096] != before[:4096]
     with ProtectedFileReader(enc, new_key_file.read_bytes()) as reader:
@@ -252,7 +269,10 @@ def test_rekey_to_a_new_path_binds_that_path(capsys, tmp_path, key_file, new_key
     enc = tmp_path / "x.enc"
     run(capsys, "encrypt", "-w", key_file, "-i", plain_file, "-o", enc)
     out = tmp_path / "y.enc"
-    assert run(capsys, "rekey", "-w", key_file, "--new-key", new_key_file, "-i", enc, "-o", out)[0] == 0
+    assert (
+        run(capsys, "rekey", "-w", key_file, "--new-key", new_key_file, "-i", enc, "-o", out)[0]
+        == 0
+    )
     assert out.read_bytes()[4096:] == enc.read_bytes()[4096:]
     ProtectedFileReader(out, new_key_file.read_bytes(), expected_path=str(out)).close()
 
@@ -261,8 +281,19 @@ def test_rekey_reencrypt_changes_every_node(capsys, tmp_path, key_file, new_key_
     enc = tmp_path / "x.enc"
     run(capsys, "encrypt", "-w", key_file, "-i", plain_file, "-o", enc)
     out = tmp_path / "y.enc"
-    code, _, _ = run(capsys, "rekey", "-w", key_file, "--new-key", new_key_file, "-i", enc,
-                     "-o", out, "--reencrypt")
+    code, _, _ = run(
+        capsys,
+        "rekey",
+        "-w",
+        key_file,
+        "--new-key",
+        new_key_file,
+        "-i",
+        enc,
+        "-o",
+        out,
+        "--reencrypt",
+    )
     assert code == 0
     old, new = enc.read_bytes(), out.read_bytes()
     assert all(old[i : i + 4096] != new[i : i + 4096] for i in range(0, len(old), 4096))
@@ -270,13 +301,15 @@ def test_rekey_reencrypt_changes_every_node(capsys, tmp_path, key_file, new_key_
         assert reader.read_all() == plain_file.read_bytes()
 
 
-def test_rekey_with_the_wrong_old_key_changes_nothing(capsys, tmp_path, key_file, new_key_file,
-                                                      plain_file):
+def test_rekey_with_the_wrong_old_key_changes_nothing(
+    capsys, tmp_path, key_file, new_key_file, plain_file
+):
     enc = tmp_path / "x.enc"
     run(capsys, "encrypt", "-w", key_file, "-i", plain_file, "-o", enc)
     before = enc.read_bytes()
-    code, _, err = run(capsys, "rekey", "-w", new_key_file, "--new-key", key_file, "-i", enc,
-                       "-o", enc)
+    code, _, err = run(
+        capsys, "rekey", "-w", new_key_file, "--new-key", key_file, "-i", enc, "-o", enc
+    )
     assert_one_line_error(code, err, "authentication failed")
     assert enc.read_bytes() == before
 
@@ -286,8 +319,18 @@ def test_rekey_tree(capsys, tmp_path, key_file, new_key_file):
     plain.mkdir()
     (plain / "saved_model.pb").write_bytes(os.urandom(30_000))
     run(capsys, "encrypt", "-w", key_file, "-i", plain, "-o", tmp_path / "enc")
-    code, out, _ = run(capsys, "rekey", "-w", key_file, "--new-key", new_key_file,
-                       "-i", tmp_path / "enc", "-o", tmp_path / "enc2")
+    code, out, _ = run(
+        capsys,
+        "rekey",
+        "-w",
+        key_file,
+        "--new-key",
+        new_key_file,
+        "-i",
+        tmp_path / "enc",
+        "-o",
+        tmp_path / "enc2",
+    )
     assert code == 0 and "rekeyed 1 files" in out
     ProtectedTree(tmp_path / "enc2", new_key_file.read_bytes()).verify()
     assert (tmp_path / "enc2" / MANIFEST_NAME).exists()
@@ -297,8 +340,11 @@ def test_rekey_tree(capsys, tmp_path, key_file, new_key_file):
 
 
 def test_console_script_errors_without_traceback(tmp_path):
-    result = subprocess.run([SEALSERVE, "decrypt", "-w", tmp_path / "k", "-i", tmp_path / "x",
-                             "-o", tmp_path / "y"], capture_output=True, text=True)
+    result = subprocess.run(
+        [SEALSERVE, "decrypt", "-w", tmp_path / "k", "-i", tmp_path / "x", "-o", tmp_path / "y"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().startswith("sealserve: error: ")
     assert "Traceback" not in result.stderr
@@ -306,16 +352,22 @@ def test_console_script_errors_without_traceback(tmp_path):
 
 def test_progress_bar_only_on_a_terminal(tmp_path, key_file, plain_file):
     # not a terminal: stderr stays clean
-    result = subprocess.run([SEALSERVE, "encrypt", "-w", key_file, "-i", plain_file,
-                             "-o", tmp_path / "a"], capture_output=True, text=True)
+    result = subprocess.run(
+        [SEALSERVE, "encrypt", "-w", key_file, "-i", plain_file, "-o", tmp_path / "a"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and result.stderr == ""
     # a terminal: a progress bar on stderr, unless --quiet
     for extra, expect_bar in (([], True), (["--quiet"], False)):
         primary, secondary = pty.openpty()
         fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
         out = tmp_path / f"b{len(extra)}"
-        proc = subprocess.run([SEALSERVE, "encrypt", "-w", key_file, "-i", plain_file, "-o", out,
-                               *extra], stderr=secondary, stdout=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [SEALSERVE, "encrypt", "-w", key_file, "-i", plain_file, "-o", out, *extra],
+            stderr=secondary,
+            stdout=subprocess.DEVNULL,
+        )
         os.close(secondary)
         try:
             shown = os.read(primary, 65536).decode(errors="replace")

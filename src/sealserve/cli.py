@@ -46,8 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line unless debugging
         if args.debug:
             raise
-        print(f"sealserve: internal error: {type(exc).__name__}: {exc} "
-              "(run with --debug for details)", file=sys.stderr)
+        print(
+            f"sealserve: internal error: {type(exc).__name__}: {exc} "
+            "(run with --debug for details)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     return 0
 
@@ -78,21 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
         "encrypt", help="encrypt a file or a whole model directory into Gramine protected files"
     )
     _add_io(encrypt, "plaintext file or directory", "output path, bound into every file")
-    encrypt.add_argument("--format-version", type=int, choices=(1, 2), default=2,
-                         help="2 for Gramine >= 1.9 (default), 1 for Gramine <= 1.8")
+    encrypt.add_argument(
+        "--format-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2 for Gramine >= 1.9 (default), 1 for Gramine <= 1.8",
+    )
     encrypt.set_defaults(run=_encrypt)
 
     decrypt = commands.add_parser("decrypt", help="decrypt a protected file or model tree")
     _add_io(decrypt, "protected file or tree", "plaintext output (mode 0600)")
     decrypt.add_argument(
-        "-V", "--verify-path", nargs="?", const="", default=None, metavar="PATH",
+        "-V",
+        "--verify-path",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
         help="check the path bound into the file(s): PATH, or the -i path when PATH is omitted "
         "(as gramine-sgx-pf-crypt -V)",
     )
     decrypt.set_defaults(run=_decrypt)
 
     rekey = commands.add_parser(
-        "rekey", help="rotate the wrap key (rewrites only each file's metadata node)",
+        "rekey",
+        help="rotate the wrap key (rewrites only each file's metadata node)",
         description="Rotate the wrap key. Only the metadata node each file's wrap key protects "
         "is rewritten, so this takes milliseconds; the per-node keys stay, so someone who had "
         "the old key and a copy of the files can still read them: use --reencrypt for that.",
@@ -100,10 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     rekey.add_argument("-w", "--wrap-key", required=True, metavar="OLD_KEY", help="current key")
     rekey.add_argument("--new-key", required=True, metavar="NEW_KEY", help="new key file")
     rekey.add_argument("-i", "--input", required=True, metavar="IN", help="protected file or tree")
-    rekey.add_argument("-o", "--output", required=True, metavar="OUT",
-                       help="output path (for a file, the input itself rekeys it in place)")
-    rekey.add_argument("--reencrypt", action="store_true",
-                       help="re-encrypt every node with fresh keys instead")
+    rekey.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output path (for a file, the input itself rekeys it in place)",
+    )
+    rekey.add_argument(
+        "--reencrypt", action="store_true", help="re-encrypt every node with fresh keys instead"
+    )
     rekey.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rekey.set_defaults(run=_rekey)
 
@@ -153,19 +173,27 @@ def _encrypt(args: argparse.Namespace) -> None:
     source = _existing(args.input)
     if source.is_dir():
         with _progress(args, _tree_size(source), "encrypt") as progress:
-            manifest = model_tree.encrypt_tree(source, args.output, key,
-                                               version=args.format_version, progress=progress)
-        print(f"encrypted {len(manifest.files)} files ({manifest.total_size} bytes) into "
-              f"{args.output}, model id {manifest.model_id}")
-        print(f"(Gramine's encrypted files must be mounted at this exact path: "
-              f"\"{manifest.bound_root}\")")
+            manifest = model_tree.encrypt_tree(
+                source, args.output, key, version=args.format_version, progress=progress
+            )
+        print(
+            f"encrypted {len(manifest.files)} files ({manifest.total_size} bytes) into "
+            f"{args.output}, model id {manifest.model_id}"
+        )
+        print(
+            f"(Gramine's encrypted files must be mounted at this exact path: "
+            f'"{manifest.bound_root}")'
+        )
     else:
         with _progress(args, source.stat().st_size, "encrypt") as progress:
-            bound = model_tree.encrypt_file(source, args.output, key,
-                                            version=args.format_version, progress=progress)
+            bound = model_tree.encrypt_file(
+                source, args.output, key, version=args.format_version, progress=progress
+            )
         print(f"encrypted {source} into {args.output}")
-        print(f"(Gramine's encrypted files must contain this exact path: "
-              f"\"{bound.decode('utf-8', 'backslashreplace')}\")")
+        print(
+            f"(Gramine's encrypted files must contain this exact path: "
+            f'"{bound.decode("utf-8", "backslashreplace")}")'
+        )
 
 
 def _decrypt(args: argparse.Namespace) -> None:
@@ -180,16 +208,22 @@ def _decrypt(args: argparse.Namespace) -> None:
     if source.is_dir():
         tree = model_tree.ProtectedTree(source, key)
         with _progress(args, tree.manifest.total_size, "decrypt") as progress:
-            manifest = model_tree.decrypt_tree(tree, args.output, expected_root=expected,
-                                               progress=progress)
-        print(f"decrypted {len(manifest.files)} files ({manifest.total_size} bytes) of model "
-              f"{manifest.model_id} into {args.output}")
+            manifest = model_tree.decrypt_tree(
+                tree, args.output, expected_root=expected, progress=progress
+            )
+        print(
+            f"decrypted {len(manifest.files)} files ({manifest.total_size} bytes) of model "
+            f"{manifest.model_id} into {args.output}"
+        )
     else:
         with _progress(args, source.stat().st_size, "decrypt") as progress:
-            reader = model_tree.decrypt_file(source, args.output, key,
-                                             expected_path=expected, progress=progress)
-        print(f"decrypted {source} ({reader.size} bytes, format version {reader.version}) "
-              f"into {args.output}")
+            reader = model_tree.decrypt_file(
+                source, args.output, key, expected_path=expected, progress=progress
+            )
+        print(
+            f"decrypted {source} ({reader.size} bytes, format version {reader.version}) "
+            f"into {args.output}"
+        )
 
 
 def _rekey(args: argparse.Namespace) -> None:
@@ -203,13 +237,15 @@ def _rekey(args: argparse.Namespace) -> None:
     if source.is_dir():
         tree = model_tree.ProtectedTree(source, old_key)
         with _progress(args, tree.manifest.total_size, "rekey") as progress:
-            manifest = model_tree.rekey_tree(tree, args.output, new_key,
-                                             reencrypt=args.reencrypt, progress=progress)
+            manifest = model_tree.rekey_tree(
+                tree, args.output, new_key, reencrypt=args.reencrypt, progress=progress
+            )
         print(f"{how} {len(manifest.files)} files of model {manifest.model_id} into {args.output}")
     else:
         with _progress(args, source.stat().st_size, "rekey") as progress:
-            model_tree.rekey_file(source, args.output, old_key, new_key,
-                                  reencrypt=args.reencrypt, progress=progress)
+            model_tree.rekey_file(
+                source, args.output, old_key, new_key, reencrypt=args.reencrypt, progress=progress
+            )
         where = "in place" if args.output == args.input else f"into {args.output}"
         print(f"{how} {source} {where}")
 
@@ -226,15 +262,21 @@ def _verify(args: argparse.Namespace) -> None:
         with _progress(args, tree.manifest.total_size, "verify") as progress:
             tree.verify(progress)
         manifest = tree.manifest
-        print(f"OK: model {manifest.model_id}, {len(manifest.files)} files, "
-              f"{manifest.total_size} bytes, bound to \"{manifest.bound_root}\"")
+        print(
+            f"OK: model {manifest.model_id}, {len(manifest.files)} files, "
+            f'{manifest.total_size} bytes, bound to "{manifest.bound_root}"'
+        )
     else:
-        with ProtectedFileReader(source, key) as reader, \
-                _progress(args, reader.size, "verify") as progress:
+        with (
+            ProtectedFileReader(source, key) as reader,
+            _progress(args, reader.size, "verify") as progress,
+        ):
             for chunk in reader.iter_chunks():
                 progress(len(chunk))
-            print(f"OK: {source}, {reader.size} bytes, format version {reader.version}, bound "
-                  f"to \"{reader.bound_path.decode('utf-8', 'backslashreplace')}\"")
+            print(
+                f"OK: {source}, {reader.size} bytes, format version {reader.version}, bound "
+                f'to "{reader.bound_path.decode("utf-8", "backslashreplace")}"'
+            )
 
 
 def _models_make(args: argparse.Namespace) -> None:
@@ -268,8 +310,15 @@ def _progress(args: argparse.Namespace, total: int, what: str) -> Iterator[Calla
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024,
-              file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=total,
+        desc=what,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
         yield bar.update
 
 

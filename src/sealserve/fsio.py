@@ -39,7 +39,9 @@ def _temporary_sibling(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output_file(path: Path, *, mode: int = 0o644, replace: bool = False) -> Iterator[BinaryIO]:
+def atomic_output_file(
+    path: Path, *, mode: int = 0o644, replace: bool = False
+) -> Iterator[BinaryIO]:
     """A new file opened for writing (and seeking) that becomes `path` on success."""
     path = Path(path)
     if not replace:

@@ -70,8 +70,11 @@ def test_round_trip_through_decrypt(tmp_path, model_dir, enc_dir, wrap_key):
 def test_manifest_pins_paths_sizes_digests_and_a_model_id(enc_dir, wrap_key):
     manifest = ProtectedTree(enc_dir, wrap_key).manifest
     assert [f.path for f in manifest.files] == [
-        "fingerprint.pb", "saved_model.pb", "variables/variables.data-00000-of-00001",
-        "variables/variables.index"]
+        "fingerprint.pb",
+        "saved_model.pb",
+        "variables/variables.data-00000-of-00001",
+        "variables/variables.index",
+    ]
     assert manifest.entry("saved_model.pb").size == 50_000
     assert len(manifest.model_id) == 36
     assert manifest.bound_root == str(enc_dir)
@@ -161,8 +164,9 @@ def test_expected_root_is_checked(tmp_path, enc_dir, wrap_key):
     decrypt_tree(ProtectedTree(enc_dir, wrap_key), tmp_path / "out", expected_root=str(enc_dir))
 
 
-def test_rekey_tree_rebinds_to_the_new_directory_and_keeps_node_keys(tmp_path, model_dir, enc_dir,
-                                                                     wrap_key):
+def test_rekey_tree_rebinds_to_the_new_directory_and_keeps_node_keys(
+    tmp_path, model_dir, enc_dir, wrap_key
+):
     new_key = os.urandom(16)
     out = tmp_path / "rekeyed"
     manifest = rekey_tree(ProtectedTree(enc_dir, wrap_key), str(out), new_key)

@@ -10,8 +10,15 @@ from sealserve.protected_files import format as fmt
 
 @pytest.mark.parametrize(
     ("plain", "stored"),
-    [(0, 4096), (1, 4096), (3072, 4096), (3073, 12288), (396288, 401408), (396289, 409600),
-     (5_000_000, 5_054_464)],
+    [
+        (0, 4096),
+        (1, 4096),
+        (3072, 4096),
+        (3073, 12288),
+        (396288, 401408),
+        (396289, 409600),
+        (5_000_000, 5_054_464),
+    ],
 )
 def test_encrypted_size_matches_gramines_tool(plain, stored):
     assert fmt.encrypted_size(plain) == stored

@@ -25,9 +25,23 @@ from tests.testvectors import vector_cases
 
 ONE_LEVEL_END = fmt.INLINE_DATA_SIZE + fmt.DATA_SLOTS_PER_MHT * fmt.NODE_SIZE  # 396288
 TWO_LEVEL_START = fmt.INLINE_DATA_SIZE + 33 * fmt.DATA_SLOTS_PER_MHT * fmt.NODE_SIZE  # 12979200
-BOUNDARIES = [0, 1, 3071, 3072, 3073, 4095, 4096, 4097, 7168, 7169,
-              ONE_LEVEL_END - 1, ONE_LEVEL_END, ONE_LEVEL_END + 1,
-              TWO_LEVEL_START, TWO_LEVEL_START + 1]
+BOUNDARIES = [
+    0,
+    1,
+    3071,
+    3072,
+    3073,
+    4095,
+    4096,
+    4097,
+    7168,
+    7169,
+    ONE_LEVEL_END - 1,
+    ONE_LEVEL_END,
+    ONE_LEVEL_END + 1,
+    TWO_LEVEL_START,
+    TWO_LEVEL_START + 1,
+]
 
 
 def encrypt(plain: bytes, key: bytes, path: str = "model/file", version: int = 2) -> bytes:
@@ -48,8 +62,7 @@ sizes = st.one_of(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(size=sizes, version=st.sampled_from([1, 2]), seed=st.integers(0, 2**32),
-       data=st.data())
+@given(size=sizes, version=st.sampled_from([1, 2]), seed=st.integers(0, 2**32), data=st.data())
 def test_round_trip_and_random_access(size, version, seed, data):
     key = random_bytes(16, seed + 1)
     plain = random_bytes(size, seed)
@@ -161,15 +174,19 @@ def test_rekey_rewrites_only_the_metadata_node():
     with pytest.raises(AuthenticationFailed):
         ProtectedFileReader(io.BytesIO(rekeyed), old)
     # a fresh nonce: the new metadata node shares nothing with the old one but the magic
-    assert open_metadata_node(node0, new, "x")[0].nonce != open_metadata_node(enc[: fmt.NODE_SIZE], old, "x")[0].nonce
+    assert (
+        open_metadata_node(node0, new, "x")[0].nonce
+        != open_metadata_node(enc[: fmt.NODE_SIZE], old, "x")[0].nonce
+    )
 
 
 def test_rekey_can_rebind_the_path_and_keeps_the_version():
     old, new = os.urandom(16), os.urandom(16)
     enc = encrypt(b"hello" * 1000, old, path="a/b", version=1)
     node0 = rekey_metadata_node(enc[: fmt.NODE_SIZE], old, new, bound_path=b"c/d")
-    with ProtectedFileReader(io.BytesIO(node0 + enc[fmt.NODE_SIZE :]), new,
-                             expected_path="c/d") as reader:
+    with ProtectedFileReader(
+        io.BytesIO(node0 + enc[fmt.NODE_SIZE :]), new, expected_path="c/d"
+    ) as reader:
         assert reader.version == 1
         assert reader.read_all() == b"hello" * 1000
 

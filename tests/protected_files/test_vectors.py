@@ -55,8 +55,9 @@ def test_bound_path_is_gramines_normalization_of_the_output_argument(case_dir):
     info = Case(case_dir).info
     assert normalize_path(info["output_arg"]) == bytes.fromhex(info["bound_path_utf8_hex"])
     # and opening with that path as the expected one (Gramine's -V) succeeds
-    ProtectedFileReader(case_dir / "enc.bin", Case(case_dir).wrap_key,
-                        expected_path=info["output_arg"]).close()
+    ProtectedFileReader(
+        case_dir / "enc.bin", Case(case_dir).wrap_key, expected_path=info["output_arg"]
+    ).close()
 
 
 def test_a_vector_opened_as_another_path_is_refused():
@@ -72,8 +73,15 @@ def test_writer_reproduces_the_vector_byte_for_byte(case_dir):
     header, metadata, keys = recover_keys(enc, case.wrap_key)
     out = io.BytesIO()
     plain = case.plain
-    write_protected(io.BytesIO(plain), len(plain), out, case.wrap_key, metadata.bound_path,
-                    version=header.version, node_keys=keys)
+    write_protected(
+        io.BytesIO(plain),
+        len(plain),
+        out,
+        case.wrap_key,
+        metadata.bound_path,
+        version=header.version,
+        node_keys=keys,
+    )
     assert out.getvalue() == enc
     assert len(enc) == fmt.encrypted_size(len(plain))
 
@@ -88,9 +96,11 @@ def test_negative_vector_gets_gramines_verdict(case_dir):
             assert hashlib.sha256(reader.read_all()).hexdigest() == info["plain_sha256_if_accepted"]
         return
     expected_error = STRICTER_THAN_GRAMINE.get(name, Exception)
-    with pytest.raises(expected_error) as raised:
-        with ProtectedFileReader(case_dir / "enc.bin", case.wrap_key) as reader:
-            reader.read_all()
+    with (
+        pytest.raises(expected_error) as raised,
+        ProtectedFileReader(case_dir / "enc.bin", case.wrap_key) as reader,
+    ):
+        reader.read_all()
     # every refusal is one of ours, with a one-line message naming the file
     message = str(raised.value)
     assert "enc.bin" in message and "\n" not in message
@@ -99,9 +109,11 @@ def test_negative_vector_gets_gramines_verdict(case_dir):
 
 def test_tampered_ciphertext_fails_authentication_not_parsing():
     case = Case(vector_cases("negative")[0].parent / "s1M_data0_byte8192")
-    with pytest.raises(AuthenticationFailed, match="authentication failed for .*corrupted"):
-        with ProtectedFileReader(case.directory / "enc.bin", case.wrap_key) as reader:
-            reader.read_all()
+    with (
+        pytest.raises(AuthenticationFailed, match="authentication failed for .*corrupted"),
+        ProtectedFileReader(case.directory / "enc.bin", case.wrap_key) as reader,
+    ):
+        reader.read_all()
 
 
 def test_metadata_key_derivation_matches_the_worked_examples():
@@ -112,5 +124,7 @@ def test_metadata_key_derivation_matches_the_worked_examples():
     assert derive_metadata_key(key, bytes(range(32))).hex() == "7e3e7a45536f547642ad61473eba1173"
     hello = Case(vector_cases("public")[0].parent / "fixed_key_hello")
     details = hello.info["details"]
-    assert derive_metadata_key(hello.wrap_key, bytes.fromhex(details["nonce"])).hex() == \
-        details["metadata_key"]
+    assert (
+        derive_metadata_key(hello.wrap_key, bytes.fromhex(details["nonce"])).hex()
+        == details["metadata_key"]
+    )

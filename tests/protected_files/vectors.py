@@ -63,7 +63,9 @@ def recover_keys(enc: bytes, wrap_key: bytes) -> tuple[fmt.Header, fmt.Metadata,
         start = fmt.mht_node_physical(m) * fmt.NODE_SIZE
         plain = gcm_decrypt(keys.mht_keys[m], enc[start : start + fmt.NODE_SIZE], macs[m])
         assert plain is not None, f"MHT {m} does not authenticate"
-        for d in range(m * fmt.DATA_SLOTS_PER_MHT, min(data_count, (m + 1) * fmt.DATA_SLOTS_PER_MHT)):
+        for d in range(
+            m * fmt.DATA_SLOTS_PER_MHT, min(data_count, (m + 1) * fmt.DATA_SLOTS_PER_MHT)
+        ):
             offset = fmt.data_entry_offset(d)
             keys.data_keys[d] = plain[offset : offset + fmt.KEY_SIZE]
         for child in fmt.mht_children(m, mht_count):

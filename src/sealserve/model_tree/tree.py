@@ -14,11 +14,12 @@ different trees.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -180,6 +181,25 @@ def list_tree(root: Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(directories)
 
 
+# -- writing trees -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _new_tree(
+    out: str | os.PathLike[str], directories: Iterable[str], *, mode: int = 0o755
+) -> Iterator[Path]:
+    """A temporary directory with the tree's subdirectories, published as `out` at the end
+    (at its Gramine-normalized path, where the files are bound)."""
+    with atomic_output_dir(_as_path(normalize_path(os.fspath(out))), mode=mode) as tmp:
+        for directory in directories:
+            (tmp / directory).mkdir(mode=mode)
+        yield tmp
+
+
+def _bound_root(out: str) -> str:
+    return normalize_path(out).decode("utf-8", "surrogateescape")
+
+
 # -- encrypting --------------------------------------------------------------------------
 
 
@@ -195,8 +215,9 @@ def encrypt_file(
     there (as Gramine's tool does: `a/tmp/../b` needs no `a/tmp`); returns the bound path."""
     bound = normalize_path(out)
     with _open_input(Path(src)) as source, atomic_output_file(_as_path(bound)) as dst:
-        write_protected(source, _size(source), dst, wrap_key, bound, version=version,
-                        progress=progress)
+        write_protected(
+            source, _size(source), dst, wrap_key, bound, version=version, progress=progress
+        )
     return bound
 
 
@@ -213,19 +234,26 @@ def encrypt_tree(
     src_root = Path(src)
     files, directories = list_tree(src_root)
     entries = []
-    with atomic_output_dir(_as_path(normalize_path(out))) as tmp:
-        for directory in directories:
-            (tmp / directory).mkdir()
+    with _new_tree(out, directories) as tmp:
         for relative in files:
-            with _open_input(src_root / relative) as source, \
-                    atomic_output_file(tmp / relative) as dst:
+            with (
+                _open_input(src_root / relative) as source,
+                atomic_output_file(tmp / relative) as dst,
+            ):
                 size = _size(source)
-                write_protected(source, size, dst, wrap_key, bound_path_in(out, relative),
-                                version=version, progress=progress)
+                write_protected(
+                    source,
+                    size,
+                    dst,
+                    wrap_key,
+                    bound_path_in(out, relative),
+                    version=version,
+                    progress=progress,
+                )
                 entries.append(FileEntry(relative, size, _sha256_of(source)))
         manifest = ModelManifest(
             model_id=model_id or new_model_id(),
-            bound_root=normalize_path(out).decode("utf-8", "surrogateescape"),
+            bound_root=_bound_root(out),
             files=tuple(entries),
             directories=tuple(directories),
         )
@@ -233,12 +261,19 @@ def encrypt_tree(
     return manifest
 
 
-def _write_manifest(tree: Path, manifest: ModelManifest, wrap_key: bytes, version: int,
-                    *, replace: bool = False) -> None:
+def _write_manifest(
+    tree: Path, manifest: ModelManifest, wrap_key: bytes, version: int, *, replace: bool = False
+) -> None:
     raw = manifest.to_json()
     with atomic_output_file(tree / MANIFEST_NAME, replace=replace) as dst:
-        write_protected(io.BytesIO(raw), len(raw), dst, wrap_key,
-                        bound_path_in(manifest.bound_root, MANIFEST_NAME), version=version)
+        write_protected(
+            io.BytesIO(raw),
+            len(raw),
+            dst,
+            wrap_key,
+            bound_path_in(manifest.bound_root, MANIFEST_NAME),
+            version=version,
+        )
 
 
 # -- decrypting --------------------------------------------------------------------------
@@ -254,14 +289,15 @@ def decrypt_file(
 ) -> ProtectedFileReader:
     """Decrypt one protected file to `out` (mode 0600); returns the (closed) reader for its
     header facts."""
-    with _open_input(Path(src)) as source:
-        with ProtectedFileReader(source, wrap_key, expected_path=expected_path,
-                                 name=str(src)) as reader, \
-                atomic_output_file(Path(out), mode=PRIVATE_FILE_MODE) as dst:
-            for chunk in reader.iter_chunks():
-                dst.write(chunk)
-                if progress:
-                    progress(len(chunk))
+    with (
+        _open_input(Path(src)) as source,
+        ProtectedFileReader(source, wrap_key, expected_path=expected_path, name=str(src)) as reader,
+        atomic_output_file(Path(out), mode=PRIVATE_FILE_MODE) as dst,
+    ):
+        for chunk in reader.iter_chunks():
+            dst.write(chunk)
+            if progress:
+                progress(len(chunk))
     return reader
 
 
@@ -275,9 +311,7 @@ def decrypt_tree(
     """Decrypt a whole tree to `out` (private permissions), checking it against its
     manifest; nothing is left at `out` if any file fails."""
     _check_root(tree, expected_root)
-    with atomic_output_dir(Path(out), mode=PRIVATE_DIR_MODE) as tmp:
-        for directory in tree.manifest.directories:
-            (tmp / directory).mkdir(mode=PRIVATE_DIR_MODE)
+    with _new_tree(out, tree.manifest.directories, mode=PRIVATE_DIR_MODE) as tmp:
         for entry in tree.manifest.files:
             with atomic_output_file(tmp / entry.path, mode=PRIVATE_FILE_MODE) as dst:
                 for chunk in tree.iter_file(entry.path):
@@ -293,8 +327,7 @@ def _check_root(tree: ProtectedTree, expected_root: str | bytes | None) -> None:
     expected = normalize_path(expected_root)
     if normalize_path(tree.manifest.bound_root) != expected:
         raise PermissionDenied(
-            f"{tree.root} is bound to '{tree.manifest.bound_root}', "
-            f"not '{display_path(expected)}'"
+            f"{tree.root} is bound to '{tree.manifest.bound_root}', not '{display_path(expected)}'"
         )
 
 
@@ -313,26 +346,31 @@ def rekey_file(
     """Rotate a file's wrap key, into `out` bound to `out`'s path, or in place when `out` is
     `src` (then only the 4 KiB metadata node is rewritten, with one aligned write)."""
     src_path = Path(src)
-    in_place = _same_file(src_path, Path(out))
+    bound = normalize_path(out)
+    out_path = _as_path(bound)
+    in_place = _same_file(src_path, out_path)
     if reencrypt:
         if in_place:
-            raise InvalidArgument("--reencrypt writes a new file: give an output other than the input")
-        with ProtectedFileReader(src_path, old_key) as reader, \
-                atomic_output_file(Path(out)) as dst:
-            write_protected(reader, reader.size, dst, new_key, normalize_path(out),
-                            version=reader.version, progress=progress)
+            raise InvalidArgument(
+                "--reencrypt writes a new file: give an output other than the input"
+            )
+        with ProtectedFileReader(src_path, old_key) as reader, atomic_output_file(out_path) as dst:
+            write_protected(
+                reader, reader.size, dst, new_key, bound, version=reader.version, progress=progress
+            )
         return
     with _open_input(src_path) as source:
         # opening authenticates node 0 and checks the file's length against its size
         ProtectedFileReader(source, old_key, name=str(src)).close()
         source.seek(0)
         node0 = source.read(NODE_SIZE)
-        bound = None if in_place else normalize_path(out)
-        new_node0 = rekey_metadata_node(node0, old_key, new_key, bound_path=bound, name=str(src))
+        new_node0 = rekey_metadata_node(
+            node0, old_key, new_key, bound_path=None if in_place else bound, name=str(src)
+        )
         if in_place:
             _rewrite_node0(src_path, new_node0)
             return
-        with atomic_output_file(Path(out)) as dst:
+        with atomic_output_file(out_path) as dst:
             copy_file_contents(source, dst)
             dst.seek(0)
             dst.write(new_node0)
@@ -349,21 +387,23 @@ def rekey_tree(
     """Rotate the wrap key of an opened tree into a new directory `out` (bound to it)."""
     old_key = tree.wrap_key
     if reencrypt:
-        # decrypt (verified) and encrypt again, with fresh node keys, in one pass per file
         return encrypt_tree_from(tree, out, new_key, progress=progress)
-    manifest = replace(tree.manifest, bound_root=normalize_path(out).decode("utf-8", "surrogateescape"))
-    with atomic_output_dir(Path(out)) as tmp:
-        for directory in manifest.directories:
-            (tmp / directory).mkdir()
+    manifest = replace(tree.manifest, bound_root=_bound_root(out))
+    with _new_tree(out, manifest.directories) as tmp:
         for entry in manifest.files:
             tree.open_file(entry.path).close()  # authenticates node 0, checks path and size
-            with _open_input(tree.root / entry.path) as source, \
-                    atomic_output_file(tmp / entry.path) as dst:
+            with (
+                _open_input(tree.root / entry.path) as source,
+                atomic_output_file(tmp / entry.path) as dst,
+            ):
                 node0 = source.read(NODE_SIZE)
                 copy_file_contents(source, dst)
                 dst.seek(0)
-                dst.write(rekey_metadata_node(node0, old_key, new_key,
-                                              bound_path=bound_path_in(out, entry.path)))
+                dst.write(
+                    rekey_metadata_node(
+                        node0, old_key, new_key, bound_path=bound_path_in(out, entry.path)
+                    )
+                )
             if progress:
                 progress(entry.size)
         _write_manifest(tmp, manifest, new_key, tree.version)
@@ -376,15 +416,19 @@ def encrypt_tree_from(
     """Re-encrypt an opened tree under `wrap_key` with fresh node keys, keeping its model id.
     The source is verified against its manifest first, so only authentic content is copied."""
     tree.verify()
-    manifest = replace(tree.manifest, bound_root=normalize_path(out).decode("utf-8", "surrogateescape"))
-    with atomic_output_dir(Path(out)) as tmp:
-        for directory in manifest.directories:
-            (tmp / directory).mkdir()
+    manifest = replace(tree.manifest, bound_root=_bound_root(out))
+    with _new_tree(out, manifest.directories) as tmp:
         for entry in manifest.files:
             with tree.open_file(entry.path) as reader, atomic_output_file(tmp / entry.path) as dst:
-                write_protected(reader, reader.size, dst, wrap_key,
-                                bound_path_in(out, entry.path), version=reader.version,
-                                progress=progress)
+                write_protected(
+                    reader,
+                    reader.size,
+                    dst,
+                    wrap_key,
+                    bound_path_in(out, entry.path),
+                    version=reader.version,
+                    progress=progress,
+                )
         _write_manifest(tmp, manifest, wrap_key, tree.version)
     return manifest
 

@@ -17,8 +17,15 @@ from sealserve.protected_files.format import KEY_SIZE, MAC_SIZE, kdf_input
 
 ZERO_IV = bytes(12)
 
-__all__ = ["ZERO_IV", "AESGCM", "InvalidTag", "derive_metadata_key", "check_wrap_key",
-           "gcm_encrypt", "gcm_decrypt"]
+__all__ = [
+    "ZERO_IV",
+    "AESGCM",
+    "InvalidTag",
+    "derive_metadata_key",
+    "check_wrap_key",
+    "gcm_encrypt",
+    "gcm_decrypt",
+]
 
 
 def check_wrap_key(wrap_key: bytes) -> bytes:

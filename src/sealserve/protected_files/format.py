@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from sealserve.errors import InvalidArgument
 
@@ -38,6 +39,18 @@ _METADATA_FIXED = struct.Struct(f"<{PATH_FIELD_SIZE}sQ{KEY_SIZE}s{MAC_SIZE}s")
 # §5 KDF input: counter, 64-byte label, nonce, output length in bits
 KDF_LABEL = b"SGX-PROTECTED-FS-METADATA-KEY"
 _KDF_INPUT = struct.Struct(f"<I64s{NONCE_SIZE}sI")
+
+
+class RandomAccessSource(Protocol):
+    """What the reader and writer need of a stored file: a seekable binary file."""
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any
 
 from sealserve.errors import DataLoss, InvalidArgument, PermissionDenied
 from sealserve.protected_files import format as fmt
@@ -63,7 +63,7 @@ class ProtectedFileReader(io.RawIOBase):
 
     def __init__(
         self,
-        source: str | os.PathLike[str] | BinaryIO,
+        source: str | os.PathLike[str] | fmt.RandomAccessSource,
         wrap_key: bytes,
         *,
         expected_path: str | bytes | None = None,
@@ -72,7 +72,7 @@ class ProtectedFileReader(io.RawIOBase):
         super().__init__()
         wrap_key = check_wrap_key(wrap_key)
         if isinstance(source, (str, os.PathLike)):
-            self._file: BinaryIO = open(source, "rb")  # noqa: SIM115 - closed in close()
+            self._file: Any = open(source, "rb")  # noqa: SIM115 - closed in close()
             self._owns_file = True
             self.name = name or os.fspath(source)
         else:
@@ -137,8 +137,9 @@ class ProtectedFileReader(io.RawIOBase):
         want = count * fmt.NODE_SIZE
         data = self._file.read(want)
         if len(data) != want:
-            raise DataLoss(f"{self.name} is truncated (node {first + len(data) // fmt.NODE_SIZE} "
-                           "is missing)")
+            raise DataLoss(
+                f"{self.name} is truncated (node {first + len(data) // fmt.NODE_SIZE} is missing)"
+            )
         return data
 
     def _decrypt_node(self, physical: int, key: bytes, tag: bytes) -> bytes:
@@ -149,7 +150,9 @@ class ProtectedFileReader(io.RawIOBase):
         return plain
 
     def _corrupted(self) -> AuthenticationFailed:
-        return AuthenticationFailed(f"authentication failed for {self.name} (the file is corrupted)")
+        return AuthenticationFailed(
+            f"authentication failed for {self.name} (the file is corrupted)"
+        )
 
     def _mht(self, m: int) -> bytes:
         """Plaintext of MHT node m, authenticated along its path from the root."""
@@ -190,11 +193,14 @@ class ProtectedFileReader(io.RawIOBase):
         for i in range(count - 1, -1, -1):
             entry = fmt.data_entry_offset(d0 + i)
             node = i * fmt.NODE_SIZE
-            stored[node + fmt.NODE_SIZE : node + fmt.NODE_SIZE + fmt.MAC_SIZE] = \
-                mht[entry + fmt.KEY_SIZE : entry + fmt.ENTRY_SIZE]
+            stored[node + fmt.NODE_SIZE : node + fmt.NODE_SIZE + fmt.MAC_SIZE] = mht[
+                entry + fmt.KEY_SIZE : entry + fmt.ENTRY_SIZE
+            ]
             try:
                 AESGCM(mht[entry : entry + fmt.KEY_SIZE]).decrypt_into(
-                    ZERO_IV, stored[node : node + fmt.NODE_SIZE + fmt.MAC_SIZE], None,
+                    ZERO_IV,
+                    stored[node : node + fmt.NODE_SIZE + fmt.MAC_SIZE],
+                    None,
                     out[node : node + fmt.NODE_SIZE],
                 )
             except InvalidTag:

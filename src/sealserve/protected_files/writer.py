@@ -26,6 +26,7 @@ from sealserve.protected_files.crypto import (
     derive_metadata_key,
     gcm_encrypt,
 )
+from sealserve.protected_files.format import RandomAccessSource
 
 Progress = Callable[[int], None]
 
@@ -56,7 +57,7 @@ class RandomNodeKeys:
 
 
 def write_protected(
-    src: BinaryIO,
+    src: RandomAccessSource,
     size: int,
     dst: BinaryIO,
     wrap_key: bytes,
@@ -69,14 +70,15 @@ def write_protected(
     """Encrypt `size` bytes of `src` (from offset 0) into `dst` as a protected file bound to
     `bound_path` (stored exactly as given: normalize it first with `format.normalize_path`
     to match Gramine's tool)."""
-    _Writer(src, size, dst, wrap_key, bound_path, version, node_keys or RandomNodeKeys(),
-            progress).write()
+    _Writer(
+        src, size, dst, wrap_key, bound_path, version, node_keys or RandomNodeKeys(), progress
+    ).write()
 
 
 class _Writer:
     def __init__(
         self,
-        src: BinaryIO,
+        src: RandomAccessSource,
         size: int,
         dst: BinaryIO,
         wrap_key: bytes,
@@ -89,8 +91,11 @@ class _Writer:
             raise ValueError(f"unsupported format version {version}")
         self.src, self.size, self.dst = src, size, dst
         self.wrap_key = check_wrap_key(wrap_key)
-        path = bound_path.encode("utf-8", "surrogateescape") if isinstance(bound_path, str) \
+        path = (
+            bound_path.encode("utf-8", "surrogateescape")
+            if isinstance(bound_path, str)
             else bytes(bound_path)
+        )
         self.bound_path = fmt.check_bound_path(path)
         self.version = version
         self.keys = node_keys
@@ -133,11 +138,12 @@ class _Writer:
         for i in range(count):
             key = keys[i * fmt.KEY_SIZE : (i + 1) * fmt.KEY_SIZE]
             node = i * fmt.NODE_SIZE
-            tag = node + fmt.NODE_SIZE
-            AESGCM(key).encrypt_into(ZERO_IV, plain[node:tag], None,
-                                     sealed[node : tag + fmt.MAC_SIZE])
+            tag_at = node + fmt.NODE_SIZE
+            AESGCM(key).encrypt_into(
+                ZERO_IV, plain[node:tag_at], None, sealed[node : tag_at + fmt.MAC_SIZE]
+            )
             entry = i * fmt.ENTRY_SIZE
-            mht[entry : entry + fmt.ENTRY_SIZE] = key + sealed[tag : tag + fmt.MAC_SIZE]
+            mht[entry : entry + fmt.ENTRY_SIZE] = key + sealed[tag_at : tag_at + fmt.MAC_SIZE]
         self._put(fmt.data_node_physical(d0) * fmt.NODE_SIZE, sealed[: count * fmt.NODE_SIZE])
         self._report(length)
 
@@ -179,6 +185,11 @@ def seal_metadata_node(
 ) -> bytes:
     """Node 0: the plaintext header and the metadata encrypted under KDF(wrap_key, nonce)."""
     ciphertext, tag = gcm_encrypt(derive_metadata_key(wrap_key, nonce), fmt.pack_metadata(metadata))
-    header = fmt.Header(version=version, minor_version=fmt.MINOR_VERSION, nonce=nonce,
-                        metadata_mac=tag, feature_flags=0)
+    header = fmt.Header(
+        version=version,
+        minor_version=fmt.MINOR_VERSION,
+        nonce=nonce,
+        metadata_mac=tag,
+        feature_flags=0,
+    )
     return (fmt.pack_header(header) + ciphertext).ljust(fmt.NODE_SIZE, b"\0")

@@ -63,10 +63,14 @@ def run(work: Path) -> None:
     step("2. ... and a wrap key that only a verified TEE will ever receive")
     sealserve("keygen", "-w", str(key))
 
-    step("3. Every file of the model is encrypted (Gramine's protected-file format) "
-         "plus an encrypted manifest")
+    step(
+        "3. Every file of the model is encrypted (Gramine's protected-file format) "
+        "plus an encrypted manifest"
+    )
     sealserve("encrypt", "-w", str(key), "-i", str(plain), "-o", str(encrypted))
-    leaked = [p for p in encrypted.rglob("*") if p.is_file() and b"serving_default" in p.read_bytes()]
+    leaked = [
+        p for p in encrypted.rglob("*") if p.is_file() and b"serving_default" in p.read_bytes()
+    ]
     if leaked:
         raise DemoFailed(f"plaintext visible in {leaked[0]}")
     print("  (no file of the encrypted tree contains any of the model's plaintext)")
@@ -74,12 +78,16 @@ def run(work: Path) -> None:
     step("4. Anyone holding the key can check the whole tree")
     sealserve("verify", "-w", str(key), str(encrypted))
 
-    step("5. The server side loads it in memory only: decrypted into TensorFlow's ram:// "
-         "file system, never onto a disk")
+    step(
+        "5. The server side loads it in memory only: decrypted into TensorFlow's ram:// "
+        "file system, never onto a disk"
+    )
     started = time.perf_counter()
     predictions = predict_in_memory(encrypted, key, [1.0, 2.0, 5.0])
-    print(f"  half_plus_two([1.0, 2.0, 5.0]) = {predictions} "
-          f"(loaded and run in {time.perf_counter() - started:.1f} s)")
+    print(
+        f"  half_plus_two([1.0, 2.0, 5.0]) = {predictions} "
+        f"(loaded and run in {time.perf_counter() - started:.1f} s)"
+    )
     if predictions != [2.5, 3.0, 4.5]:
         raise DemoFailed(f"unexpected predictions {predictions}")
 
@@ -97,8 +105,9 @@ def run(work: Path) -> None:
     new_key = work / "keys" / "half_plus_two.next.key"
     sealserve("keygen", "-w", str(new_key))
     rotated = work / "models" / "half_plus_two" / "2"
-    sealserve("rekey", "-w", str(key), "--new-key", str(new_key), "-i", str(encrypted),
-              "-o", str(rotated))
+    sealserve(
+        "rekey", "-w", str(key), "--new-key", str(new_key), "-i", str(encrypted), "-o", str(rotated)
+    )
     sealserve("verify", "-w", str(new_key), str(rotated))
 
     step("8. The owner can always get the exact original back")
@@ -124,8 +133,12 @@ def predict_in_memory(encrypted: Path, key_path: Path, xs: list[float]) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path(".demo"),
-                        help="where the demo's files go (recreated; default .demo)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(".demo"),
+        help="where the demo's files go (recreated; default .demo)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
@@ -133,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     except DemoFailed as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         return 1
-    print(f"\nDemo complete in {time.perf_counter() - started:.0f} s; its files are in "
-          f"{args.workdir}/")
+    print(
+        f"\nDemo complete in {time.perf_counter() - started:.0f} s; its files are in "
+        f"{args.workdir}/"
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sealserve.errors import InvalidArgument
 from sealserve.fsio import atomic_output_dir
@@ -20,37 +21,40 @@ from sealserve.serving.tensorflow_runtime import import_tensorflow
 def make_half_plus_two(directory: Path) -> None:
     tf = import_tensorflow()
 
-    class HalfPlusTwo(tf.Module):
+    class HalfPlusTwo(tf.Module):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.a = tf.Variable(0.5, name="a")
             self.b = tf.Variable(2.0, name="b")
             self.c = tf.Variable(3.0, name="c")
 
-        def _parse(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            return tf.io.parse_example(examples, {
-                "x": tf.io.FixedLenFeature([1], tf.float32),
-                "x2": tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
-            })
+        def _parse(self, examples: Any) -> dict[str, Any]:
+            return tf.io.parse_example(
+                examples,
+                {
+                    "x": tf.io.FixedLenFeature([1], tf.float32),
+                    "x2": tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+                },
+            )
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        def predict(self, x: Any) -> dict[str, Any]:
             return {"y": self.a * x + self.b}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def classify_x_to_y(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        def classify_x_to_y(self, inputs: Any) -> dict[str, Any]:
             return {"scores": self.a * self._parse(inputs)["x"] + self.b}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def regress_x_to_y(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        def regress_x_to_y(self, inputs: Any) -> dict[str, Any]:
             return {"outputs": self.a * self._parse(inputs)["x"] + self.b}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def regress_x_to_y2(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        def regress_x_to_y2(self, inputs: Any) -> dict[str, Any]:
             return {"outputs": self.a * self._parse(inputs)["x"] + self.c}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def regress_x2_to_y3(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        def regress_x2_to_y3(self, inputs: Any) -> dict[str, Any]:
             return {"outputs": self.a * self._parse(inputs)["x2"] + self.c}
 
     module = HalfPlusTwo()
