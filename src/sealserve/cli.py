@@ -13,9 +13,15 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sealserve import __version__
 from sealserve.errors import InvalidArgument, NotFound, SealserveError
+
+if TYPE_CHECKING:
+    from sealserve.serving.keys import StaticKeyProvider
+    from sealserve.serving.server import ServerOptions
+    from sealserve.tools.certs import CertificateSet
 
 log = logging.getLogger("sealserve")
 
@@ -133,6 +139,41 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(run=_verify)
 
+    _add_serve(commands)
+
+    certs = commands.add_parser("certs", help="make TLS keys, certificates and ssl.cfg")
+    cert_commands = certs.add_subparsers(title="certificate commands", metavar="COMMAND")
+    twoway = cert_commands.add_parser("twoway", help="a CA, server and client (mutual TLS)")
+    twoway.add_argument("server_name", help="the server's DNS name or IP address")
+    twoway.add_argument("client_name", help="the client's name (DNS name or IP address)")
+    oneway = cert_commands.add_parser("oneway", help="a self-signed server certificate")
+    oneway.add_argument("server_name", help="the server's DNS name or IP address")
+    for command, run in ((twoway, _certs_twoway), (oneway, _certs_oneway)):
+        command.add_argument(
+            "-o",
+            "--output",
+            required=True,
+            metavar="DIR",
+            help="directory to create (the seed's ssl_configure/ layout)",
+        )
+        command.add_argument(
+            "--san",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="another DNS name or IP address of the server (repeatable)",
+        )
+        command.add_argument(
+            "--rsa", type=int, metavar="BITS", help="RSA keys of BITS bits instead of ECDSA P-256"
+        )
+        command.add_argument("--days", type=int, default=365, help="leaf validity in days")
+        command.add_argument(
+            "--encrypt-ssl-cfg",
+            metavar="KEY",
+            help="write ssl.cfg as a protected file under this wrap key",
+        )
+        command.set_defaults(run=run)
+
     models = commands.add_parser("models", help="generate test and demo models")
     model_commands = models.add_subparsers(title="model commands", metavar="COMMAND")
     make = model_commands.add_parser("make", help="write a generated SavedModel")
@@ -153,6 +194,98 @@ def _model_names() -> list[str]:
     from sealserve.tools.models import MODEL_NAMES
 
     return list(MODEL_NAMES)
+
+
+def _flag_bool(text: str) -> bool:
+    """TF Serving's boolean flags: --flag, --flag=true, --flag=false (also 1/0)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = commands.add_parser(
+        "serve",
+        help="serve (encrypted) SavedModels through TF Serving's REST and gRPC APIs",
+        description="A drop-in for tensorflow_model_server: the same flags, names and "
+        "defaults; protected models are decrypted in memory only.",
+    )
+    tf = serve.add_argument_group("TensorFlow Serving flags")
+    tf.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    tf.add_argument("--rest_api_port", type=int, default=0, help="REST port (0: no REST API)")
+    tf.add_argument("--rest_api_timeout_in_ms", type=int, default=30000)
+    tf.add_argument("--model_name", default="default", help="name of the single model")
+    tf.add_argument("--model_base_path", help="base path of the single model")
+    tf.add_argument("--model_config_file", help="ModelServerConfig text proto (several models)")
+    tf.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=int,
+        default=0,
+        help="accepted; reloading the config file comes with live reload",
+    )
+    tf.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1,
+        help="seconds between scans for new versions (0: once at start-up)",
+    )
+    tf.add_argument("--ssl_config_file", help="SSLConfig text proto: TLS for gRPC and REST")
+    tf.add_argument("--saved_model_tags", default="serve", help="comma-separated tags")
+    tf.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
+    tf.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0)
+    tf.add_argument("--max_num_load_retries", type=int, default=5)
+    tf.add_argument("--load_retry_interval_micros", type=int, default=60_000_000)
+    tf.add_argument("--num_load_threads", type=int, default=2)
+    for name, default, text in (
+        ("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests"),
+        ("--enable_grpc_healthcheck_service", False, "serve grpc.health.v1"),
+        ("--enable_batching", False, "accepted; dynamic batching comes in a later release"),
+    ):
+        tf.add_argument(
+            name,
+            type=_flag_bool,
+            nargs="?",
+            const=True,
+            default=default,
+            metavar="BOOL",
+            help=f"{text} (default {str(default).lower()})",
+        )
+    tf.add_argument("--batching_parameters_file", help="accepted; see --enable_batching")
+    tf.add_argument("--monitoring_config_file", help="accepted; metrics come in a later release")
+
+    own = serve.add_argument_group("sealserve flags")
+    own.add_argument(
+        "--model_key",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="wrap key of model NAME (repeatable)",
+    )
+    own.add_argument(
+        "--ssl_config_key",
+        metavar="NAME",
+        help="--model_key entry that decrypts a protected --ssl_config_file "
+        "(default: the only one given)",
+    )
+    own.add_argument("--bind_address", default="0.0.0.0", help="address to listen on")
+    own.add_argument(
+        "--rest_api_max_body_bytes",
+        type=int,
+        default=100 << 20,
+        help="cap on a request body, after gzip decompression",
+    )
+    own.add_argument("--rest_api_max_json_depth", type=int, default=100)
+    own.add_argument("--grpc_max_message_bytes", type=int, default=256 << 20)
+    own.add_argument(
+        "--inference_threads",
+        type=int,
+        default=8,
+        help="threads running requests (TensorFlow releases the GIL)",
+    )
+    serve.set_defaults(run=_serve)
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -277,6 +410,113 @@ def _verify(args: argparse.Namespace) -> None:
                 f"OK: {source}, {reader.size} bytes, format version {reader.version}, bound "
                 f'to "{reader.bound_path.decode("utf-8", "backslashreplace")}"'
             )
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from sealserve.serving.keys import StaticKeyProvider
+    from sealserve.serving.server import ModelServer
+
+    keys = StaticKeyProvider.from_flags(args.model_key)
+    options = _server_options(args, keys)
+    logging.getLogger("sealserve").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    asyncio.run(ModelServer(options, keys).serve_until_signalled())
+
+
+def _server_options(args: argparse.Namespace, keys: StaticKeyProvider) -> ServerOptions:
+    from sealserve.serving import model_config
+    from sealserve.serving.loader import LoadOptions
+    from sealserve.serving.manager import ManagerOptions
+    from sealserve.serving.rest import RestOptions
+    from sealserve.serving.server import ServerOptions
+    from sealserve.serving.tls import load_ssl_config
+
+    if args.model_config_file:
+        models = model_config.read_model_config_file(args.model_config_file)
+    elif args.model_base_path:
+        models = model_config.single_model(args.model_name, args.model_base_path)
+    else:
+        raise InvalidArgument("give --model_base_path (with --model_name) or --model_config_file")
+    if args.enable_batching or args.batching_parameters_file or args.monitoring_config_file:
+        log.warning("batching and monitoring flags are accepted but not active in this release")
+    ssl = None
+    if args.ssl_config_file:
+        ssl = load_ssl_config(args.ssl_config_file, _ssl_config_key(args, keys))
+    tags = tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
+    return ServerOptions(
+        models=models,
+        grpc_port=args.port,
+        rest_port=args.rest_api_port,
+        bind_address=args.bind_address,
+        ssl=ssl,
+        manager=ManagerOptions(
+            load=LoadOptions(tags=tags, warmup=args.enable_model_warmup),
+            poll_seconds=args.file_system_poll_wait_seconds,
+            max_load_retries=args.max_num_load_retries,
+            load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
+            load_threads=args.num_load_threads,
+        ),
+        rest=RestOptions(
+            timeout_seconds=args.rest_api_timeout_in_ms / 1000,
+            max_body_bytes=args.rest_api_max_body_bytes,
+            max_json_depth=args.rest_api_max_json_depth,
+        ),
+        grpc_max_message_bytes=args.grpc_max_message_bytes,
+        grpc_health_check=args.enable_grpc_healthcheck_service,
+        intra_op_threads=args.tensorflow_intra_op_parallelism,
+        inter_op_threads=args.tensorflow_inter_op_parallelism,
+        inference_threads=args.inference_threads,
+    )
+
+
+def _ssl_config_key(args: argparse.Namespace, keys: StaticKeyProvider) -> bytes | None:
+    """The key of a protected ssl config: --ssl_config_key NAME, or the only model key."""
+    if args.ssl_config_key:
+        return keys.key_for(args.ssl_config_key)
+    names = keys.names()
+    return keys.key_for(names[0]) if len(names) == 1 else None
+
+
+def _certs_twoway(args: argparse.Namespace) -> None:
+    from sealserve.tools.certs import make_twoway
+
+    made = make_twoway(
+        args.server_name,
+        args.client_name,
+        args.output,
+        sans=args.san,
+        rsa_bits=args.rsa,
+        valid_days=args.days,
+        encrypt_ssl_cfg_key=_ssl_cfg_key(args),
+    )
+    _print_certs(made, "mutual TLS")
+
+
+def _certs_oneway(args: argparse.Namespace) -> None:
+    from sealserve.tools.certs import make_oneway
+
+    made = make_oneway(
+        args.server_name,
+        args.output,
+        sans=args.san,
+        rsa_bits=args.rsa,
+        valid_days=args.days,
+        encrypt_ssl_cfg_key=_ssl_cfg_key(args),
+    )
+    _print_certs(made, "server-only TLS")
+
+
+def _ssl_cfg_key(args: argparse.Namespace) -> bytes | None:
+    from sealserve.keyfile import read_wrap_key
+
+    return read_wrap_key(args.encrypt_ssl_cfg) if args.encrypt_ssl_cfg else None
+
+
+def _print_certs(made: CertificateSet, kind: str) -> None:
+    print(f"wrote {kind} keys and certificates to {made.root}")
+    print(f"  server: --ssl_config_file {made.ssl_config}")
+    print(f"  clients trust: {made.trust_anchor}")
 
 
 def _models_make(args: argparse.Namespace) -> None:

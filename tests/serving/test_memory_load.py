@@ -55,3 +55,20 @@ def test_a_missing_file_is_refused(encrypted_model, wrap_key):
     (encrypted_model / "fingerprint.pb").unlink()
     with pytest.raises(TreeIntegrityError, match="'fingerprint.pb' is missing"):
         load_protected_saved_model(ProtectedTree(encrypted_model, wrap_key))
+
+
+def test_in_memory_copy_is_removed_even_with_prefix_sharing_directories(
+    tmp_path, half_plus_two, wrap_key
+):
+    # ram://'s recursive delete fails on `assets` beside `assets.extra`: files must still go
+    tf = import_tensorflow()
+    plain = tmp_path / "plain"
+    import shutil
+
+    shutil.copytree(half_plus_two, plain)
+    (plain / "assets.extra").mkdir()
+    (plain / "assets.extra" / "notes").write_bytes(b"secret notes")
+    encrypt_tree(plain, str(tmp_path / "enc"), wrap_key)
+    load_protected_saved_model(ProtectedTree(tmp_path / "enc", wrap_key))
+    assert tf.io.gfile.glob("ram://sealserve-*") == []
+    assert tf.io.gfile.glob("ram://sealserve-*/*/*") == []

@@ -1,35 +1,63 @@
 """Load a SavedModel whose plaintext exists only in this process's memory.
 
 The files of a protected tree are decrypted chunk by chunk straight into TensorFlow's
-in-memory file system (`ram://`), loaded from there, and the in-memory copy is deleted as soon
-as TensorFlow holds the graph and variables — plaintext never reaches a disk, /tmp or /dev/shm.
-Each load uses a fresh random `ram://` prefix, so concurrent loads never see each other's
-files. Every file is verified against the tree's manifest before TensorFlow reads any of it.
+in-memory file system (`ram://`), read from there while the load needs them, and deleted as
+soon as it is done — plaintext never reaches a disk, /tmp or /dev/shm. Each load uses a fresh
+random `ram://` prefix, so concurrent loads never see each other's files. Every file is
+verified against the tree's manifest before TensorFlow reads any of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sealserve.model_tree import ProtectedTree
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 
 
+@contextlib.contextmanager
+def files_in_memory(
+    directories: Iterable[str], files: Iterable[tuple[str, Iterable[bytes | memoryview]]]
+) -> Iterator[str]:
+    """`files` (relative path, plaintext chunks) written under a fresh `ram://` root,
+    deleted when the block exits, whether it succeeds or not."""
+    tf = import_tensorflow()
+    root = f"ram://sealserve-{secrets.token_hex(8)}"
+    written: list[str] = []
+    try:
+        for directory in directories:
+            tf.io.gfile.makedirs(f"{root}/{directory}")
+        for relative, chunks in files:
+            path = f"{root}/{relative}"
+            written.append(path)
+            with tf.io.gfile.GFile(path, "wb") as out:
+                for chunk in chunks:
+                    out.write(bytes(chunk))
+        yield root
+    finally:
+        # Remove every file we wrote (they hold the plaintext), then the directories. The
+        # ram:// file system's recursive delete stumbles on sibling directories sharing a
+        # prefix (`assets`, `assets.extra`): it deletes everything, then raises NotFound.
+        for path in written:
+            with contextlib.suppress(tf.errors.NotFoundError):
+                tf.io.gfile.remove(path)
+        with contextlib.suppress(tf.errors.NotFoundError):
+            tf.io.gfile.rmtree(root)
+
+
+def tree_in_memory(tree: ProtectedTree) -> contextlib.AbstractContextManager[str]:
+    """A protected tree decrypted (and verified, file by file) under a fresh `ram://` root."""
+    return files_in_memory(
+        tree.manifest.directories,
+        ((entry.path, tree.iter_file(entry.path)) for entry in tree.manifest.files),
+    )
+
+
 def load_protected_saved_model(tree: ProtectedTree, tags: Sequence[str] = ("serve",)) -> Any:
     """The `tf.saved_model.load` object of a protected tree, loaded from memory."""
     tf = import_tensorflow()
-
-    root = f"ram://sealserve-{secrets.token_hex(8)}"
-    try:
-        for directory in tree.manifest.directories:
-            tf.io.gfile.makedirs(f"{root}/{directory}")
-        for entry in tree.manifest.files:
-            with tf.io.gfile.GFile(f"{root}/{entry.path}", "wb") as out:
-                for chunk in tree.iter_file(entry.path):
-                    out.write(bytes(chunk))
+    with tree_in_memory(tree) as root:
         return tf.saved_model.load(root, tags=list(tags))
-    finally:
-        if tf.io.gfile.exists(root):
-            tf.io.gfile.rmtree(root)

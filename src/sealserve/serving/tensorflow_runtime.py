@@ -4,7 +4,9 @@ TensorFlow's C++ runtime prints start-up chatter (CUDA probing on machines witho
 straight to file descriptor 2, before its log level applies. Users should see sealserve's own
 lines, so the import and the first device initialisation run with fd 2 pointed at /dev/null;
 Python exceptions are unaffected and still reach the caller. Call it early, before other
-threads write to stderr. Idempotent and cheap after the first call.
+threads write to stderr. Idempotent and cheap after the first call. Thread counts
+(`--tensorflow_intra_op_parallelism`, `--tensorflow_inter_op_parallelism`) take effect only
+if given before TensorFlow starts, so `configure_threads` must run before the first import.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def configure_threads(intra_op: int = 0, inter_op: int = 0) -> bool:
+    """Set TensorFlow's thread pools (0: TensorFlow decides). False if it is too late."""
+    if import_tensorflow.cache_info().currsize:
+        return False
+    if intra_op:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(intra_op)
+    if inter_op:
+        os.environ["TF_NUM_INTEROP_THREADS"] = str(inter_op)
+    return True
 
 
 @functools.cache

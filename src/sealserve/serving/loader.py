@@ -1,0 +1,170 @@
+"""Loading one model version: key → decryption into memory → TensorFlow → warmup.
+
+A version directory is one of:
+- a sealserve protected tree (with its manifest): opened with the model's key, checked
+  against the manifest, decrypted into `ram://` (see `memory_load`);
+- a plain SavedModel;
+- a SavedModel in which some files are Gramine protected files but there is no manifest
+  (the seed's way: `gramine-sgx-pf-crypt encrypt` of `saved_model.pb` alone). Those files are
+  decrypted in memory too, each checked to be bound to a path ending with its own relative
+  path; the load logs that, without a manifest, missing or rolled-back files go unnoticed.
+
+All expensive work happens in `load()` (TF Serving's Loader idea); the result is a `Servable`.
+A loader is used by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sealserve.errors import DataLoss, InvalidArgument, NotFound, SealserveError
+from sealserve.model_tree import ProtectedTree, is_protected_tree
+from sealserve.model_tree.tree import list_tree
+from sealserve.protected_files import ProtectedFileReader
+from sealserve.protected_files.format import FILE_ID
+from sealserve.serving.keys import KeyProvider
+from sealserve.serving.memory_load import files_in_memory, tree_in_memory
+from sealserve.serving.servable import Servable
+from sealserve.serving.tensorflow_runtime import import_tensorflow
+
+log = logging.getLogger(__name__)
+
+SAVED_MODEL_PB = "saved_model.pb"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # as TF Serving's saved_model_warmup
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    tags: tuple[str, ...] = ("serve",)
+    warmup: bool = True
+
+
+class VersionLoader:
+    def __init__(
+        self, name: str, version: int, path: Path, keys: KeyProvider, options: LoadOptions
+    ) -> None:
+        self.name, self.version, self.path = name, version, Path(path)
+        self.keys, self.options = keys, options
+
+    def load(self) -> Servable:
+        if is_protected_tree(self.path):
+            tree = ProtectedTree(self.path, self.keys.key_for(self.name))
+            with tree_in_memory(tree) as root:
+                return self._from_root(root)
+        files, _ = list_tree(self.path)
+        if SAVED_MODEL_PB not in files and "saved_model.pbtxt" not in files:
+            raise NotFound(f"no SavedModel in {self.path}")
+        protected = [f for f in files if _is_protected_file(self.path / f)]
+        if not protected:
+            return self._load_plain()
+        log.warning(
+            "model %s version %d: %d protected file(s) but no manifest; without one, missing, "
+            "swapped or rolled-back files cannot all be detected (encrypt the whole tree with "
+            "`sealserve encrypt`)",
+            self.name,
+            self.version,
+            len(protected),
+        )
+        loose = _LooseProtectedFiles(self.path, files, protected, self.keys.key_for(self.name))
+        with files_in_memory(loose.directories(), loose.files()) as root:
+            return self._from_root(root)
+
+    def _load_plain(self) -> Servable:
+        return self._from_root(str(self.path))
+
+    def _from_root(self, root: str) -> Servable:
+        tf = import_tensorflow()
+        try:
+            loaded = tf.saved_model.load(root, tags=list(self.options.tags))
+        except (RuntimeError, ValueError, OSError, tf.errors.OpError) as exc:
+            raise InvalidArgument(f"TensorFlow cannot load the SavedModel: {_brief(exc)}") from None
+        servable = Servable(self.name, self.version, loaded, self._signature_defs(tf, root))
+        warmup = f"{root}/{WARMUP_FILE}"
+        if self.options.warmup and tf.io.gfile.exists(warmup):
+            replay_warmup(servable, warmup)
+        return servable
+
+    def _signature_defs(self, tf: Any, root: str) -> dict[str, Any]:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        message = saved_model_pb2.SavedModel()
+        path = f"{root}/{SAVED_MODEL_PB}"
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path, "rb") as f:
+                message.ParseFromString(f.read())
+        else:
+            from google.protobuf import text_format
+
+            with tf.io.gfile.GFile(f"{root}/saved_model.pbtxt", "r") as f:
+                text_format.Parse(f.read(), message)
+        wanted = set(self.options.tags)
+        for meta_graph in message.meta_graphs:
+            if set(meta_graph.meta_info_def.tags) == wanted:
+                return dict(meta_graph.signature_def)
+        raise InvalidArgument(f"the SavedModel has no MetaGraph with tags {sorted(wanted)}")
+
+
+def replay_warmup(servable: Servable, path: str) -> None:
+    """Run the PredictionLog requests of TF Serving's warmup file once each (predict only)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from sealserve.serving.tensor_proto import to_numpy
+
+    tf = import_tensorflow()
+    count = 0
+    for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if entry.WhichOneof("log_type") != "predict_log":
+            log.info("warmup: skipping a %s record", entry.WhichOneof("log_type"))
+            continue
+        request = entry.predict_log.request
+        signature = request.model_spec.signature_name or "serving_default"
+        inputs = {alias: to_numpy(proto) for alias, proto in request.inputs.items()}
+        try:
+            servable.run(signature, inputs, tuple(request.output_filter))
+        except SealserveError as exc:
+            raise InvalidArgument(f"warmup request {count + 1} failed: {exc}") from None
+        count += 1
+    log.info(
+        "model %s version %d: replayed %d warmup requests", servable.name, servable.version, count
+    )
+
+
+class _LooseProtectedFiles:
+    """A directory whose protected files are decrypted and plain files read as they are."""
+
+    def __init__(self, root: Path, files: list[str], protected: list[str], key: bytes):
+        self.root, self._files, self._protected, self._key = root, files, set(protected), key
+
+    def directories(self) -> Sequence[str]:
+        return list_tree(self.root)[1]
+
+    def files(self) -> Iterator[tuple[str, Iterator[memoryview | bytes]]]:
+        for relative in self._files:
+            path = self.root / relative
+            if relative in self._protected:
+                yield relative, self._decrypt(path, relative)
+            else:
+                yield relative, iter([path.read_bytes()])
+
+    def _decrypt(self, path: Path, relative: str) -> Iterator[memoryview]:
+        with ProtectedFileReader(path, self._key) as reader:
+            bound = reader.bound_path.decode("utf-8", "replace")
+            if bound != relative and not bound.endswith("/" + relative):
+                raise DataLoss(f"{path} is bound to '{bound}', which is not a path to {relative}")
+            yield from reader.iter_chunks()
+
+
+def _is_protected_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(FILE_ID)) == FILE_ID
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

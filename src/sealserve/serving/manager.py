@@ -1,0 +1,309 @@
+"""The model manager: which versions are loaded, their states, and handles to them.
+
+TF Serving's ideas, kept small: a source (the version directories under each base path)
+proposes versions, the version policy picks the aspired ones, loaders load them, and the
+manager swaps them in **availability-preserving** order — new versions are loaded before old
+ones are unloaded, so a version that fails to load leaves the old one serving. States follow
+`ModelVersionStatus.State` (START, LOADING, AVAILABLE, UNLOADING, END); a failed version ends
+in END with its error, which `status()` reports. Transient failures (e.g. a key broker that
+cannot be reached) are retried; permanent ones (wrong key, tampered tree) are not.
+
+Request paths call `servable()` for a short-lived handle (the `Servable` itself: a version is
+unloaded by dropping the manager's reference, and the object lives on until in-flight
+requests finish). All public methods are thread safe.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sealserve.errors import Code, InvalidArgument, NotFound, SealserveError
+from sealserve.serving.loader import LoadOptions, VersionLoader
+from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.servable import Servable
+
+log = logging.getLogger(__name__)
+
+# errors that another attempt cannot fix
+PERMANENT = {
+    Code.INVALID_ARGUMENT,
+    Code.NOT_FOUND,
+    Code.PERMISSION_DENIED,
+    Code.DATA_LOSS,
+    Code.FAILED_PRECONDITION,
+    Code.UNAUTHENTICATED,
+    Code.UNIMPLEMENTED,
+}
+
+
+class State(enum.Enum):
+    START = 10
+    LOADING = 20
+    AVAILABLE = 30
+    UNLOADING = 40
+    END = 50
+
+
+@dataclass
+class VersionStatus:
+    version: int
+    state: State
+    error: SealserveError | None = None
+
+
+@dataclass
+class _Version:
+    status: VersionStatus
+    servable: Servable | None = None
+    fingerprint: tuple[float, int] | None = None  # of its directory when the load began
+
+
+@dataclass
+class _Model:
+    config: ModelConfig
+    versions: dict[int, _Version] = field(default_factory=dict)
+
+    def available(self) -> list[int]:
+        return sorted((v for v, e in self.versions.items() if e.servable is not None), reverse=True)
+
+
+@dataclass(frozen=True)
+class ManagerOptions:
+    load: LoadOptions = LoadOptions()
+    poll_seconds: float = 1.0  # 0: scan once; < 0: never scan after start-up
+    max_load_retries: int = 5
+    load_retry_interval_seconds: float = 60.0
+    load_threads: int = 2
+
+
+LoaderFactory = Callable[[str, int, Path], VersionLoader]
+
+
+class ModelManager:
+    def __init__(
+        self,
+        configs: list[ModelConfig],
+        loader_factory: LoaderFactory,
+        options: ManagerOptions = ManagerOptions(),
+    ) -> None:
+        self._lock = threading.RLock()
+        self._reconcile_lock = threading.Lock()  # one reconciliation at a time
+        self._models: dict[str, _Model] = {c.name: _Model(c) for c in configs}
+        self._new_loader = loader_factory
+        self.options = options
+        self._stopped = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(max(1, options.load_threads), "sealserve-load")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load every model's aspired versions (blocking), then poll in the background."""
+        for model in self._snapshot():
+            if not Path(model.config.base_path).is_dir():
+                raise NotFound(
+                    f"model {model.config.name}: base path {model.config.base_path} not found"
+                )
+        self.reconcile()
+        if self.options.poll_seconds > 0:
+            self._poller = threading.Thread(target=self._poll, name="sealserve-poll", daemon=True)
+            self._poller.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _poll(self) -> None:
+        while not self._stopped.wait(self.options.poll_seconds):
+            try:
+                self.reconcile()
+            except Exception:  # a poll must never kill the server
+                log.exception("polling the model base paths failed")
+
+    # -- reconciliation ------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Bring every model to its aspired versions: load new ones, then unload old ones."""
+        with self._reconcile_lock:
+            models = self._snapshot()
+            loads = []
+            for model in models:
+                for version in sorted(self._to_load(model)):
+                    loads.append(self._pool.submit(self._load, model, version))
+            for future in loads:
+                future.result()
+            for model in models:
+                self._unload_and_forget(model)
+
+    def _aspired(self, model: _Model) -> set[int]:
+        return model.config.version_policy.aspired(_version_dirs(model.config.base_path))
+
+    def _to_load(self, model: _Model) -> set[int]:
+        """Aspired versions never tried, or unloaded earlier (failed ones wait for a change)."""
+        with self._lock:
+            return {
+                v
+                for v in self._aspired(model)
+                if v not in model.versions
+                or (
+                    model.versions[v].status.state == State.END
+                    and model.versions[v].status.error is None
+                )
+            }
+
+    def _load(self, model: _Model, version: int) -> None:
+        name = model.config.name
+        path = Path(model.config.base_path) / str(version)
+        entry = _Version(VersionStatus(version, State.START), fingerprint=_fingerprint(path))
+        with self._lock:
+            model.versions[version] = entry
+        attempts = 1 + max(0, self.options.max_load_retries)
+        for attempt in range(1, attempts + 1):
+            entry.status = VersionStatus(version, State.LOADING)
+            started = time.monotonic()
+            try:
+                servable = self._new_loader(name, version, path).load()
+            except SealserveError as exc:
+                error = exc
+            except Exception as exc:  # a bug or an unexpected TensorFlow failure
+                log.exception("loading model %s version %d", name, version)
+                error = SealserveError(f"{type(exc).__name__}: {exc}", code=Code.INTERNAL)
+            else:
+                with self._lock:
+                    entry.servable = servable
+                    entry.status = VersionStatus(version, State.AVAILABLE)
+                log.info(
+                    "model %s version %d is available (loaded in %.2f s)",
+                    name,
+                    version,
+                    time.monotonic() - started,
+                )
+                return
+            permanent = error.code in PERMANENT
+            if permanent or attempt == attempts or self._stopped.is_set():
+                break
+            log.warning(
+                "model %s version %d: load attempt %d failed: %s; retrying in %g s",
+                name,
+                version,
+                attempt,
+                error,
+                self.options.load_retry_interval_seconds,
+            )
+            if self._stopped.wait(self.options.load_retry_interval_seconds):
+                break
+        with self._lock:
+            entry.status = VersionStatus(version, State.END, error)
+        log.error("model %s version %d failed to load: %s", name, version, error)
+
+    def _unload_and_forget(self, model: _Model) -> None:
+        """Unload versions no longer aspired (once an aspired one serves), and forget ended
+        versions that left the disk or changed after failing."""
+        aspired = self._aspired(model)
+        with self._lock:
+            serving_aspired = any(
+                model.versions[v].servable is not None for v in aspired if v in model.versions
+            )
+            for version, entry in list(model.versions.items()):
+                if version in aspired:
+                    continue
+                if entry.servable is not None and (serving_aspired or not aspired):
+                    entry.status = VersionStatus(version, State.UNLOADING)
+                    entry.servable = None  # in-flight requests keep their own reference
+                    entry.status = VersionStatus(version, State.END)
+                    log.info("model %s version %d unloaded", model.config.name, version)
+            for version, entry in list(model.versions.items()):
+                if entry.servable is None and entry.status.state == State.END:
+                    # Gone from disk, or failed and changed since (a copy that was still in
+                    # progress, a fixed file): forget it, so the next scan loads it afresh.
+                    path = Path(model.config.base_path) / str(version)
+                    if not path.is_dir() or (
+                        entry.status.error is not None and _fingerprint(path) != entry.fingerprint
+                    ):
+                        del model.versions[version]
+
+    # -- queries -------------------------------------------------------------------------
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """A handle to an AVAILABLE version: the given one, the labelled one, or the latest."""
+        with self._lock:
+            model = self._models.get(name)
+            if label is not None:
+                if model is None or label not in model.config.version_labels:
+                    raise InvalidArgument(f"Unrecognized servable version label: {label}")
+                version = model.config.version_labels[label]
+            if version is None:
+                available = model.available() if model else []
+                if not available:
+                    raise NotFound(f"Servable not found for request: Latest({name})")
+                version = available[0]
+            entry = model.versions.get(version) if model else None
+            if entry is None or entry.servable is None:
+                raise NotFound(f"Servable not found for request: Specific({name}, {version})")
+            return entry.servable
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Version states, highest version first (GetModelStatus)."""
+        with self._lock:
+            model = self._models.get(name)
+            if model is None or not model.versions:
+                raise NotFound(f"Could not find any versions of model {name}")
+            if version is not None:
+                if version not in model.versions:
+                    raise NotFound(f"Could not find version {version} of model {name}")
+                return [model.versions[version].status]
+            return [model.versions[v].status for v in sorted(model.versions, reverse=True)]
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def ready(self) -> bool:
+        """Every configured model has at least one available version."""
+        with self._lock:
+            return all(model.available() for model in self._models.values())
+
+    def _snapshot(self) -> list[_Model]:
+        with self._lock:
+            return list(self._models.values())
+
+
+def _version_dirs(base_path: str) -> set[int]:
+    """Numeric version directories (others are ignored, as TF Serving does)."""
+    try:
+        entries = list(Path(base_path).iterdir())
+    except OSError:
+        return set()
+    versions = set()
+    for entry in entries:
+        if entry.name.isdigit() and entry.is_dir() and int(entry.name) < 2**63:
+            versions.add(int(entry.name))
+    return versions
+
+
+def _fingerprint(path: Path) -> tuple[float, int]:
+    """(latest modification time, total size) of the files under a version directory."""
+    latest, total = 0.0, 0
+    for item in path.rglob("*"):
+        try:
+            info = item.stat()
+        except OSError:
+            continue
+        latest, total = max(latest, info.st_mtime), total + info.st_size
+    return latest, total
+
+
+def loader_factory(keys: object, options: LoadOptions) -> LoaderFactory:
+    def new_loader(name: str, version: int, path: Path) -> VersionLoader:
+        return VersionLoader(name, version, path, keys, options)  # type: ignore[arg-type]
+
+    return new_loader

@@ -1,0 +1,143 @@
+"""The composition root of `sealserve serve`: wires keys, loaders, manager, data plane, the
+gRPC and REST servers and TLS, and runs them on one asyncio loop.
+
+Start-up order follows TF Serving: every model's aspired versions are loaded (or have failed)
+before the ports open, so a client never meets a server that answers "not found" for a model
+that is merely still loading. Shutdown stops accepting, lets in-flight requests finish for a
+grace period, then stops polling. Not reentrant: one `ModelServer` serves once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import web
+
+from sealserve.serving import grpc_service, rest
+from sealserve.serving.dataplane import DataPlane
+from sealserve.serving.keys import KeyProvider
+from sealserve.serving.manager import ManagerOptions, ModelManager, loader_factory
+from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
+from sealserve.serving.tls import SSLConfig, grpc_server_credentials, server_ssl_context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    models: list[ModelConfig]
+    grpc_port: int = 8500
+    rest_port: int = 0  # 0: no REST API
+    bind_address: str = "0.0.0.0"
+    ssl: SSLConfig | None = None
+    manager: ManagerOptions = field(default_factory=ManagerOptions)
+    rest: rest.RestOptions = field(default_factory=rest.RestOptions)
+    grpc_max_message_bytes: int = 256 << 20
+    grpc_health_check: bool = False
+    intra_op_threads: int = 0  # 0: TensorFlow decides
+    inter_op_threads: int = 0
+    inference_threads: int = 8
+    shutdown_grace_seconds: float = 5.0
+
+
+class ModelServer:
+    def __init__(self, options: ServerOptions, keys: KeyProvider) -> None:
+        self.options = options
+        self.keys = keys
+        self.manager = ModelManager(
+            options.models, loader_factory(keys, options.manager.load), options.manager
+        )
+        self.dataplane = DataPlane(self.manager, options.inference_threads)
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._rest: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        _configure_tensorflow(self.options)
+        await asyncio.get_running_loop().run_in_executor(None, self.manager.start)
+        await self._start_grpc()
+        if self.options.rest_port:
+            await self._start_rest()
+        tls = (
+            "mutual TLS"
+            if self.options.ssl and self.options.ssl.client_verify
+            else ("TLS" if self.options.ssl else "plaintext (no --ssl_config_file)")
+        )
+        log.warning(
+            "serving %s: gRPC on %s:%s%s, %s",
+            ", ".join(self.manager.model_names()),
+            self.options.bind_address,
+            self.grpc_port,
+            f", REST on port {self.rest_port}" if self.rest_port else "",
+            tls,
+        )
+
+    async def _start_grpc(self) -> None:
+        limit = self.options.grpc_max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
+        await grpc_service.add_services(
+            server, self.dataplane, health_check=self.options.grpc_health_check
+        )
+        address = f"{self.options.bind_address}:{self.options.grpc_port}"
+        if self.options.ssl is not None:
+            port = server.add_secure_port(address, grpc_server_credentials(self.options.ssl))
+        else:
+            port = server.add_insecure_port(address)
+        await server.start()
+        self._grpc, self.grpc_port = server, port
+
+    async def _start_rest(self) -> None:
+        runner = web.AppRunner(
+            rest.build_app(self.dataplane, self.options.rest), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        ssl_context = server_ssl_context(self.options.ssl) if self.options.ssl else None
+        site = web.TCPSite(
+            runner, self.options.bind_address, self.options.rest_port, ssl_context=ssl_context
+        )
+        await site.start()
+        self._rest = runner
+        self.rest_port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        grace = self.options.shutdown_grace_seconds
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._rest is not None:
+            await self._rest.cleanup()
+        self.manager.stop()
+        self.dataplane.close()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def serve_until_signalled(self) -> None:
+        """Start, serve until SIGINT or SIGTERM, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            log.warning("shutting down")
+            await self.stop()
+
+
+def _configure_tensorflow(options: ServerOptions) -> None:
+    wanted = options.intra_op_threads or options.inter_op_threads
+    if not configure_threads(options.intra_op_threads, options.inter_op_threads) and wanted:
+        log.warning("TensorFlow was already running: thread pool sizes left unchanged")
+    import_tensorflow()

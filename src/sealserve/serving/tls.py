@@ -1,0 +1,538 @@
+"""TLS for the REST and gRPC ports: TF Serving's `--ssl_config_file` and the server-side TLS
+contexts built from it.
+
+Owns:
+- `parse_ssl_config`: TF Serving's `SSLConfig` text proto (`config/ssl_config.proto`:
+  `server_key`, `server_cert`, `custom_ca`, `client_verify`, PEM text inline), parsed by hand
+  because `tensorflow-serving-api` ships no `ssl_config_pb2`. It follows protobuf's text
+  format (quoted strings with C escapes, adjacent literals concatenated, `#` comments, any
+  field order) and is more lenient in two places real files need: raw newlines inside quoted
+  strings (hand-written configs paste PEM text between quotes) and an optional `:`.
+- `load_ssl_config`: the same, from a file that may be a Gramine protected file, decrypted in
+  memory with the wrap key given by `--ssl_config_key`.
+- `server_ssl_context` (aiohttp) and `grpc_server_credentials` (grpc.aio).
+- `format_ssl_config`: the text proto written back, in a form protobuf's own parser (and so
+  TF Serving) accepts; `tools/certs.py` writes `ssl.cfg` with it.
+
+Invariants:
+- A parsed `SSLConfig` is valid: the PEMs parse, the key is unencrypted and matches the first
+  certificate of `server_cert`, and `client_verify` comes with a `custom_ca`. Its PEM text is
+  canonical (certificates re-encoded, the key as PKCS#8), so OpenSSL (REST) and BoringSSL
+  (gRPC) see the same well-formed input whatever layout the file used (the seed's script
+  writes each PEM's base64 as one long line).
+- Both ports enforce the same policy: TLS 1.2 or newer; with `client_verify`, a client
+  certificate chaining to `custom_ca` is required; without it, none is requested (TF
+  Serving's behaviour: `custom_ca` only matters with `client_verify`).
+- The server's private key never touches a file system (see `_private_key_file`), and key
+  material never appears in a `repr`, a log line or an error message.
+
+Thread safety: every function is pure or builds a new object; `SSLConfig` is immutable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import logging
+import os
+import shutil
+import ssl
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from sealserve.errors import InvalidArgument, NotFound, PermissionDenied
+from sealserve.protected_files import ProtectedFileReader
+from sealserve.protected_files.format import FILE_ID
+
+if TYPE_CHECKING:
+    import grpc
+
+log = logging.getLogger(__name__)
+
+SSL_CONFIG_KEY_FLAG = "--ssl_config_key"
+MIN_RSA_BITS = 2048  # OpenSSL 3's default security level 2 refuses smaller keys anyway
+# Forward-secret AEAD suites only for TLS 1.2 (TLS 1.3 suites are all AEAD and are not
+# affected by set_ciphers). The ECDHE suites cover both ECDSA and RSA certificates.
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """TF Serving's SSLConfig: PEM text of the server key, its certificate chain (leaf first)
+    and the CA bundle client certificates are verified against ("" for none)."""
+
+    server_key: str = field(repr=False)
+    server_cert: str
+    custom_ca: str
+    client_verify: bool
+
+    def __repr__(self) -> str:
+        # never the key; the certificates are public but long, so only how many there are
+        return (
+            f"SSLConfig(server_key=<redacted>, server_cert=<{_count_pem(self.server_cert)} "
+            f"certificate(s)>, custom_ca=<{_count_pem(self.custom_ca)} certificate(s)>, "
+            f"client_verify={self.client_verify})"
+        )
+
+    __str__ = __repr__
+
+
+def _count_pem(text: str) -> int:
+    return text.count("-----BEGIN CERTIFICATE-----")
+
+
+# -- the text proto ----------------------------------------------------------------------
+
+_STRING_FIELDS = ("server_key", "server_cert", "custom_ca")
+_BOOL_FIELDS = ("client_verify",)
+_FIELD_NAMES = ", ".join(_STRING_FIELDS + _BOOL_FIELDS)
+# protobuf's text format accepts these spellings for bool fields
+_TRUE = frozenset({"true", "True", "t", "1"})
+_FALSE = frozenset({"false", "False", "f", "0"})
+_SIMPLE_ESCAPES = {
+    "a": b"\a",
+    "b": b"\b",
+    "f": b"\f",
+    "n": b"\n",
+    "r": b"\r",
+    "t": b"\t",
+    "v": b"\v",
+    "\\": b"\\",
+    "'": b"'",
+    '"': b'"',
+    "?": b"?",
+}
+_OCTAL = "01234567"
+_HEX = "0123456789abcdefABCDEF"
+
+
+class _TextProtoError(Exception):
+    def __init__(self, line: int, what: str) -> None:
+        super().__init__(what)
+        self.line = line
+        self.what = what
+
+
+class _Scanner:
+    """A cursor over the text that skips blanks and `#` comments and knows its line."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.line = 1
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def advance(self) -> str:
+        char = self.text[self.pos]
+        self.pos += 1
+        if char == "\n":
+            self.line += 1
+        return char
+
+    def skip_blanks(self) -> None:
+        while not self.at_end():
+            char = self.peek()
+            if char == "#":
+                while not self.at_end() and self.peek() != "\n":
+                    self.advance()
+            elif char.isspace():
+                self.advance()
+            else:
+                return
+
+    def word(self) -> str:
+        start = self.pos
+        while not self.at_end() and (self.peek().isalnum() or self.peek() == "_"):
+            self.advance()
+        return self.text[start : self.pos]
+
+    def error(self, what: str) -> _TextProtoError:
+        return _TextProtoError(self.line, what)
+
+
+def _describe(char: str) -> str:
+    # only punctuation is echoed: anything longer could be a piece of a pasted key
+    if not char:
+        return "the end of the file"
+    if char.isalnum():
+        return "a value without quotes"
+    return f"'{char}'" if char.isprintable() else f"character U+{ord(char):04X}"
+
+
+def _string_literal(scanner: _Scanner) -> bytes:
+    """One quoted literal; the opening quote is the next character. Protobuf strings are
+    bytes: plain characters are UTF-8 encoded, octal and hex escapes give single bytes."""
+    quote = scanner.advance()
+    start_line = scanner.line
+    out = bytearray()
+    while True:
+        if scanner.at_end():
+            raise _TextProtoError(start_line, "unterminated string")
+        char = scanner.advance()
+        if char == quote:
+            return bytes(out)
+        if char != "\\":
+            # raw newlines are kept: protobuf refuses them, but PEM pasted between quotes
+            # spans lines and TF Serving users write such files by hand
+            out += char.encode("utf-8", "surrogatepass")
+            continue
+        if scanner.at_end():
+            raise _TextProtoError(start_line, "unterminated string")
+        escape = scanner.advance()
+        if escape in _SIMPLE_ESCAPES:
+            out += _SIMPLE_ESCAPES[escape]
+        elif escape in _OCTAL:
+            digits = escape
+            while len(digits) < 3 and scanner.peek() and scanner.peek() in _OCTAL:
+                digits += scanner.advance()
+            value = int(digits, 8)
+            if value > 0xFF:
+                raise scanner.error(f"octal escape '\\{digits}' is larger than one byte")
+            out.append(value)
+        elif escape in "xX":
+            digits = ""
+            while len(digits) < 2 and scanner.peek() and scanner.peek() in _HEX:
+                digits += scanner.advance()
+            if not digits:
+                raise scanner.error("'\\x' escape without hex digits")
+            out.append(int(digits, 16))
+        elif escape in "uU":
+            width = 4 if escape == "u" else 8
+            digits = ""
+            while len(digits) < width and scanner.peek() and scanner.peek() in _HEX:
+                digits += scanner.advance()
+            if len(digits) != width or int(digits, 16) > 0x10FFFF:
+                raise scanner.error(f"'\\{escape}' escape needs {width} hex digits")
+            out += chr(int(digits, 16)).encode("utf-8", "surrogatepass")
+        else:
+            shown = escape if escape.isprintable() else f"U+{ord(escape):04X}"
+            raise scanner.error(f"unknown escape '\\{shown}'")
+
+
+def _parse_fields(text: str) -> dict[str, str | bool]:
+    """The fields set in an SSLConfig text proto, checked for syntax only."""
+    scanner = _Scanner(text)
+    values: dict[str, str | bool] = {}
+    while True:
+        scanner.skip_blanks()
+        if scanner.at_end():
+            return values
+        if not (scanner.peek().isalpha() or scanner.peek() == "_"):
+            raise scanner.error(f"expected a field name, found {_describe(scanner.peek())}")
+        name = scanner.word()
+        if name not in _STRING_FIELDS and name not in _BOOL_FIELDS:
+            raise scanner.error(f"unknown field '{name[:64]}' (SSLConfig has {_FIELD_NAMES})")
+        if name in values:
+            raise scanner.error(f"field '{name}' is set more than once")
+        scanner.skip_blanks()
+        if scanner.peek() == ":":  # required by protobuf for scalars; tolerated missing
+            scanner.advance()
+            scanner.skip_blanks()
+        if name in _STRING_FIELDS:
+            if scanner.peek() not in ("'", '"'):
+                raise scanner.error(
+                    f"field '{name}' needs a quoted string, found {_describe(scanner.peek())}"
+                )
+            raw = bytearray()
+            while scanner.peek() in ("'", '"'):  # adjacent literals are one string
+                raw += _string_literal(scanner)
+                scanner.skip_blanks()
+            try:
+                values[name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise scanner.error(f"field '{name}' is not UTF-8 text") from None
+        else:
+            word = scanner.word()
+            if word in _TRUE:
+                values[name] = True
+            elif word in _FALSE:
+                values[name] = False
+            else:
+                raise scanner.error(f"field '{name}' must be true or false")
+            scanner.skip_blanks()
+        if scanner.peek() in (",", ";"):  # optional field separators in the text format
+            scanner.advance()
+
+
+def parse_ssl_config(text: str, source: str) -> SSLConfig:
+    """Parse and validate an SSLConfig text proto; `source` names it in error messages."""
+    try:
+        values = _parse_fields(text)
+    except _TextProtoError as error:
+        raise InvalidArgument(
+            f"invalid ssl config {source}: line {error.line}: {error.what}"
+        ) from None
+    return _validated(values, source)
+
+
+def _validated(values: dict[str, str | bool], source: str) -> SSLConfig:
+    def invalid(what: str) -> InvalidArgument:
+        return InvalidArgument(f"invalid ssl config {source}: {what}")
+
+    server_key = str(values.get("server_key", ""))
+    server_cert = str(values.get("server_cert", ""))
+    custom_ca = str(values.get("custom_ca", ""))
+    client_verify = bool(values.get("client_verify", False))
+    for name, value in (("server_key", server_key), ("server_cert", server_cert)):
+        if not value.strip():
+            raise invalid(f"{name} is missing or empty")
+    if client_verify and not custom_ca.strip():
+        raise invalid(
+            "client_verify is true but custom_ca is empty (client certificates need a CA)"
+        )
+
+    # The causes are dropped (`from None`): the parsers' messages are generic, but the
+    # exception chain would carry the key bytes in its traceback frames.
+    try:
+        key = serialization.load_pem_private_key(server_key.encode("ascii"), password=None)
+    except TypeError:
+        raise invalid(
+            "server_key is an encrypted private key; the ssl config needs it unencrypted "
+            f"(protect the whole file instead: encrypt it and give {SSL_CONFIG_KEY_FLAG})"
+        ) from None
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
+        raise invalid("server_key is not a PEM private key") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise invalid(
+                f"server_key is a {key.key_size}-bit RSA key; use at least {MIN_RSA_BITS} bits"
+            )
+    elif not isinstance(
+        key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
+    ):
+        raise invalid("server_key must be an RSA, ECDSA or EdDSA key")
+
+    chain = _certificates(server_cert, "server_cert", invalid)
+    if chain[0].public_key() != key.public_key():
+        raise invalid("server_key does not match server_cert (the certificate is for another key)")
+    authorities = _certificates(custom_ca, "custom_ca", invalid) if custom_ca.strip() else []
+    _warn_if_not_current(chain[0], source)
+
+    return SSLConfig(
+        server_key=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode("ascii"),
+        server_cert=_pem_text(chain),
+        custom_ca=_pem_text(authorities),
+        client_verify=client_verify,
+    )
+
+
+def _certificates(
+    text: str, name: str, invalid: Callable[[str], InvalidArgument]
+) -> list[x509.Certificate]:
+    try:
+        certificates = x509.load_pem_x509_certificates(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        certificates = []
+    if not certificates:
+        raise invalid(f"{name} is not PEM certificate text")
+    return certificates
+
+
+def _pem_text(certificates: list[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in certificates)
+
+
+def _warn_if_not_current(certificate: x509.Certificate, source: str) -> None:
+    # A warning, not an error: TF Serving starts with such a certificate too, and refusing
+    # to start would turn a clock problem into an outage. Clients will refuse it, though.
+    now = datetime.datetime.now(datetime.UTC)
+    if now > certificate.not_valid_after_utc:
+        log.warning(
+            "server certificate in %s expired on %s; clients will refuse it",
+            source,
+            certificate.not_valid_after_utc.isoformat(),
+        )
+    elif now < certificate.not_valid_before_utc:
+        log.warning(
+            "server certificate in %s is not valid before %s; clients will refuse it until then",
+            source,
+            certificate.not_valid_before_utc.isoformat(),
+        )
+
+
+def format_ssl_config(config: SSLConfig, *, comment: str = "") -> str:
+    """The text proto of `config`, one string literal per PEM line, escaped as protobuf's
+    text format requires (no raw newlines), so TF Serving itself can read it too."""
+    lines = [f"# {line}".rstrip() for line in comment.splitlines()]
+    for name in _STRING_FIELDS:
+        value: str = getattr(config, name)
+        pieces = value.splitlines(keepends=True) or [""]
+        lines.append(f"{name}:")
+        lines.extend(f"  '{_escape(piece)}'" for piece in pieces)
+    lines.append(f"client_verify: {'true' if config.client_verify else 'false'}")
+    return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        if char == "\n":
+            out.append("\\n")
+        elif char in "\\'\"":
+            out.append("\\" + char)
+        elif 0x20 <= byte < 0x7F:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return "".join(out)
+
+
+# -- the file ------------------------------------------------------------------------------
+
+
+def load_ssl_config(path: str | os.PathLike[str], key: bytes | None) -> SSLConfig:
+    """Read `--ssl_config_file`: plain text, or a Gramine protected file decrypted in memory
+    with `key` (the plaintext is never written anywhere)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()  # read once: what is checked is what is decrypted
+    except FileNotFoundError:
+        raise NotFound(f"ssl config file {path} not found") from None
+    except IsADirectoryError:
+        raise InvalidArgument(f"ssl config file {path} is a directory") from None
+    except PermissionError:
+        raise PermissionDenied(f"cannot read ssl config file {path}: permission denied") from None
+
+    if raw.startswith(FILE_ID):
+        if key is None:
+            raise InvalidArgument(
+                f"ssl config {path} is encrypted (a Gramine protected file); "
+                f"give its wrap key with {SSL_CONFIG_KEY_FLAG}"
+            )
+        # The bound path is not checked: the file is usually made on the owner's machine
+        # under another path than the one the server reads it from. Authentication with the
+        # wrap key is what makes it trustworthy.
+        with ProtectedFileReader(io.BytesIO(raw), key, name=str(path)) as reader:
+            raw = reader.read_all()
+    else:
+        # a key given for a plain file is not an error: callers may pass a default key
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning(
+                "ssl config %s holds a private key and is accessible to other users (mode %o)",
+                path,
+                mode & 0o777,
+            )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"invalid ssl config {path}: not UTF-8 text") from None
+    return parse_ssl_config(text, str(path))
+
+
+# -- contexts ------------------------------------------------------------------------------
+
+
+def server_ssl_context(config: SSLConfig) -> ssl.SSLContext:
+    """The server-side context of the REST port (aiohttp): TLS ≥ 1.2, HTTP/1.1 by ALPN, and
+    a verified client certificate required when `client_verify` is set."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(_TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_RENEGOTIATION  # client-initiated renegotiation costs CPU
+    context.set_alpn_protocols(["http/1.1"])  # aiohttp's server speaks HTTP/1.1 only
+    with _private_key_file(config) as (chain_path, password):
+        context.load_cert_chain(chain_path, password=password)
+    if config.client_verify:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=config.custom_ca)
+    else:
+        # TF Serving ignores custom_ca without client_verify; asking for an optional
+        # certificate would only make the two ports behave differently
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@contextlib.contextmanager
+def _private_key_file(config: SSLConfig) -> Iterator[tuple[str, bytes | None]]:
+    """A path `SSLContext.load_cert_chain` can read the key and chain from, and the password
+    of the key in it, for the duration of the block.
+
+    The ssl module loads keys only from files. The file is an anonymous memory file
+    (`memfd_create`) opened through `/proc/self/fd/N`: it lives in RAM, has no name in any
+    file system and disappears when closed, so the plaintext key never reaches a disk (or
+    an untrusted host, inside an enclave). Where memfd or /proc is unavailable, the key is
+    written to a private temporary file encrypted (PKCS#8, AES-256) under a random one-time
+    password that exists only in this process, and the file is removed right after loading.
+    """
+    key_pem = config.server_key.encode("ascii")
+    chain_pem = config.server_cert.encode("ascii")
+    fd = _memfd()
+    if fd is not None:
+        try:
+            view = memoryview(key_pem + chain_pem)
+            while view:
+                view = view[os.write(fd, view) :]
+            yield f"/proc/self/fd/{fd}", None
+        finally:
+            os.close(fd)
+        return
+
+    log.info("memfd_create unavailable: loading the TLS key through an encrypted temporary file")
+    password = os.urandom(32)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    directory = tempfile.mkdtemp(prefix="sealserve-tls-")  # mode 0700
+    try:
+        path = os.path.join(directory, "chain.pem")
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(out, "wb") as file:
+            file.write(encrypted + chain_pem)
+        yield path, password
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _memfd() -> int | None:
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return None
+    try:
+        fd: int = create("sealserve-tls", getattr(os, "MFD_CLOEXEC", 1))
+    except OSError:  # e.g. a seccomp filter or a runtime without the syscall
+        return None
+    if not os.path.exists(f"/proc/self/fd/{fd}"):  # no /proc mounted
+        os.close(fd)
+        return None
+    return fd
+
+
+def grpc_server_credentials(config: SSLConfig) -> grpc.ServerCredentials:
+    """The credentials of the gRPC port.
+
+    gRPC core negotiates TLS 1.2 or 1.3 only: its TLS credentials default to
+    `min_tls_version = TLS1_2` (grpc_tls_credentials_options.h) and grpcio offers no way to
+    lower it; tests/serving/test_tls.py checks that a TLS 1.1 client is refused. The key
+    stays in memory (gRPC takes PEM bytes)."""
+    import grpc
+
+    return grpc.ssl_server_credentials(
+        [(config.server_key.encode("ascii"), config.server_cert.encode("ascii"))],
+        # like the REST port, and TF Serving: the CA matters only when clients are verified
+        root_certificates=config.custom_ca.encode("ascii") if config.client_verify else None,
+        require_client_auth=config.client_verify,
+    )

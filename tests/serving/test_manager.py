@@ -1,0 +1,192 @@
+"""The manager's lifecycle rules with a stand-in loader: policies, availability-preserving
+swaps, failures, retries, labels. (The real loader is exercised by the server tests.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from sealserve.errors import Code, DataLoss, InvalidArgument, NotFound, SealserveError
+from sealserve.serving.manager import ManagerOptions, ModelManager, State
+from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.version_policy import VersionPolicy
+
+
+@pytest.mark.parametrize(
+    ("policy", "available", "aspired"),
+    [
+        (VersionPolicy(), [1, 2, 3], {3}),
+        (VersionPolicy(num_versions=2), [1, 2, 3], {2, 3}),
+        (VersionPolicy(num_versions=5), [1, 3], {1, 3}),
+        (VersionPolicy(kind="all"), [1, 2, 3], {1, 2, 3}),
+        (VersionPolicy(kind="specific", versions=frozenset({2, 9})), [1, 2, 3], {2}),
+        (VersionPolicy(), [], set()),
+    ],
+)
+def test_version_policies(policy, available, aspired):
+    assert policy.aspired(available) == aspired
+
+
+class FakeServable:
+    def __init__(self, name, version):
+        self.name, self.version = name, version
+
+
+class FakeLoaders:
+    """Loads succeed unless a failure is queued for (name, version)."""
+
+    def __init__(self):
+        self.failures: dict[tuple[str, int], list[SealserveError]] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, name, version, path):
+        loaders = self
+
+        class Loader:
+            def load(self):
+                loaders.calls.append((name, version))
+                queued = loaders.failures.get((name, version))
+                if queued:
+                    raise queued.pop(0)
+                return FakeServable(name, version)
+
+        return Loader()
+
+
+@pytest.fixture
+def base(tmp_path):
+    (tmp_path / "m").mkdir()
+    return tmp_path / "m"
+
+
+def add_version(base, version):
+    (base / str(version)).mkdir()
+
+
+def manager_for(base, loaders, policy=None, labels=None, **options):
+    config = ModelConfig("m", str(base), policy or VersionPolicy(), labels or {})
+    settings = dict(poll_seconds=0, max_load_retries=0, load_retry_interval_seconds=0)
+    settings.update(options)
+    return ModelManager([config], loaders, ManagerOptions(**settings))
+
+
+def states(manager):
+    return [(s.version, s.state) for s in manager.status("m")]
+
+
+def test_latest_version_loads_and_replaces_the_old_one(base):
+    loaders = FakeLoaders()
+    add_version(base, 1)
+    manager = manager_for(base, loaders)
+    manager.start()
+    assert manager.servable("m").version == 1
+    add_version(base, 2)
+    manager.reconcile()
+    assert manager.servable("m").version == 2
+    assert states(manager) == [(2, State.AVAILABLE), (1, State.END)]
+    with pytest.raises(NotFound, match=r"Specific\(m, 1\)"):
+        manager.servable("m", 1)
+
+
+def test_a_failed_new_version_leaves_the_old_one_serving(base):
+    loaders = FakeLoaders()
+    add_version(base, 1)
+    manager = manager_for(base, loaders)
+    manager.start()
+    add_version(base, 2)
+    loaders.failures[("m", 2)] = [DataLoss("authentication failed for saved_model.pb")]
+    manager.reconcile()
+    assert manager.servable("m").version == 1
+    status = manager.status("m")
+    assert (status[0].version, status[0].state) == (2, State.END)
+    assert "authentication failed" in str(status[0].error)
+    # not retried while nothing changes
+    manager.reconcile()
+    assert loaders.calls.count(("m", 2)) == 1
+
+
+def test_a_failed_version_is_retried_once_its_directory_changes(base):
+    loaders = FakeLoaders()
+    add_version(base, 1)
+    loaders.failures[("m", 1)] = [NotFound("no SavedModel in m/1")]
+    manager = manager_for(base, loaders)
+    manager.start()
+    assert states(manager) == [(1, State.END)]
+    (base / "1" / "saved_model.pb").write_bytes(b"now complete")
+    manager.reconcile()  # forgets the failure
+    manager.reconcile()  # loads again
+    assert manager.servable("m").version == 1
+
+
+def test_transient_failures_are_retried_permanent_ones_are_not(base):
+    loaders = FakeLoaders()
+    add_version(base, 1)
+    loaders.failures[("m", 1)] = [SealserveError("key broker unreachable", code=Code.UNAVAILABLE)]
+    manager = manager_for(base, loaders, max_load_retries=2)
+    manager.start()
+    assert manager.servable("m").version == 1
+    assert loaders.calls == [("m", 1), ("m", 1)]
+
+    add_version(base, 2)
+    loaders.failures[("m", 2)] = [InvalidArgument("bad model")] * 3
+    manager.reconcile()
+    assert loaders.calls.count(("m", 2)) == 1
+
+
+def test_all_and_specific_policies_and_labels(base):
+    loaders = FakeLoaders()
+    for version in (1, 2, 3):
+        add_version(base, version)
+    manager = manager_for(
+        base,
+        loaders,
+        VersionPolicy(kind="specific", versions=frozenset({1, 3})),
+        labels={"stable": 1, "canary": 3, "gone": 2},
+    )
+    manager.start()
+    assert manager.servable("m").version == 3
+    assert manager.servable("m", label="stable").version == 1
+    with pytest.raises(NotFound):
+        manager.servable("m", label="gone")
+    with pytest.raises(InvalidArgument, match="Unrecognized servable version label: x"):
+        manager.servable("m", label="x")
+    assert [s.version for s in manager.status("m")] == [3, 1]
+
+
+def test_a_deleted_version_disappears_and_a_reappearing_one_loads_again(base):
+    loaders = FakeLoaders()
+    add_version(base, 1)
+    add_version(base, 2)
+    manager = manager_for(base, loaders, VersionPolicy(kind="all"))
+    manager.start()
+    (base / "2").rmdir()
+    manager.reconcile()
+    manager.reconcile()
+    assert [s.version for s in manager.status("m")] == [1]
+    add_version(base, 2)
+    manager.reconcile()
+    assert manager.servable("m", 2).version == 2
+
+
+def test_unknown_models_and_versions(base):
+    manager = manager_for(base, FakeLoaders())
+    manager.start()
+    with pytest.raises(NotFound, match=r"Latest\(m\)"):
+        manager.servable("m")
+    with pytest.raises(NotFound, match="Could not find any versions of model x"):
+        manager.status("x")
+
+
+def test_missing_base_path_fails_at_start(tmp_path):
+    manager = manager_for(tmp_path / "missing", FakeLoaders())
+    with pytest.raises(NotFound, match="base path"):
+        manager.start()
+
+
+def test_non_numeric_directories_are_ignored(base):
+    loaders = FakeLoaders()
+    add_version(base, 4)
+    (base / "tmp-upload").mkdir()
+    (base / "5.bak").mkdir()
+    manager = manager_for(base, loaders)
+    manager.start()
+    assert loaders.calls == [("m", 4)]

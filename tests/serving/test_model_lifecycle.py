@@ -1,0 +1,163 @@
+"""Versions coming and going on a real server: encrypted trees with wrong keys or tampered
+files, the seed's single encrypted saved_model.pb, polling, and warmup."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from sealserve.model_tree import MANIFEST_NAME, encrypt_file, encrypt_tree
+from sealserve.serving.keys import StaticKeyProvider
+from sealserve.serving.loader import WARMUP_FILE
+from sealserve.serving.manager import State
+from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.tensorflow_runtime import import_tensorflow
+from tests.serving.conftest import SECRET_KEY, server_options
+from tests.serving.harness import RunningServer
+
+OTHER_KEY = bytes(16)
+
+
+def predict(server, model, xs=(1.0, 2.0, 5.0)):
+    return server.http("POST", f"/v1/models/{model}:predict", {"instances": list(xs)})
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def running(tmp_path):
+    servers = []
+
+    def start(models, keys):
+        server = RunningServer(server_options(models), StaticKeyProvider(keys))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_wrong_key_ends_the_version_with_a_clear_error_and_others_keep_serving(
+    tmp_path, half_plus_two, running
+):
+    encrypt_tree(half_plus_two, str(tmp_path / "locked" / "1"), SECRET_KEY)
+    shutil.copytree(half_plus_two, tmp_path / "open" / "1")
+    server = running(
+        [
+            ModelConfig("locked", str(tmp_path / "locked")),
+            ModelConfig("open", str(tmp_path / "open")),
+        ],
+        {"locked": OTHER_KEY},
+    )
+    status = server.http("GET", "/v1/models/locked").json()["model_version_status"][0]
+    assert status["state"] == "END"
+    assert status["status"]["error_code"] == "DATA_LOSS"
+    assert "authentication failed" in status["status"]["error_message"]
+    assert predict(server, "locked").status == 404
+    assert predict(server, "open").json() == {"predictions": [2.5, 3.0, 4.5]}
+
+
+def test_a_tampered_tree_is_refused_with_the_reason_in_its_status(tmp_path, half_plus_two, running):
+    tree = tmp_path / "m" / "1"
+    encrypt_tree(half_plus_two, str(tree), SECRET_KEY)
+    (tree / "fingerprint.pb").unlink()
+    server = running([ModelConfig("m", str(tmp_path / "m"))], {"m": SECRET_KEY})
+    status = server.http("GET", "/v1/models/m").json()["model_version_status"][0]
+    assert status["state"] == "END"
+    assert "'fingerprint.pb' is missing" in status["status"]["error_message"]
+
+
+def test_an_encrypted_model_without_its_key_says_which_flag_is_missing(
+    tmp_path, half_plus_two, running
+):
+    encrypt_tree(half_plus_two, str(tmp_path / "m" / "1"), SECRET_KEY)
+    server = running([ModelConfig("m", str(tmp_path / "m"))], {})
+    status = server.http("GET", "/v1/models/m").json()["model_version_status"][0]
+    assert "--model_key m=PATH" in status["status"]["error_message"]
+
+
+def test_the_seeds_layout_encrypted_saved_model_pb_alone(tmp_path, half_plus_two, running):
+    # gramine-sgx-pf-crypt encrypt -w key -i saved_model.pb -o models/seed/1/saved_model.pb
+    version = tmp_path / "models" / "seed" / "1"
+    shutil.copytree(half_plus_two, version)
+    (version / "saved_model.pb").unlink()
+    encrypt_file(half_plus_two / "saved_model.pb", str(version / "saved_model.pb"), SECRET_KEY)
+    server = running([ModelConfig("seed", str(tmp_path / "models" / "seed"))], {"seed": SECRET_KEY})
+    assert predict(server, "seed").json() == {"predictions": [2.5, 3.0, 4.5]}
+
+
+def test_polling_loads_a_new_version_before_unloading_the_old(tmp_path, half_plus_two, running):
+    base = tmp_path / "m"
+    encrypt_tree(half_plus_two, str(base / "1"), SECRET_KEY)
+    server = running([ModelConfig("m", str(base))], {"m": SECRET_KEY})
+    assert server.http("GET", "/v1/models/m").json()["model_version_status"][0]["version"] == "1"
+    staged = tmp_path / "staging"
+    encrypt_tree(half_plus_two, str(staged), SECRET_KEY)
+    staged.rename(base / "2")  # what a deployment does: an atomic rename
+    wait_for(lambda: [s.state for s in server.manager.status("m")] == [State.AVAILABLE, State.END])
+    assert server.manager.servable("m").version == 2
+    assert predict(server, "m").json() == {"predictions": [2.5, 3.0, 4.5]}
+
+
+def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path, half_plus_two, running):
+    base = tmp_path / "m"
+    encrypt_tree(half_plus_two, str(base / "1"), SECRET_KEY)
+    server = running([ModelConfig("m", str(base))], {"m": SECRET_KEY})
+    staged = tmp_path / "staging"
+    encrypt_tree(half_plus_two, str(staged), OTHER_KEY)  # encrypted with the wrong key
+    staged.rename(base / "2")
+    wait_for(lambda: server.manager.status("m")[0].state == State.END)
+    assert server.manager.servable("m").version == 1
+    assert predict(server, "m").json() == {"predictions": [2.5, 3.0, 4.5]}
+
+
+def _warmup_file(path, xs):
+    tf = import_tensorflow()
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.asarray(xs, np.float32)))
+    record = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(record.SerializeToString())
+
+
+def test_warmup_requests_are_replayed_from_inside_the_encrypted_tree(
+    tmp_path, half_plus_two, running, caplog
+):
+    plain = tmp_path / "plain"
+    shutil.copytree(half_plus_two, plain)
+    _warmup_file(plain / WARMUP_FILE, [1.0, 2.0])
+    encrypt_tree(plain, str(tmp_path / "m" / "1"), SECRET_KEY)
+    assert (tmp_path / "m" / "1" / WARMUP_FILE).read_bytes()[:8] == b"GRAFS_PF"
+    with caplog.at_level("INFO", logger="sealserve.serving.loader"):
+        server = running([ModelConfig("m", str(tmp_path / "m"))], {"m": SECRET_KEY})
+    assert "replayed 1 warmup requests" in caplog.text
+    assert predict(server, "m").status == 200
+
+
+def test_a_failing_warmup_request_fails_the_load(tmp_path, half_plus_two, running):
+    plain = tmp_path / "plain"
+    shutil.copytree(half_plus_two, plain)
+    _warmup_file(plain / WARMUP_FILE, [[1.0, 2.0]])  # wrong rank for x
+    encrypt_tree(plain, str(tmp_path / "m" / "1"), SECRET_KEY)
+    server = running([ModelConfig("m", str(tmp_path / "m"))], {"m": SECRET_KEY})
+    status = server.http("GET", "/v1/models/m").json()["model_version_status"][0]
+    assert status["state"] == "END"
+    assert "warmup request 1 failed" in status["status"]["error_message"]
+    assert MANIFEST_NAME  # the tree itself was fine

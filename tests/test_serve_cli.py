@@ -1,0 +1,113 @@
+"""`sealserve serve` as a user launches it: the seed's tensorflow_model_server line with only
+the program name changed, then a clean shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sealserve.model_tree import encrypt_tree
+from sealserve.tools.certs import make_twoway
+from tests.serving.conftest import free_port
+
+SEALSERVE = Path(sys.executable).parent / "sealserve"
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, context: ssl.SSLContext) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stderr.read().decode()}")
+        try:
+            urllib.request.urlopen(url, timeout=2, context=context)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("server did not start")
+
+
+def test_the_seeds_launch_line(tmp_path, half_plus_two):
+    model = "half_plus_two"
+    key = tmp_path / "wrap-key"
+    key.write_bytes(bytes(range(16)))
+    key.chmod(0o600)
+    encrypt_tree(half_plus_two, str(tmp_path / "models" / model / "1"), key.read_bytes())
+    certs = make_twoway(
+        "localhost",
+        "client.local",
+        tmp_path / "ssl_configure",
+        encrypt_ssl_cfg_key=key.read_bytes(),
+    )
+    batching = tmp_path / "batching.cfg"
+    batching.write_text("max_batch_size { value: 8 }\n")
+    grpc_port, rest_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            SEALSERVE,
+            "serve",
+            f"--model_name={model}",
+            f"--model_base_path={tmp_path / 'models' / model}",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            "--enable_model_warmup=true",
+            f"--ssl_config_file={certs.ssl_config}",
+            "--enable_batching=true",
+            f"--batching_parameters_file={batching}",
+            "--tensorflow_intra_op_parallelism=2",
+            "--tensorflow_inter_op_parallelism=2",
+            "--file_system_poll_wait_seconds=5",
+            f"--model_key={model}={key}",
+            "--bind_address=127.0.0.1",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        context.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+        base = f"https://localhost:{rest_port}/v1/models/{model}"
+        wait_until_serving(process, base, context)
+        request = urllib.request.Request(
+            f"{base}:predict",
+            method="POST",
+            data=json.dumps({"instances": [1.0, 2.0, 5.0]}).encode(),
+        )
+        with urllib.request.urlopen(request, context=context) as response:
+            assert json.loads(response.read()) == {"predictions": [2.5, 3.0, 4.5]}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    log = stderr.decode()
+    assert process.returncode == 0, log
+    assert "Traceback" not in log
+    assert f"serving {model}: gRPC on 127.0.0.1:{grpc_port}" in log
+    assert "mutual TLS" in log
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve"], "give --model_base_path"),
+        (["serve", "--model_base_path=/nonexistent/m"], "base path /nonexistent/m not found"),
+        (["serve", "--model_base_path=/tmp", "--model_key=oops"], "--model_key must be NAME=PATH"),
+        (["serve", "--model_config_file=/nonexistent.cfg"], "model config file /nonexistent.cfg"),
+        (
+            ["serve", "--model_base_path=/tmp", "--enable_model_warmup=maybe"],
+            "expected true or false",
+        ),
+    ],
+)
+def test_bad_launch_lines_fail_with_one_clear_line(argv, message):
+    result = subprocess.run(
+        [SEALSERVE, *argv, f"--port={free_port()}"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
