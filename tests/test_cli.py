@@ -379,13 +379,30 @@ def test_progress_bar_only_on_a_terminal(tmp_path, key_file, plain_file):
 
 
 def test_certs_twoway_and_oneway_write_the_seeds_layout(capsys, tmp_path, key_file):
-    code, out, _ = run(capsys, "certs", "twoway", "grpc.tf-serving.service.com", "client.local",
-                       "-o", tmp_path / "ssl_configure", "--san", "127.0.0.1",
-                       "--encrypt-ssl-cfg", key_file)
+    code, out, _ = run(
+        capsys,
+        "certs",
+        "twoway",
+        "grpc.tf-serving.service.com",
+        "client.local",
+        "-o",
+        tmp_path / "ssl_configure",
+        "--san",
+        "127.0.0.1",
+        "--encrypt-ssl-cfg",
+        key_file,
+    )
     assert code == 0 and "--ssl_config_file" in out
     root = tmp_path / "ssl_configure"
-    for name in ("ca_cert.pem", "ca_key.pem", "server/key.pem", "server/cert.pem",
-                 "client/key.pem", "client/cert.pem", "ssl.cfg"):
+    for name in (
+        "ca_cert.pem",
+        "ca_key.pem",
+        "server/key.pem",
+        "server/cert.pem",
+        "client/key.pem",
+        "client/cert.pem",
+        "ssl.cfg",
+    ):
         assert (root / name).is_file(), name
     assert (root / "ssl.cfg").read_bytes().startswith(b"GRAFS_PF")
     assert stat.S_IMODE((root / "server" / "key.pem").stat().st_mode) == 0o600

@@ -415,6 +415,13 @@ def _verify(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import asyncio
 
+    from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
+
+    # First: TensorFlow's thread pools are fixed when it starts, and TF Serving's protos
+    # import it, so it must start here, quietly, before anything else touches it.
+    configure_threads(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
+    import_tensorflow()
+
     from sealserve.serving.keys import StaticKeyProvider
     from sealserve.serving.server import ModelServer
 

@@ -145,7 +145,7 @@ class ProtectedFileReader(io.RawIOBase):
     def _decrypt_node(self, physical: int, key: bytes, tag: bytes) -> bytes:
         plain = gcm_decrypt(key, self._read_physical(physical, 1), tag)
         if plain is None:
-            log.warning("GCM tag mismatch at node %d of %s", physical, self.name)
+            log.info("GCM tag mismatch at node %d of %s", physical, self.name)
             raise self._corrupted()
         return plain
 
@@ -204,7 +204,7 @@ class ProtectedFileReader(io.RawIOBase):
                     out[node : node + fmt.NODE_SIZE],
                 )
             except InvalidTag:
-                log.warning("GCM tag mismatch at data node %d of %s", d0 + i, self.name)
+                log.info("GCM tag mismatch at data node %d of %s", d0 + i, self.name)
                 raise self._corrupted() from None
         return out[:want]
 
@@ -283,7 +283,7 @@ def open_metadata_node(node0: bytes, wrap_key: bytes, name: str) -> tuple[fmt.He
         metadata_key, node0[layout.encrypted_offset : layout.encrypted_end], header.metadata_mac
     )
     if plain is None:
-        log.warning("metadata GCM tag mismatch in %s", name)
+        log.info("metadata GCM tag mismatch in %s", name)
         raise AuthenticationFailed(
             f"authentication failed for {name} (wrong key, or the file is corrupted)"
         )

@@ -137,7 +137,8 @@ class ModelServer:
 
 
 def _configure_tensorflow(options: ServerOptions) -> None:
-    wanted = options.intra_op_threads or options.inter_op_threads
-    if not configure_threads(options.intra_op_threads, options.inter_op_threads) and wanted:
-        log.warning("TensorFlow was already running: thread pool sizes left unchanged")
+    """Apply the thread settings if TensorFlow has not started yet (`sealserve serve`
+    applies them itself, before anything imports TensorFlow)."""
+    if not configure_threads(options.intra_op_threads, options.inter_op_threads):
+        log.warning("TensorFlow had already started: its thread pool sizes are unchanged")
     import_tensorflow()

@@ -31,14 +31,15 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+_threads = {"intra_op": 0, "inter_op": 0}
+
+
 def configure_threads(intra_op: int = 0, inter_op: int = 0) -> bool:
-    """Set TensorFlow's thread pools (0: TensorFlow decides). False if it is too late."""
+    """Size TensorFlow's thread pools (0: TensorFlow decides) when it starts. False if it
+    has already started, when they can no longer change."""
     if import_tensorflow.cache_info().currsize:
-        return False
-    if intra_op:
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(intra_op)
-    if inter_op:
-        os.environ["TF_NUM_INTEROP_THREADS"] = str(inter_op)
+        return not (intra_op or inter_op)
+    _threads.update(intra_op=intra_op, inter_op=inter_op)
     return True
 
 
@@ -48,5 +49,9 @@ def import_tensorflow() -> ModuleType:
     with _native_stderr_silenced():
         import tensorflow as tf
 
+        if _threads["intra_op"]:
+            tf.config.threading.set_intra_op_parallelism_threads(_threads["intra_op"])
+        if _threads["inter_op"]:
+            tf.config.threading.set_inter_op_parallelism_threads(_threads["inter_op"])
         tf.config.list_logical_devices()  # device initialisation, while still silenced
     return tf

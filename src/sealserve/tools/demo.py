@@ -1,20 +1,28 @@
-"""`make demo`: the owner's flow end to end on local defaults, narrated.
+"""`make demo`: the confidential-serving flow end to end on local defaults, narrated.
 
-Each step prints the `sealserve` command it runs (copy-paste-able) and runs it for real;
-the last steps load the encrypted model straight from memory and run it. Everything lives
-under `.demo/` in the current directory, which is recreated at each run.
+The owner makes a model and a key, encrypts the model, and makes mutual-TLS certificates; a
+server runs `sealserve serve` with the seed's flags and decrypts the model in memory only; a
+requester predicts over REST and gRPC. Each step prints the command it runs (copy-paste-able)
+and runs it for real. Everything lives under `.demo/` in the current directory, recreated at
+each run; the server is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shlex
 import shutil
+import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 SEALSERVE = str(Path(sys.executable).with_name("sealserve"))
 
@@ -54,8 +62,7 @@ def run(work: Path) -> None:
     plain = work / "plain" / "half_plus_two" / "1"
     key = work / "keys" / "half_plus_two.key"
     encrypted = work / "models" / "half_plus_two" / "1"
-    for directory in (plain.parent, key.parent, encrypted.parent):
-        directory.mkdir(parents=True)
+    certs = work / "ssl_configure"
 
     step("1. The model owner generates a SavedModel (TF Serving's half_plus_two)")
     sealserve("models", "make", "half_plus_two", str(plain))
@@ -63,35 +70,68 @@ def run(work: Path) -> None:
     step("2. ... and a wrap key that only a verified TEE will ever receive")
     sealserve("keygen", "-w", str(key))
 
-    step(
-        "3. Every file of the model is encrypted (Gramine's protected-file format) "
-        "plus an encrypted manifest"
-    )
+    step("3. Every file of the model is encrypted (Gramine's format) plus a manifest")
     sealserve("encrypt", "-w", str(key), "-i", str(plain), "-o", str(encrypted))
-    leaked = [
-        p for p in encrypted.rglob("*") if p.is_file() and b"serving_default" in p.read_bytes()
-    ]
+    leaked = [p for p in encrypted.rglob("*") if p.is_file() and b"serving" in p.read_bytes()]
     if leaked:
         raise DemoFailed(f"plaintext visible in {leaked[0]}")
     print("  (no file of the encrypted tree contains any of the model's plaintext)")
-
-    step("4. Anyone holding the key can check the whole tree")
     sealserve("verify", "-w", str(key), str(encrypted))
 
-    step(
-        "5. The server side loads it in memory only: decrypted into TensorFlow's ram:// "
-        "file system, never onto a disk"
+    step("4. Mutual-TLS certificates; the server's ssl.cfg is encrypted with the model's key")
+    sealserve(
+        "certs",
+        "twoway",
+        "localhost",
+        "client.local",
+        "-o",
+        str(certs),
+        "--san",
+        "127.0.0.1",
+        "--encrypt-ssl-cfg",
+        str(key),
     )
-    started = time.perf_counter()
-    predictions = predict_in_memory(encrypted, key, [1.0, 2.0, 5.0])
-    print(
-        f"  half_plus_two([1.0, 2.0, 5.0]) = {predictions} "
-        f"(loaded and run in {time.perf_counter() - started:.1f} s)"
-    )
-    if predictions != [2.5, 3.0, 4.5]:
-        raise DemoFailed(f"unexpected predictions {predictions}")
 
-    step("6. Tampering is caught and named: a file swapped for another")
+    grpc_port, rest_port = free_port(), free_port()
+    step(
+        "5. The server: the seed's tensorflow_model_server line with the program name "
+        "changed; the model is decrypted in memory only"
+    )
+    server = start_server(
+        [
+            "serve",
+            "--model_name=half_plus_two",
+            f"--model_base_path={encrypted.parent}",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            "--enable_model_warmup=true",
+            f"--ssl_config_file={certs / 'ssl.cfg'}",
+            "--file_system_poll_wait_seconds=1",
+            f"--model_key=half_plus_two={key}",
+            "--bind_address=127.0.0.1",
+        ],
+        work / "server.log",
+    )
+    try:
+        requester(certs, grpc_port, rest_port)
+
+        step(
+            "7. A new version encrypted under a key the server does not have is refused; "
+            "version 1 keeps serving"
+        )
+        other_key = work / "keys" / "other.key"
+        sealserve("keygen", "-w", str(other_key))
+        staging = work / "staging"
+        sealserve("encrypt", "-w", str(other_key), "-i", str(plain), "-o", str(staging))
+        staging.rename(encrypted.parent / "2")
+        status = wait_for_failed_version(certs, rest_port, "2")
+        print(f"  version 2: {status['state']}, {status['status']['error_message']}")
+        print(f"  predictions still: {rest_predict(certs, rest_port, [1.0, 2.0, 5.0])}")
+    finally:
+        stop_server(server)
+    shutil.rmtree(encrypted.parent / "2", ignore_errors=True)
+
+    step("8. Tampering is caught and named: a file swapped for another")
     tampered = work / "tampered" / "1"
     shutil.copytree(encrypted, tampered)
     index = tampered / "variables" / "variables.index"
@@ -101,16 +141,16 @@ def run(work: Path) -> None:
     data.write_bytes(index_bytes)
     sealserve("verify", "-w", str(key), str(tampered), expect_failure=True)
 
-    step("7. Rotating the wrap key rewrites only each file's 4 KiB metadata node")
+    step("9. Rotating the wrap key rewrites only each file's 4 KiB metadata node")
     new_key = work / "keys" / "half_plus_two.next.key"
     sealserve("keygen", "-w", str(new_key))
-    rotated = work / "models" / "half_plus_two" / "2"
+    rotated = work / "rotated" / "half_plus_two" / "1"
     sealserve(
         "rekey", "-w", str(key), "--new-key", str(new_key), "-i", str(encrypted), "-o", str(rotated)
     )
     sealserve("verify", "-w", str(new_key), str(rotated))
 
-    step("8. The owner can always get the exact original back")
+    step("10. The owner can always get the exact original back")
     decrypted = work / "decrypted"
     sealserve("decrypt", "-w", str(new_key), "-i", str(rotated), "-o", str(decrypted))
     if tree_digest(decrypted) != tree_digest(plain):
@@ -118,21 +158,124 @@ def run(work: Path) -> None:
     print("  the decrypted tree is byte-identical to the original SavedModel")
 
 
-def predict_in_memory(encrypted: Path, key_path: Path, xs: list[float]) -> list[float]:
-    from sealserve.keyfile import read_wrap_key
-    from sealserve.model_tree import ProtectedTree
-    from sealserve.serving.memory_load import load_protected_saved_model
+def requester(certs: Path, grpc_port: int, rest_port: int) -> None:
+    step("6. The requester predicts over REST and gRPC, both with mutual TLS")
+    print(
+        f"$ curl --cacert {certs}/ca_cert.pem --cert {certs}/client/cert.pem "
+        f"--key {certs}/client/key.pem -d '{{\"instances\": [1.0, 2.0, 5.0]}}' "
+        f"https://localhost:{rest_port}/v1/models/half_plus_two:predict"
+    )
+    predictions = rest_predict(certs, rest_port, [1.0, 2.0, 5.0])
+    print(f'  {{"predictions": {predictions}}}')
+    if predictions != [2.5, 3.0, 4.5]:
+        raise DemoFailed(f"unexpected predictions {predictions}")
+    print(
+        f"  gRPC PredictionService.Predict (tensorflow-serving-api stubs): "
+        f"{grpc_predict(certs, grpc_port, [1.0, 2.0, 5.0])}"
+    )
+    try:
+        rest_predict(certs, rest_port, [1.0], client_certificate=False)
+    except OSError as exc:
+        print(f"  a client without a certificate is refused ({type(exc).__name__})")
+    else:
+        raise DemoFailed("a client without a certificate was served")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `sealserve` in the background; return once it says it is serving."""
+    print("$ sealserve " + " ".join(shlex.quote(a) for a in args), flush=True)
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen([SEALSERVE, *args], stdout=log_file, stderr=log_file)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        if "serving half_plus_two" in text:
+            print("  " + next(line for line in text.splitlines() if "serving " in line))
+            return process
+        if process.poll() is not None:
+            raise DemoFailed(f"the server exited: {text.strip()}")
+        time.sleep(0.2)
+    process.kill()
+    raise DemoFailed("the server did not start within 120 s")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    print("  (server stopped)")
+
+
+def tls_context(certs: Path, client_certificate: bool = True) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certs / "ca_cert.pem"))
+    if client_certificate:
+        context.load_cert_chain(
+            str(certs / "client" / "cert.pem"), str(certs / "client" / "key.pem")
+        )
+    return context
+
+
+def rest_predict(
+    certs: Path, port: int, xs: list[float], *, client_certificate: bool = True
+) -> list[float]:
+    request = urllib.request.Request(
+        f"https://localhost:{port}/v1/models/half_plus_two:predict",
+        method="POST",
+        data=json.dumps({"instances": xs}).encode(),
+    )
+    context = tls_context(certs, client_certificate)
+    with urllib.request.urlopen(request, timeout=30, context=context) as response:
+        return [float(v) for v in json.loads(response.read())["predictions"]]
+
+
+def wait_for_failed_version(certs: Path, port: int, version: str) -> dict[str, Any]:
+    url = f"https://localhost:{port}/v1/models/half_plus_two"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=30, context=tls_context(certs)) as response:
+            for status in json.loads(response.read())["model_version_status"]:
+                if status["version"] == version and status["state"] == "END":
+                    return dict(status)
+        time.sleep(0.3)
+    raise DemoFailed(f"version {version} did not settle")
+
+
+def grpc_predict(certs: Path, port: int, xs: list[float]) -> list[float]:
     from sealserve.serving.tensorflow_runtime import import_tensorflow
 
-    tf = import_tensorflow()
+    import_tensorflow()  # the stubs import TensorFlow: quietly, please
 
-    model = load_protected_saved_model(ProtectedTree(encrypted, read_wrap_key(key_path)))
-    result = model.signatures["serving_default"](x=tf.constant(xs))["y"]
-    return [float(v) for v in result.numpy()]
+    import grpc
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from sealserve.serving.tensor_proto import from_numpy, to_numpy
+
+    credentials = grpc.ssl_channel_credentials(
+        (certs / "ca_cert.pem").read_bytes(),
+        (certs / "client" / "key.pem").read_bytes(),
+        (certs / "client" / "cert.pem").read_bytes(),
+    )
+    with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        from_numpy(np.asarray(xs, np.float32), out=request.inputs["x"])
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, timeout=30
+        )
+    return [float(v) for v in to_numpy(response.outputs["y"])]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--workdir",
         type=Path,
