@@ -19,11 +19,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sealserve.errors import AlreadyExists, NotFound
+from sealserve.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
 WRITEBACK_BYTES = 8 << 20  # start writing dirty pages to disk every 8 MiB
+
+
+def read_user_file(path: str | os.PathLike[str], what: str) -> bytes:
+    """The bytes of a file the user named, or one clear error naming it as `what`."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"{what} {path} not found") from None
+    except IsADirectoryError:
+        raise InvalidArgument(f"{what} {path} is a directory") from None
+    except PermissionError:
+        raise PermissionDenied(f"cannot read {what} {path}: permission denied") from None
 
 
 def refuse_existing(path: Path) -> None:

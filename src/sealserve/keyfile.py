@@ -13,8 +13,13 @@ import os
 import stat
 from pathlib import Path
 
-from sealserve.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from sealserve.fsio import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, atomic_output_file
+from sealserve.errors import AlreadyExists, InvalidArgument
+from sealserve.fsio import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
+    atomic_output_file,
+    read_user_file,
+)
 from sealserve.protected_files import KEY_SIZE
 
 log = logging.getLogger(__name__)
@@ -22,14 +27,7 @@ log = logging.getLogger(__name__)
 
 def read_wrap_key(path: str | os.PathLike[str]) -> bytes:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"wrap key file {path} not found") from None
-    except IsADirectoryError:
-        raise InvalidArgument(f"wrap key file {path} is a directory") from None
-    except PermissionError:
-        raise PermissionDenied(f"cannot read wrap key file {path}: permission denied") from None
+    raw = read_user_file(path, "wrap key file")
     if len(raw) == KEY_SIZE:
         key = raw
     else:

@@ -50,7 +50,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from sealserve.errors import InvalidArgument, NotFound, PermissionDenied
+from sealserve.errors import InvalidArgument
+from sealserve.fsio import read_user_file
 from sealserve.protected_files import ProtectedFileReader
 from sealserve.protected_files.format import FILE_ID
 
@@ -404,14 +405,7 @@ def load_ssl_config(path: str | os.PathLike[str], key: bytes | None) -> SSLConfi
     """Read `--ssl_config_file`: plain text, or a Gramine protected file decrypted in memory
     with `key` (the plaintext is never written anywhere)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()  # read once: what is checked is what is decrypted
-    except FileNotFoundError:
-        raise NotFound(f"ssl config file {path} not found") from None
-    except IsADirectoryError:
-        raise InvalidArgument(f"ssl config file {path} is a directory") from None
-    except PermissionError:
-        raise PermissionDenied(f"cannot read ssl config file {path}: permission denied") from None
+    raw = read_user_file(path, "ssl config file")  # read once: what is checked is decrypted
 
     if raw.startswith(FILE_ID):
         if key is None:

@@ -60,12 +60,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sealserve.errors import InvalidArgument, NotFound, PermissionDenied
+from sealserve.errors import InvalidArgument
 from sealserve.fsio import (
     PRIVATE_DIR_MODE,
     PRIVATE_FILE_MODE,
     atomic_output_dir,
     atomic_output_file,
+    read_user_file,
 )
 from sealserve.model_tree import bound_path_in
 from sealserve.protected_files import KEY_SIZE, write_protected
@@ -227,14 +228,7 @@ def load_pem_bytes(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a PEM file (a certificate or key for a client's credentials), checked
     to hold at least one PEM block."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"PEM file {path} not found") from None
-    except IsADirectoryError:
-        raise InvalidArgument(f"PEM file {path} is a directory") from None
-    except PermissionError:
-        raise PermissionDenied(f"cannot read PEM file {path}: permission denied") from None
+    data = read_user_file(path, "PEM file")
     if b"-----BEGIN " not in data:
         raise InvalidArgument(f"{path} is not a PEM file (no '-----BEGIN' line)")
     return data
