@@ -15,55 +15,20 @@ import numpy as np
 
 from sealserve.errors import FailedPrecondition, InvalidArgument, SealserveError
 from sealserve.serving.signatures import SignatureInfo, TensorInfo
+from sealserve.serving.tensor_proto import data_type_name, data_type_string, dtype_name
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 
 log = logging.getLogger(__name__)
 
-_NUMPY_KINDS = {
-    "DT_FLOAT": np.float32,
-    "DT_DOUBLE": np.float64,
-    "DT_HALF": np.float16,
-    "DT_INT8": np.int8,
-    "DT_INT16": np.int16,
-    "DT_INT32": np.int32,
-    "DT_INT64": np.int64,
-    "DT_UINT8": np.uint8,
-    "DT_UINT16": np.uint16,
-    "DT_UINT32": np.uint32,
-    "DT_UINT64": np.uint64,
-    "DT_BOOL": np.bool_,
-    "DT_COMPLEX64": np.complex64,
-    "DT_COMPLEX128": np.complex128,
-}
-# TensorFlow's names for dtypes in its error messages ("Expects arg[0] to be float ...")
-_TF_TYPE_NAMES = {
-    "DT_FLOAT": "float",
-    "DT_DOUBLE": "double",
-    "DT_HALF": "half",
-    "DT_INT8": "int8",
-    "DT_INT16": "int16",
-    "DT_INT32": "int32",
-    "DT_INT64": "int64",
-    "DT_UINT8": "uint8",
-    "DT_UINT16": "uint16",
-    "DT_UINT32": "uint32",
-    "DT_UINT64": "uint64",
-    "DT_BOOL": "bool",
-    "DT_STRING": "string",
-    "DT_COMPLEX64": "complex64",
-    "DT_COMPLEX128": "complex128",
-}
-
 
 def signature_infos(signature_defs: dict[str, Any]) -> dict[str, SignatureInfo]:
     """SignatureInfo values from `SignatureDef` protos."""
-    from tensorflow.core.framework import types_pb2
 
     def tensor(info: Any) -> TensorInfo:
         shape = None
         if not info.tensor_shape.unknown_rank:
             shape = tuple(int(d.size) for d in info.tensor_shape.dim)
-        return TensorInfo(name=info.name, dtype=types_pb2.DataType.Name(info.dtype), shape=shape)
+        return TensorInfo(name=info.name, dtype=data_type_name(info.dtype), shape=shape)
 
     return {
         key: SignatureInfo(
@@ -73,16 +38,6 @@ def signature_infos(signature_defs: dict[str, Any]) -> dict[str, SignatureInfo]:
         )
         for key, sig in signature_defs.items()
     }
-
-
-def dtype_of(array: np.ndarray) -> str:
-    """The DataType name of a numpy array (object arrays of bytes are DT_STRING)."""
-    if array.dtype == object or array.dtype.kind in "SU":
-        return "DT_STRING"
-    for name, kind in _NUMPY_KINDS.items():
-        if array.dtype == kind:
-            return name
-    raise InvalidArgument(f"unsupported input dtype {array.dtype}")
 
 
 class Servable:
@@ -140,11 +95,11 @@ def check_inputs(signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> Non
             f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
         )
     for position, (alias, info) in enumerate(signature.inputs.items()):
-        got = dtype_of(inputs[alias])
+        got = dtype_name(inputs[alias].dtype)
         if got != info.dtype:
             raise InvalidArgument(
-                f"Expects arg[{position}] to be {_TF_TYPE_NAMES.get(info.dtype, info.dtype)} "
-                f"but {_TF_TYPE_NAMES.get(got, got)} is provided"
+                f"Expects arg[{position}] to be {data_type_string(info.dtype)} "
+                f"but {data_type_string(got)} is provided"
             )
 
 
