@@ -474,6 +474,8 @@ def _server_options(args: argparse.Namespace, keys: StaticKeyProvider) -> Server
         intra_op_threads=args.tensorflow_intra_op_parallelism,
         inter_op_threads=args.tensorflow_inter_op_parallelism,
         inference_threads=args.inference_threads,
+        model_config_file=args.model_config_file,
+        model_config_poll_seconds=args.model_config_file_poll_wait_seconds,
     )
 
 

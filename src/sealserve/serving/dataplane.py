@@ -17,11 +17,23 @@ from typing import TypeVar
 import numpy as np
 
 from sealserve.errors import InvalidArgument
+from sealserve.serving.inference import (
+    check_signature,
+    classification,
+    regression,
+    run_inputs,
+)
 from sealserve.serving.manager import ModelManager, VersionStatus
 from sealserve.serving.servable import Servable
-from sealserve.serving.signatures import DEFAULT_SIGNATURE, SignatureInfo
+from sealserve.serving.signatures import (
+    CLASSIFY_METHOD,
+    DEFAULT_SIGNATURE,
+    REGRESS_METHOD,
+    SignatureInfo,
+)
 
 T = TypeVar("T")
+Classifications = list[list[tuple[str, float]]]  # per example: (label, score) per class
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,18 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """Run the resolved signature (blocking: call it through `call`)."""
         return resolved.servable.run(resolved.signature_name, inputs, output_filter)
+
+    def classify(self, resolved: Resolved, serialized: Sequence[bytes]) -> Classifications:
+        """Run a classification signature on serialized tf.Examples (blocking)."""
+        check_signature(resolved.signature, CLASSIFY_METHOD, resolved.signature_name)
+        return classification(
+            resolved.servable.run(resolved.signature_name, run_inputs(serialized))
+        )
+
+    def regress(self, resolved: Resolved, serialized: Sequence[bytes]) -> list[float]:
+        """Run a regression signature on serialized tf.Examples (blocking)."""
+        check_signature(resolved.signature, REGRESS_METHOD, resolved.signature_name)
+        return regression(resolved.servable.run(resolved.signature_name, run_inputs(serialized)))
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         if not name:

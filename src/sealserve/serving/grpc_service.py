@@ -1,8 +1,7 @@
 """TF Serving's gRPC API over grpc.aio: PredictionService, ModelService, grpc.health.v1.
 
 Thin: convert the request protos, call the data plane, convert the result, and map a
-`SealserveError` to its gRPC status code with TF Serving's message. Classify, Regress,
-MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED until they are built.
+`SealserveError` to its gRPC status code with TF Serving's message.
 Async safe.
 """
 
@@ -15,14 +14,20 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from sealserve.errors import Code, InvalidArgument, SealserveError
-from sealserve.serving import api_protos, tensor_proto
+from sealserve.serving import api_protos, model_config, tensor_proto
 from sealserve.serving.dataplane import DataPlane, ModelSpec
+from sealserve.serving.inference import examples_from_input
+from sealserve.serving.signatures import CLASSIFY_METHOD, REGRESS_METHOD
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,9 +71,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response = predict_pb2.PredictResponse()
                 for alias, array in outputs.items():  # typed fields, as TF Serving answers
                     tensor_proto.from_numpy(array, out=response.outputs[alias])
-                response.model_spec.name = resolved.servable.name
-                response.model_spec.version.value = resolved.servable.version
-                response.model_spec.signature_name = resolved.signature_name
+                _fill_spec(response.model_spec, resolved)
                 return response
 
             return await self.dataplane.call(work)
@@ -91,13 +94,72 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await _guarded(context, metadata)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await _unimplemented(context, "Classify")
+        async def classify() -> Any:
+            resolved = self.dataplane.resolve(model_spec(request.model_spec))
+
+            def work() -> Any:
+                rows = self.dataplane.classify(resolved, examples_from_input(request.input))
+                response = classification_pb2.ClassificationResponse()
+                _fill_spec(response.model_spec, resolved)
+                _fill_classifications(response.result, rows)
+                return response
+
+            return await self.dataplane.call(work)
+
+        return await _guarded(context, classify)
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await _unimplemented(context, "Regress")
+        async def regress() -> Any:
+            resolved = self.dataplane.resolve(model_spec(request.model_spec))
+
+            def work() -> Any:
+                values = self.dataplane.regress(resolved, examples_from_input(request.input))
+                response = regression_pb2.RegressionResponse()
+                _fill_spec(response.model_spec, resolved)
+                response.result.regressions.extend(
+                    regression_pb2.Regression(value=v) for v in values
+                )
+                return response
+
+            return await self.dataplane.call(work)
+
+        return await _guarded(context, regress)
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await _unimplemented(context, "MultiInference")
+        async def multi() -> Any:
+            if not request.tasks:
+                raise InvalidArgument("Inference request must contain at least one task")
+            names = {task.model_spec.name for task in request.tasks}
+            if len(names) != 1:
+                raise InvalidArgument(
+                    "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+                )
+            tasks = [
+                (self.dataplane.resolve(model_spec(t.model_spec)), t.method_name)
+                for t in request.tasks
+            ]
+
+            def work() -> Any:
+                serialized = examples_from_input(request.input)
+                response = inference_pb2.MultiInferenceResponse()
+                for resolved, method in tasks:
+                    result = response.results.add()
+                    _fill_spec(result.model_spec, resolved)
+                    if method == CLASSIFY_METHOD:
+                        rows = self.dataplane.classify(resolved, serialized)
+                        _fill_classifications(result.classification_result, rows)
+                    elif method == REGRESS_METHOD:
+                        values = self.dataplane.regress(resolved, serialized)
+                        result.regression_result.regressions.extend(
+                            regression_pb2.Regression(value=v) for v in values
+                        )
+                    else:
+                        raise InvalidArgument(f"Unsupported signature method_name: {method}")
+                return response
+
+            return await self.dataplane.call(work)
+
+        return await _guarded(context, multi)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -114,18 +176,28 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
         return await _guarded(context, status)
 
-    async def HandleReloadConfigRequest(
-        self,
-        request: Any,  # noqa: N802
-        context: grpc.aio.ServicerContext,
+    async def HandleReloadConfigRequest(  # noqa: N802
+        self, request: Any, context: grpc.aio.ServicerContext
     ) -> Any:
-        return await _unimplemented(context, "HandleReloadConfigRequest")
+        async def reload() -> Any:
+            configs = model_config.from_proto(request.config, "ReloadConfigRequest")
+            await self.dataplane.call(lambda: self.dataplane.manager.reload(configs))
+            return model_management_pb2.ReloadConfigResponse()  # status OK
+
+        return await _guarded(context, reload)
 
 
-async def _unimplemented(context: grpc.aio.ServicerContext, method: str) -> Any:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by this server yet"
-    )
+def _fill_spec(spec: Any, resolved: Any) -> None:
+    spec.name = resolved.servable.name
+    spec.version.value = resolved.servable.version
+    spec.signature_name = resolved.signature_name
+
+
+def _fill_classifications(result: Any, rows: list[list[tuple[str, float]]]) -> None:
+    for row in rows:
+        classifications = result.classifications.add()
+        for label, score in row:
+            classifications.classes.add(label=label, score=score)
 
 
 async def add_services(

@@ -134,15 +134,40 @@ class ModelManager:
     def reconcile(self) -> None:
         """Bring every model to its aspired versions: load new ones, then unload old ones."""
         with self._reconcile_lock:
-            models = self._snapshot()
-            loads = []
-            for model in models:
-                for version in sorted(self._to_load(model)):
-                    loads.append(self._pool.submit(self._load, model, version))
-            for future in loads:
-                future.result()
-            for model in models:
-                self._unload_and_forget(model)
+            self._reconcile_locked()
+
+    def reload(self, configs: list[ModelConfig]) -> None:
+        """Replace the model list (TF Serving's config reload): new models load, models left
+        out unload, the others keep serving under their new policy and labels. Nothing
+        changes if a new model's base path does not exist."""
+        for config in configs:
+            if not Path(config.base_path).is_dir():
+                raise NotFound(f"model {config.name}: base path {config.base_path} not found")
+        with self._reconcile_lock:
+            with self._lock:
+                wanted = {c.name: c for c in configs}
+                for name in [n for n in self._models if n not in wanted]:
+                    for entry in self._models.pop(name).versions.values():
+                        entry.servable = None  # in-flight requests keep their reference
+                    log.info("model %s removed from the configuration and unloaded", name)
+                for name, config in wanted.items():
+                    if name in self._models:
+                        self._models[name].config = config
+                    else:
+                        self._models[name] = _Model(config)
+            self._reconcile_locked()
+
+    def _reconcile_locked(self) -> None:
+        models = self._snapshot()
+        loads = [
+            self._pool.submit(self._load, model, version)
+            for model in models
+            for version in sorted(self._to_load(model))
+        ]
+        for future in loads:
+            future.result()
+        for model in models:
+            self._unload_and_forget(model)
 
     def _aspired(self, model: _Model) -> set[int]:
         return model.config.version_policy.aspired(_version_dirs(model.config.base_path))

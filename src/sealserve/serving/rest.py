@@ -13,13 +13,14 @@ import asyncio
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from sealserve.errors import Code, InvalidArgument, SealserveError
-from sealserve.serving import api_protos, json_codec
+from sealserve.serving import api_protos, inference, json_codec
 from sealserve.serving.dataplane import DataPlane, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,7 @@ class _RestApi:
             body = await request.read()  # gzip is inflated by aiohttp, within the cap
             if verb.lower() == "predict":
                 return json_response(await self._predict(spec, body))
-            raise SealserveError(
-                f"{verb.lower()} is not supported by this server yet", code=Code.UNIMPLEMENTED
-            )
+            return json_response(await self._classify_or_regress(spec, body, verb.lower()))
         if request.method == "GET" and (match := _GET.fullmatch(path)):
             name, version, label, metadata = match.groups()
             if not name:
@@ -148,6 +147,23 @@ class _RestApi:
             )
             outputs = servable.run(request.signature_name or "serving_default", request.inputs)
             return json_codec.format_predict_response(outputs, request.row_format)
+
+        return await self.dataplane.call(work)
+
+    async def _classify_or_regress(self, spec: ModelSpec, body: bytes, verb: str) -> bytes:
+        document = json_codec.loads(body, max_depth=self.options.max_json_depth)
+        signature_name, serialized = inference.examples_from_json(document)
+        resolved = self.dataplane.resolve(replace(spec, signature_name=signature_name))
+
+        def work() -> bytes:
+            if verb == "classify":
+                results: list[Any] = [
+                    [[label, score] for label, score in row]
+                    for row in self.dataplane.classify(resolved, serialized)
+                ]
+            else:
+                results = self.dataplane.regress(resolved, serialized)
+            return json.dumps({"results": results}).encode()
 
         return await self.dataplane.call(work)
 

@@ -10,6 +10,7 @@ grace period, then stops polling. Not reentrant: one `ModelServer` serves once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from dataclasses import dataclass, field
 import grpc
 from aiohttp import web
 
+from sealserve.errors import SealserveError
 from sealserve.serving import grpc_service, rest
 from sealserve.serving.dataplane import DataPlane
 from sealserve.serving.keys import KeyProvider
 from sealserve.serving.manager import ManagerOptions, ModelManager, loader_factory
-from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.model_config import ModelConfig, parse_model_config_text
 from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
 from sealserve.serving.tls import SSLConfig, grpc_server_credentials, server_ssl_context
 
@@ -43,6 +45,8 @@ class ServerOptions:
     inter_op_threads: int = 0
     inference_threads: int = 8
     shutdown_grace_seconds: float = 5.0
+    model_config_file: str | None = None  # re-read when it changes, if polled
+    model_config_poll_seconds: float = 0  # --model_config_file_poll_wait_seconds; 0: never
 
 
 class ModelServer:
@@ -58,6 +62,7 @@ class ModelServer:
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._stopping = asyncio.Event()
+        self._config_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         _configure_tensorflow(self.options)
@@ -65,6 +70,8 @@ class ModelServer:
         await self._start_grpc()
         if self.options.rest_port:
             await self._start_rest()
+        if self.options.model_config_file and self.options.model_config_poll_seconds > 0:
+            self._config_watch = asyncio.create_task(self._watch_model_config())
         tls = (
             "mutual TLS"
             if self.options.ssl and self.options.ssl.client_verify
@@ -111,7 +118,27 @@ class ModelServer:
         self._rest = runner
         self.rest_port = runner.addresses[0][1]
 
+    async def _watch_model_config(self) -> None:
+        """Reload the models when the config file changes (a bad file keeps the old list)."""
+        path = self.options.model_config_file
+        assert path is not None
+        last = _read_quietly(path)
+        while True:
+            await asyncio.sleep(self.options.model_config_poll_seconds)
+            text = _read_quietly(path)
+            if text is None or text == last:
+                continue
+            last = text
+            try:
+                configs = parse_model_config_text(text, path)
+                await self.dataplane.call(functools.partial(self.manager.reload, configs))
+                log.warning("reloaded %s: serving %s", path, ", ".join(self.manager.model_names()))
+            except SealserveError as exc:
+                log.error("model config %s not applied: %s", path, exc)
+
     async def stop(self) -> None:
+        if self._config_watch is not None:
+            self._config_watch.cancel()
         grace = self.options.shutdown_grace_seconds
         if self._grpc is not None:
             await self._grpc.stop(grace)
@@ -134,6 +161,14 @@ class ModelServer:
         finally:
             log.warning("shutting down")
             await self.stop()
+
+
+def _read_quietly(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _configure_tensorflow(options: ServerOptions) -> None:

@@ -1,0 +1,77 @@
+"""Replacing the model list live: over gRPC (HandleReloadConfigRequest) and by editing the
+--model_config_file; new models load, dropped ones unload, the rest keep serving."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+from sealserve.serving.keys import StaticKeyProvider
+from sealserve.serving.model_config import ModelConfig
+from tests.serving.conftest import SECRET_KEY, server_options
+from tests.serving.harness import RunningServer
+
+
+def config_text(models: dict[str, str]) -> str:
+    entries = "".join(f"config {{ name: '{n}' base_path: '{p}' model_platform: 'tensorflow' }} "
+                      for n, p in models.items())
+    return f"model_config_list {{ {entries}}}"
+
+
+def reload_request(models: dict[str, str]) -> model_management_pb2.ReloadConfigRequest:
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse(config_text(models), request.config)
+    return request
+
+
+def predict_status(server, name):
+    return server.http("POST", f"/v1/models/{name}:predict", {"instances": [1.0]}).status
+
+
+@pytest.fixture
+def paths(model_root):
+    return {"a": str(model_root / "half_plus_two"), "b": str(model_root / "secret_h2")}
+
+
+def test_grpc_reload_adds_and_drops_models(paths):
+    server = RunningServer(server_options([ModelConfig("a", paths["a"])]),
+                           StaticKeyProvider({"b": SECRET_KEY}))
+    try:
+        stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
+        stub.HandleReloadConfigRequest(reload_request(paths), timeout=60)
+        assert predict_status(server, "a") == 200 and predict_status(server, "b") == 200
+
+        stub.HandleReloadConfigRequest(reload_request({"b": paths["b"]}), timeout=60)
+        assert predict_status(server, "a") == 404
+        assert predict_status(server, "b") == 200
+
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.HandleReloadConfigRequest(reload_request({"c": "/nonexistent"}), timeout=60)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        assert predict_status(server, "b") == 200  # a failed reload changes nothing
+    finally:
+        server.stop()
+
+
+def test_editing_the_model_config_file_reloads_it(tmp_path, paths):
+    config = tmp_path / "models.config"
+    config.write_text(config_text({"a": paths["a"]}))
+    options = server_options([ModelConfig("a", paths["a"])], model_config_file=str(config),
+                             model_config_poll_seconds=0.1)
+    server = RunningServer(options, StaticKeyProvider({"b": SECRET_KEY}))
+    try:
+        config.write_text(config_text({"b": paths["b"]}))
+        deadline = time.monotonic() + 30
+        while predict_status(server, "b") != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert predict_status(server, "b") == 200
+        assert predict_status(server, "a") == 404
+        config.write_text("this is not a text proto")  # a bad edit keeps what is served
+        time.sleep(0.5)
+        assert predict_status(server, "b") == 200
+    finally:
+        server.stop()
