@@ -1,0 +1,97 @@
+"""The simulated measurement: code + launch configuration, canonical, sensitive to both."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sealserve.attestation.measurement import (
+    code_manifest,
+    installed_code_digest,
+    measurement,
+)
+from sealserve.errors import InvalidArgument, NotFound
+
+LAUNCH = {"model_base_path": "/models/digits", "rest_api_port": 8501, "tls": True}
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    root = tmp_path / "sealserve"
+    (root / "serving").mkdir(parents=True)
+    (root / "__init__.py").write_text('"""fake package"""\n')
+    (root / "serving" / "server.py").write_text("def serve():\n    pass\n")
+    return root
+
+
+def test_measurement_is_32_bytes_and_deterministic(code: Path) -> None:
+    first = measurement(LAUNCH, code_root=code)
+    assert len(first) == 32
+    assert measurement(dict(reversed(list(LAUNCH.items()))), code_root=code) == first
+
+
+def test_changing_a_code_file_changes_it(code: Path) -> None:
+    before = measurement(LAUNCH, code_root=code)
+    (code / "serving" / "server.py").write_text("def serve():\n    pass  # changed\n")
+    assert measurement(LAUNCH, code_root=code) != before
+
+
+def test_adding_or_renaming_a_file_changes_it(code: Path) -> None:
+    before = installed_code_digest(code)
+    (code / "extra.py").write_text("")
+    added = installed_code_digest(code)
+    assert added != before
+    (code / "extra.py").rename(code / "other.py")
+    assert installed_code_digest(code) not in (before, added)
+
+
+def test_changing_the_launch_config_changes_it(code: Path) -> None:
+    base = measurement(LAUNCH, code_root=code)
+    for change in ({"tls": False}, {"rest_api_port": 8502}, {"extra": None}):
+        assert measurement({**LAUNCH, **change}, code_root=code) != base
+    assert measurement({}, code_root=code) != base
+
+
+def test_bytecode_caches_do_not_count(code: Path) -> None:
+    before = installed_code_digest(code)
+    cache = code / "serving" / "__pycache__"
+    cache.mkdir()
+    (cache / "server.cpython-311.pyc").write_bytes(b"\x00" * 16)
+    (code / "stray.pyc").write_bytes(b"\x01")
+    assert installed_code_digest(code) == before
+
+
+def test_manifest_is_sorted_relative_posix_paths(code: Path) -> None:
+    paths = [path for path, _ in code_manifest(code)]
+    assert paths == ["__init__.py", "serving/server.py"]
+
+
+def test_a_copy_elsewhere_measures_the_same(code: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere" / "sealserve"
+    shutil.copytree(code, copy)
+    assert measurement(LAUNCH, code_root=copy) == measurement(LAUNCH, code_root=code)
+
+
+def test_the_installed_package_is_measured_by_default() -> None:
+    digest = installed_code_digest()
+    assert len(digest) == 32 and installed_code_digest() == digest
+    paths = [path for path, _ in code_manifest()]
+    assert "attestation/measurement.py" in paths
+    assert not any("__pycache__" in p for p in paths)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"ratio": 0.5}, {1: "x"}, {"path": Path("/x")}, {"nested": {"b": b"x"}}],
+    ids=["float", "int key", "Path", "bytes"],
+)
+def test_non_canonical_launch_configs_are_refused(code: Path, config: dict) -> None:
+    with pytest.raises(InvalidArgument):
+        measurement(config, code_root=code)
+
+
+def test_missing_code_root(tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        installed_code_digest(tmp_path / "missing")
