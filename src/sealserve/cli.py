@@ -242,7 +242,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     for name, default, text in (
         ("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests"),
         ("--enable_grpc_healthcheck_service", False, "serve grpc.health.v1"),
-        ("--enable_batching", False, "accepted; dynamic batching comes in a later release"),
+        ("--enable_batching", False, "merge concurrent Predict requests into batches"),
     ):
         tf.add_argument(
             name,
@@ -253,8 +253,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
             metavar="BOOL",
             help=f"{text} (default {str(default).lower()})",
         )
-    tf.add_argument("--batching_parameters_file", help="accepted; see --enable_batching")
-    tf.add_argument("--monitoring_config_file", help="accepted; metrics come in a later release")
+    tf.add_argument(
+        "--batching_parameters_file", help="BatchingParameters text proto (max_batch_size, ...)"
+    )
+    tf.add_argument(
+        "--monitoring_config_file",
+        help='MonitoringConfig text proto: prometheus_config { enable: true path: "..." } '
+        "serves Prometheus metrics on the REST port",
+    )
 
     own = serve.add_argument_group("sealserve flags")
     own.add_argument(
@@ -432,9 +438,11 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _server_options(args: argparse.Namespace, keys: StaticKeyProvider) -> ServerOptions:
-    from sealserve.serving import model_config
+    from sealserve.serving import config_protos, model_config
+    from sealserve.serving.batching import BatchingOptions
     from sealserve.serving.loader import LoadOptions
     from sealserve.serving.manager import ManagerOptions
+    from sealserve.serving.metrics import MonitoringConfig, read_monitoring_config
     from sealserve.serving.rest import RestOptions
     from sealserve.serving.server import ServerOptions
     from sealserve.serving.tls import load_ssl_config
@@ -445,8 +453,22 @@ def _server_options(args: argparse.Namespace, keys: StaticKeyProvider) -> Server
         models = model_config.single_model(args.model_name, args.model_base_path)
     else:
         raise InvalidArgument("give --model_base_path (with --model_name) or --model_config_file")
-    if args.enable_batching or args.batching_parameters_file or args.monitoring_config_file:
-        log.warning("batching and monitoring flags are accepted but not active in this release")
+    batching = None
+    if args.enable_batching:
+        batching = BatchingOptions()
+        if args.batching_parameters_file:
+            batching = BatchingOptions.from_proto(
+                config_protos.read(
+                    "BatchingParameters", args.batching_parameters_file, "batching parameters file"
+                )
+            )
+    elif args.batching_parameters_file:
+        log.warning("--batching_parameters_file is ignored without --enable_batching")
+    monitoring = MonitoringConfig()
+    if args.monitoring_config_file:
+        monitoring = read_monitoring_config(args.monitoring_config_file)
+        if monitoring.enable and not args.rest_api_port:
+            log.warning("metrics are served on the REST port, and --rest_api_port is 0")
     ssl = None
     if args.ssl_config_file:
         ssl = load_ssl_config(args.ssl_config_file, _ssl_config_key(args, keys))
@@ -474,8 +496,10 @@ def _server_options(args: argparse.Namespace, keys: StaticKeyProvider) -> Server
         intra_op_threads=args.tensorflow_intra_op_parallelism,
         inter_op_threads=args.tensorflow_inter_op_parallelism,
         inference_threads=args.inference_threads,
+        batching=batching,
         model_config_file=args.model_config_file,
         model_config_poll_seconds=args.model_config_file_poll_wait_seconds,
+        monitoring=monitoring,
     )
 
 

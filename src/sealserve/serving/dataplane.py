@@ -17,6 +17,7 @@ from typing import TypeVar
 import numpy as np
 
 from sealserve.errors import InvalidArgument
+from sealserve.serving.batching import BatchScheduler
 from sealserve.serving.inference import (
     check_signature,
     classification,
@@ -45,6 +46,16 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class PredictCall:
+    """A decoded Predict request; `context` is the adapter's own (e.g. the REST format)."""
+
+    signature_name: str
+    inputs: dict[str, np.ndarray]
+    output_filter: tuple[str, ...] = ()
+    context: object = None
+
+
+@dataclass(frozen=True)
 class Resolved:
     """One request's model version and signature, fixed for the whole request."""
 
@@ -54,8 +65,11 @@ class Resolved:
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager, threads: int = 8) -> None:
+    def __init__(
+        self, manager: ModelManager, threads: int = 8, batcher: BatchScheduler | None = None
+    ) -> None:
         self.manager = manager
+        self.batcher = batcher
         self._executor = ThreadPoolExecutor(threads, "sealserve-infer")
 
     def servable(self, spec: ModelSpec) -> Servable:
@@ -68,11 +82,31 @@ class DataPlane:
         key = spec.signature_name or DEFAULT_SIGNATURE
         return Resolved(servable, key, servable.signature(key))
 
-    def predict(
-        self, resolved: Resolved, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
-    ) -> dict[str, np.ndarray]:
-        """Run the resolved signature (blocking: call it through `call`)."""
-        return resolved.servable.run(resolved.signature_name, inputs, output_filter)
+    async def predict(
+        self,
+        servable: Servable,
+        decode: Callable[[], PredictCall],
+        encode: Callable[[PredictCall, dict[str, np.ndarray]], T],
+    ) -> T:
+        """Decode, run and encode one Predict request off the event loop.
+
+        Without batching, all three happen in one trip to the inference pool. With it, the
+        decoded request waits in its version's batch queue without holding a thread, so a
+        batch can gather far more requests than there are threads."""
+        if self.batcher is None:
+
+            def work() -> T:
+                call = decode()
+                outputs = servable.run(call.signature_name, call.inputs, call.output_filter)
+                return encode(call, outputs)
+
+            return await self.call(work)
+        call = await self.call(decode)
+        wanted = servable.check_request(call.signature_name, call.inputs, call.output_filter)
+        future = self.batcher.submit(servable, call.signature_name, call.inputs)
+        outputs = await asyncio.wrap_future(future)
+        selected = {alias: outputs[alias] for alias in wanted}
+        return await self.call(lambda: encode(call, selected))
 
     def classify(self, resolved: Resolved, serialized: Sequence[bytes]) -> Classifications:
         """Run a classification signature on serialized tf.Examples (blocking)."""
@@ -96,4 +130,6 @@ class DataPlane:
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

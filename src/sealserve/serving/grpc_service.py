@@ -1,13 +1,17 @@
 """TF Serving's gRPC API over grpc.aio: PredictionService, ModelService, grpc.health.v1.
 
 Thin: convert the request protos, call the data plane, convert the result, and map a
-`SealserveError` to its gRPC status code with TF Serving's message.
+`SealserveError` to its gRPC status code with TF Serving's message. With metrics, every
+PredictionService and GetModelStatus call is counted with its final status and timed, with
+entrypoint "GRPC" and API the RPC's name ("Predict", "Classify", "Regress" as TF Serving).
+The health service is returned to the server, which keeps it in step with readiness.
 Async safe.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,8 +29,9 @@ from tensorflow_serving.apis import (
 
 from sealserve.errors import Code, InvalidArgument, SealserveError
 from sealserve.serving import api_protos, model_config, tensor_proto
-from sealserve.serving.dataplane import DataPlane, ModelSpec
+from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall
 from sealserve.serving.inference import examples_from_input
+from sealserve.serving.metrics import Metrics
 from sealserve.serving.signatures import CLASSIFY_METHOD, REGRESS_METHOD
 
 log = logging.getLogger(__name__)
@@ -35,15 +40,31 @@ T = TypeVar("T")
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
-async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
-    """Run a handler, turning our errors into gRPC statuses (and bugs into INTERNAL)."""
+async def _guarded(
+    context: grpc.aio.ServicerContext,
+    call: Callable[[], Awaitable[T]],
+    metrics: Metrics | None = None,
+    model: str = "",
+    api: str = "",
+) -> T:
+    """Run a handler, turning our errors into gRPC statuses (and bugs into INTERNAL), and
+    record the request's final status and latency."""
+    started = time.perf_counter()
+    status = Code.CANCELLED.name  # if grpc cancels us: the client went away or timed out
     try:
-        return await call()
+        result = await call()
+        status = "OK"
+        return result
     except SealserveError as exc:
+        status = exc.code.name
         await context.abort(grpc.StatusCode[exc.code.name], str(exc))
     except Exception:
+        status = Code.INTERNAL.name
         log.exception("gRPC request failed")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    finally:
+        if metrics is not None:
+            metrics.record_request(model, api, "GRPC", status, time.perf_counter() - started)
     raise AssertionError("unreachable")  # abort() raises
 
 
@@ -58,25 +79,34 @@ def model_spec(proto: Any) -> ModelSpec:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics | None = None) -> None:
         self.dataplane = dataplane
+        self.metrics = metrics
+
+    def _examples(self, model: str, request_input: Any) -> list[bytes]:
+        serialized = examples_from_input(request_input)
+        if self.metrics is not None:
+            self.metrics.record_examples(model, len(serialized))
+        return serialized
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def predict() -> Any:
             resolved = self.dataplane.resolve(model_spec(request.model_spec))
 
-            def work() -> Any:
+            def decode() -> PredictCall:
                 inputs = {alias: tensor_proto.to_numpy(t) for alias, t in request.inputs.items()}
-                outputs = self.dataplane.predict(resolved, inputs, tuple(request.output_filter))
+                return PredictCall(resolved.signature_name, inputs, tuple(request.output_filter))
+
+            def encode(call: PredictCall, outputs: dict[str, Any]) -> Any:
                 response = predict_pb2.PredictResponse()
                 for alias, array in outputs.items():  # typed fields, as TF Serving answers
                     tensor_proto.from_numpy(array, out=response.outputs[alias])
                 _fill_spec(response.model_spec, resolved)
                 return response
 
-            return await self.dataplane.call(work)
+            return await self.dataplane.predict(resolved.servable, decode, encode)
 
-        return await _guarded(context, predict)
+        return await _guarded(context, predict, self.metrics, request.model_spec.name, "Predict")
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def metadata() -> Any:
@@ -91,14 +121,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             servable = self.dataplane.servable(model_spec(request.model_spec))
             return api_protos.model_metadata_response(servable)
 
-        return await _guarded(context, metadata)
+        return await _guarded(
+            context, metadata, self.metrics, request.model_spec.name, "GetModelMetadata"
+        )
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def classify() -> Any:
             resolved = self.dataplane.resolve(model_spec(request.model_spec))
 
             def work() -> Any:
-                rows = self.dataplane.classify(resolved, examples_from_input(request.input))
+                examples = self._examples(request.model_spec.name, request.input)
+                rows = self.dataplane.classify(resolved, examples)
                 response = classification_pb2.ClassificationResponse()
                 _fill_spec(response.model_spec, resolved)
                 _fill_classifications(response.result, rows)
@@ -106,14 +139,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
             return await self.dataplane.call(work)
 
-        return await _guarded(context, classify)
+        return await _guarded(context, classify, self.metrics, request.model_spec.name, "Classify")
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def regress() -> Any:
             resolved = self.dataplane.resolve(model_spec(request.model_spec))
 
             def work() -> Any:
-                values = self.dataplane.regress(resolved, examples_from_input(request.input))
+                examples = self._examples(request.model_spec.name, request.input)
+                values = self.dataplane.regress(resolved, examples)
                 response = regression_pb2.RegressionResponse()
                 _fill_spec(response.model_spec, resolved)
                 response.result.regressions.extend(
@@ -123,7 +157,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
             return await self.dataplane.call(work)
 
-        return await _guarded(context, regress)
+        return await _guarded(context, regress, self.metrics, request.model_spec.name, "Regress")
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def multi() -> Any:
@@ -140,7 +174,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             ]
 
             def work() -> Any:
-                serialized = examples_from_input(request.input)
+                serialized = self._examples(request.tasks[0].model_spec.name, request.input)
                 response = inference_pb2.MultiInferenceResponse()
                 for resolved, method in tasks:
                     result = response.results.add()
@@ -159,12 +193,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
             return await self.dataplane.call(work)
 
-        return await _guarded(context, multi)
+        model = request.tasks[0].model_spec.name if request.tasks else ""
+        return await _guarded(context, multi, self.metrics, model, "MultiInference")
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: Metrics | None = None) -> None:
         self.dataplane = dataplane
+        self.metrics = metrics
 
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def status() -> Any:
@@ -174,7 +210,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             statuses = self.dataplane.status(spec.name, spec.version)
             return api_protos.model_status_response(spec.name, statuses)
 
-        return await _guarded(context, status)
+        return await _guarded(
+            context, status, self.metrics, request.model_spec.name, "GetModelStatus"
+        )
 
     async def HandleReloadConfigRequest(  # noqa: N802
         self, request: Any, context: grpc.aio.ServicerContext
@@ -201,17 +239,37 @@ def _fill_classifications(result: Any, rows: list[list[tuple[str, float]]]) -> N
 
 
 async def add_services(
-    server: grpc.aio.Server, dataplane: DataPlane, *, health_check: bool
-) -> None:
+    server: grpc.aio.Server,
+    dataplane: DataPlane,
+    *,
+    health_check: bool,
+    metrics: Metrics | None = None,
+) -> health.aio.HealthServicer | None:
+    """Add TF Serving's services (and grpc.health.v1 if asked, returned so that the caller
+    keeps it in step with readiness: see `set_health`)."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(dataplane), server
+        PredictionService(dataplane, metrics), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(dataplane), server)
-    if health_check:
-        servicer = health.aio.HealthServicer()
-        for service in ("", *SERVICES):
-            await servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelService(dataplane, metrics), server
+    )
+    if not health_check:
+        return None
+    servicer = health.aio.HealthServicer()
+    await set_health(servicer, dataplane.manager.ready())
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
 
 
-__all__ = ["Code", "add_services", "model_spec"]
+async def set_health(servicer: health.aio.HealthServicer, ready: bool) -> None:
+    """The server ("") and each of TF Serving's services: SERVING only while ready."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if ready
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in ("", *SERVICES):
+        await servicer.set(service, status)
+
+
+__all__ = ["Code", "add_services", "model_spec", "set_health"]

@@ -10,16 +10,19 @@ A version directory is one of:
   path; the load logs that, without a manifest, missing or rolled-back files go unnoticed.
 
 All expensive work happens in `load()` (TF Serving's Loader idea); the result is a `Servable`.
+With `metrics`, each load attempt (outcome, duration) and the decryption (plaintext bytes,
+time) are recorded, and the servable reports its run times once warmup is done.
 A loader is used by one thread at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sealserve.errors import DataLoss, InvalidArgument, NotFound, SealserveError
 from sealserve.model_tree import ProtectedTree, is_protected_tree
@@ -30,6 +33,9 @@ from sealserve.serving.keys import KeyProvider
 from sealserve.serving.memory_load import files_in_memory, tree_in_memory
 from sealserve.serving.servable import Servable
 from sealserve.serving.tensorflow_runtime import import_tensorflow
+
+if TYPE_CHECKING:
+    from sealserve.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +52,41 @@ class LoadOptions:
 
 class VersionLoader:
     def __init__(
-        self, name: str, version: int, path: Path, keys: KeyProvider, options: LoadOptions
+        self,
+        name: str,
+        version: int,
+        path: Path,
+        keys: KeyProvider,
+        options: LoadOptions,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name, self.version, self.path = name, version, Path(path)
-        self.keys, self.options = keys, options
+        self.keys, self.options, self.metrics = keys, options, metrics
 
     def load(self) -> Servable:
+        if self.metrics is None:
+            return self._load()
+        started = time.perf_counter()
+        try:
+            servable = self._load()
+        except Exception as exc:
+            code = exc.code.name if isinstance(exc, SealserveError) else "INTERNAL"
+            self.metrics.record_load(
+                self.name, self.version, time.perf_counter() - started, False, code
+            )
+            raise
+        self.metrics.record_load(self.name, self.version, time.perf_counter() - started, True)
+        # set after warmup, so that warmup runs are not counted as serving
+        servable.run_observer = self.metrics.runtime_observer(self.name)
+        return servable
+
+    def _load(self) -> Servable:
         if is_protected_tree(self.path):
-            tree = ProtectedTree(self.path, self.keys.key_for(self.name))
-            with tree_in_memory(tree) as root:
+            key = self.keys.key_for(self.name)  # may ask a key broker: not decryption time
+            started = time.perf_counter()
+            tree = ProtectedTree(self.path, key)  # authenticates every file's metadata
+            with tree_in_memory(tree) as root:  # decrypts and verifies every file
+                self._record_decryption(tree.manifest.total_size, started)
                 return self._from_root(root)
         files, _ = list_tree(self.path)
         if SAVED_MODEL_PB not in files and "saved_model.pbtxt" not in files:
@@ -71,8 +103,16 @@ class VersionLoader:
             len(protected),
         )
         loose = _LooseProtectedFiles(self.path, files, protected, self.keys.key_for(self.name))
+        started = time.perf_counter()
         with files_in_memory(loose.directories(), loose.files()) as root:
+            self._record_decryption(loose.decrypted_bytes, started)
             return self._from_root(root)
+
+    def _record_decryption(self, plaintext_bytes: int, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.record_decryption(
+                self.name, plaintext_bytes, time.perf_counter() - started
+            )
 
     def _load_plain(self) -> Servable:
         return self._from_root(str(self.path))
@@ -140,6 +180,7 @@ class _LooseProtectedFiles:
 
     def __init__(self, root: Path, files: list[str], protected: list[str], key: bytes):
         self.root, self._files, self._protected, self._key = root, files, set(protected), key
+        self.decrypted_bytes = 0  # plaintext of the protected files, counted as it is read
 
     def directories(self) -> Sequence[str]:
         return list_tree(self.root)[1]
@@ -157,7 +198,9 @@ class _LooseProtectedFiles:
             bound = reader.bound_path.decode("utf-8", "replace")
             if bound != relative and not bound.endswith("/" + relative):
                 raise DataLoss(f"{path} is bound to '{bound}', which is not a path to {relative}")
-            yield from reader.iter_chunks()
+            for chunk in reader.iter_chunks():
+                self.decrypted_bytes += len(chunk)
+                yield chunk
 
 
 def _is_protected_file(path: Path) -> bool:

@@ -10,7 +10,10 @@ cannot be reached) are retried; permanent ones (wrong key, tampered tree) are no
 
 Request paths call `servable()` for a short-lived handle (the `Servable` itself: a version is
 unloaded by dropping the manager's reference, and the object lives on until in-flight
-requests finish). All public methods are thread safe.
+requests finish). Listeners (`add_listener`) are called, from whichever thread made the change
+and without the manager's lock held, whenever availability may have changed: a version
+loaded, failed, unloaded, or the model list replaced; they must return quickly (health
+checks re-read `ready()` on their own loop). All public methods are thread safe.
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sealserve.errors import Code, InvalidArgument, NotFound, SealserveError
 from sealserve.serving.loader import LoadOptions, VersionLoader
 from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.servable import Servable
+
+if TYPE_CHECKING:
+    from sealserve.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,18 @@ class ModelManager:
         self._stopped = threading.Event()
         self._poller: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max(1, options.load_threads), "sealserve-load")
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` whenever the availability of versions may have changed."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a listener must not break loading
+                log.exception("model availability listener failed")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -155,6 +174,7 @@ class ModelManager:
                         self._models[name].config = config
                     else:
                         self._models[name] = _Model(config)
+            self._notify()  # dropped models, and new ones not loaded yet
             self._reconcile_locked()
 
     def _reconcile_locked(self) -> None:
@@ -168,6 +188,7 @@ class ModelManager:
             future.result()
         for model in models:
             self._unload_and_forget(model)
+        self._notify()
 
     def _aspired(self, model: _Model) -> set[int]:
         return model.config.version_policy.aspired(_version_dirs(model.config.base_path))
@@ -206,6 +227,7 @@ class ModelManager:
                 with self._lock:
                     entry.servable = servable
                     entry.status = VersionStatus(version, State.AVAILABLE)
+                self._notify()
                 log.info(
                     "model %s version %d is available (loaded in %.2f s)",
                     name,
@@ -293,9 +315,20 @@ class ModelManager:
             return sorted(self._models)
 
     def ready(self) -> bool:
-        """Every configured model has at least one available version."""
+        """Every configured model has at least one available version (and there is one
+        model at least: a server with nothing to serve should get no traffic)."""
         with self._lock:
-            return all(model.available() for model in self._models.values())
+            return bool(self._models) and all(m.available() for m in self._models.values())
+
+    def not_ready(self) -> dict[str, list[VersionStatus]]:
+        """The models with no available version, each with its versions' states (for a
+        readiness answer that says why)."""
+        with self._lock:
+            return {
+                name: [model.versions[v].status for v in sorted(model.versions, reverse=True)]
+                for name, model in sorted(self._models.items())
+                if not model.available()
+            }
 
     def _snapshot(self) -> list[_Model]:
         with self._lock:
@@ -327,8 +360,10 @@ def _fingerprint(path: Path) -> tuple[float, int]:
     return latest, total
 
 
-def loader_factory(keys: object, options: LoadOptions) -> LoaderFactory:
+def loader_factory(
+    keys: object, options: LoadOptions, metrics: Metrics | None = None
+) -> LoaderFactory:
     def new_loader(name: str, version: int, path: Path) -> VersionLoader:
-        return VersionLoader(name, version, path, keys, options)  # type: ignore[arg-type]
+        return VersionLoader(name, version, path, keys, options, metrics)  # type: ignore[arg-type]
 
     return new_loader

@@ -4,7 +4,14 @@ Thin: match the route, read the body within limits, hand the work to the data pl
 `SealserveError` to TF Serving's status code and `{"error": ...}` body. Routes and messages
 follow `model_servers/http_rest_api_util.cc` and `http_rest_api_handler.cc`. Beyond TF
 Serving: caps on the body size, the gzip-decompressed size and JSON nesting (TF Serving has
-crashed on deeply nested JSON and gzip bombs), and TLS (see `tls.py`). Async safe.
+crashed on deeply nested JSON and gzip bombs), and TLS (see `tls.py`).
+
+Also on this port: the Prometheus page at the monitoring config's path (as TF Serving), and
+probes for load balancers and Kubernetes, named as KServe's and Triton's (`/v2/health/...`)
+under TF Serving's `/v1`: `GET /v1/health/live` (200 while the process serves) and
+`GET /v1/health/ready` (200 when every configured model has an available version, else 503
+with the versions' states). With metrics, every model API request is counted with its final
+status and timed, entrypoint "REST", API the path's verb as TF Serving records it. Async safe.
 """
 
 from __future__ import annotations
@@ -13,15 +20,20 @@ import asyncio
 import json
 import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote
 
+import numpy as np
 from aiohttp import web
 
 from sealserve.errors import Code, InvalidArgument, SealserveError
 from sealserve.serving import api_protos, inference, json_codec
-from sealserve.serving.dataplane import DataPlane, ModelSpec
+from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall
+from sealserve.serving.manager import ModelManager
+from sealserve.serving.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,8 @@ _GET = re.compile(
     r"(?i)/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?"
 )
 _INT64_MAX = 2**63 - 1
+LIVE_PATH = "/v1/health/live"
+READY_PATH = "/v1/health/ready"
 
 # TF Serving's canonical-code → HTTP mapping (reference §1, ToHTTPStatusCode)
 HTTP_STATUS = {
@@ -70,10 +84,24 @@ class RestOptions:
     max_json_depth: int = 100
 
 
-def build_app(dataplane: DataPlane, options: RestOptions = RestOptions()) -> web.Application:
-    api = _RestApi(dataplane, options)
+def build_app(
+    dataplane: DataPlane,
+    options: RestOptions = RestOptions(),
+    *,
+    metrics: Metrics | None = None,
+    metrics_path: str | None = None,
+    draining: Callable[[], bool] = lambda: False,
+) -> web.Application:
+    """The REST app; with `metrics_path`, the Prometheus page of `metrics` is served there.
+    `draining()` true (the server is shutting down) makes the readiness probe answer 503."""
+    api = _RestApi(dataplane, options, metrics)
     app = web.Application(client_max_size=options.max_body_bytes)
-    app.router.add_route("*", "/{tail:.*}", api.handle)
+    probes = _Probes(dataplane.manager, draining)
+    app.router.add_get(LIVE_PATH, probes.live)
+    app.router.add_get(READY_PATH, probes.ready)
+    if metrics is not None and metrics_path:
+        app.router.add_get(metrics_path, _MetricsPage(metrics).get)
+    app.router.add_route("*", "/{tail:.*}", api.handle)  # TF Serving's API, and its errors
     return app
 
 
@@ -86,30 +114,98 @@ def error_response(error: SealserveError) -> web.Response:
     return json_response(json.dumps({"error": str(error)}).encode(), status)
 
 
+class _Probes:
+    def __init__(self, manager: ModelManager, draining: Callable[[], bool]) -> None:
+        self.manager = manager
+        self.draining = draining
+
+    async def live(self, request: web.Request) -> web.Response:
+        # Answering at all is the proof: the event loop runs and the port accepts.
+        return json_response(b'{"live":true}')
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if self.draining():
+            return _not_ready({"reason": "shutting down"})
+        not_ready = self.manager.not_ready()
+        if not_ready:  # say why, in GetModelStatus's JSON form
+            statuses = {
+                name: json.loads(api_protos.to_json(api_protos.model_status_response(name, v)))
+                for name, v in not_ready.items()
+            }
+            return _not_ready({"not_ready": statuses})
+        if not self.manager.ready():
+            return _not_ready({"reason": "no models configured"})
+        return json_response(b'{"ready":true}')
+
+
+def _not_ready(details: dict[str, Any]) -> web.Response:
+    return json_response(json.dumps({"ready": False, **details}).encode(), 503)
+
+
+class _MetricsPage:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def get(self, request: web.Request) -> web.Response:
+        # Writing the page takes milliseconds with many series: off the event loop, and off
+        # the inference pool, so a scrape works while the server is saturated.
+        body = await asyncio.to_thread(self.metrics.exposition)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+@dataclass
+class _Call:
+    """What a request turned out to be, filled in by routing, for its metrics."""
+
+    model: str = ""
+    api: str | None = None  # None: not a model API request (malformed path), not recorded
+
+
 class _RestApi:
-    def __init__(self, dataplane: DataPlane, options: RestOptions) -> None:
+    def __init__(
+        self, dataplane: DataPlane, options: RestOptions, metrics: Metrics | None = None
+    ) -> None:
         self.dataplane = dataplane
         self.options = options
+        self.metrics = metrics
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        call = _Call()
+        status = Code.CANCELLED.name  # if aiohttp cancels us: the client went away
         try:
-            return await asyncio.wait_for(self._route(request), self.options.timeout_seconds)
+            response = await asyncio.wait_for(
+                self._route(request, call), self.options.timeout_seconds
+            )
+            status = "OK"
+            return response
         except SealserveError as exc:
+            status = exc.code.name
             return error_response(exc)
         except TimeoutError:
+            status = Code.DEADLINE_EXCEEDED.name
             return error_response(SealserveError("Request timed out", code=Code.DEADLINE_EXCEEDED))
         except web.HTTPRequestEntityTooLarge:
+            status = Code.RESOURCE_EXHAUSTED.name
             return error_response(
                 PayloadTooLarge(f"request body exceeds {self.options.max_body_bytes} bytes")
             )
         except Exception:  # never a traceback to the caller
+            status = Code.INTERNAL.name
             log.exception("REST request %s %s failed", request.method, request.path)
             return error_response(SealserveError("internal error", code=Code.INTERNAL))
+        finally:
+            if self.metrics is not None and call.api is not None:
+                self.metrics.record_request(
+                    call.model, call.api, "REST", status, time.perf_counter() - started
+                )
 
-    async def _route(self, request: web.Request) -> web.StreamResponse:
+    async def _route(self, request: web.Request, call: _Call) -> web.StreamResponse:
         path = request.raw_path.split("?", 1)[0]
         if request.method == "POST" and (match := _POST.fullmatch(path)):
             name, version, label, verb = match.groups()
+            # TF Serving's REST `API` label is the path's verb: predict, classify, regress
+            call.model, call.api = unquote(name), verb.lower()
             spec = _spec(name, version, label)
             body = await request.read()  # gzip is inflated by aiohttp, within the cap
             if verb.lower() == "predict":
@@ -117,6 +213,9 @@ class _RestApi:
             return json_response(await self._classify_or_regress(spec, body, verb.lower()))
         if request.method == "GET" and (match := _GET.fullmatch(path)):
             name, version, label, metadata = match.groups()
+            # TF Serving leaves `API` empty for these; ours name them
+            call.model = unquote(name) if name else ""
+            call.api = "get_model_metadata" if metadata else "get_model_status"
             if not name:
                 raise InvalidArgument("Missing model name in request.")
             spec = _spec(name, version, label)
@@ -141,19 +240,27 @@ class _RestApi:
                 raise InvalidArgument(f'Serving signature name: "{key}" not found in signature def')
             return servable.signatures[key]
 
-        def work() -> bytes:
+        def decode() -> PredictCall:
             request = json_codec.parse_predict_request(
                 json_codec.loads(body, max_depth=depth), lookup
             )
-            outputs = servable.run(request.signature_name or "serving_default", request.inputs)
-            return json_codec.format_predict_response(outputs, request.row_format)
+            return PredictCall(
+                request.signature_name or "serving_default",
+                request.inputs,
+                context=request.row_format,
+            )
 
-        return await self.dataplane.call(work)
+        def encode(call: PredictCall, outputs: dict[str, np.ndarray]) -> bytes:
+            return json_codec.format_predict_response(outputs, bool(call.context))
+
+        return await self.dataplane.predict(servable, decode, encode)
 
     async def _classify_or_regress(self, spec: ModelSpec, body: bytes, verb: str) -> bytes:
         document = json_codec.loads(body, max_depth=self.options.max_json_depth)
         signature_name, serialized = inference.examples_from_json(document)
         resolved = self.dataplane.resolve(replace(spec, signature_name=signature_name))
+        if self.metrics is not None:
+            self.metrics.record_examples(spec.name, len(serialized))
 
         def work() -> bytes:
             if verb == "classify":

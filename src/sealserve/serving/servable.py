@@ -3,12 +3,15 @@
 Built by the loader from a `tf.saved_model.load` object and the SavedModel's own
 `SignatureDef`s (what TF Serving's metadata API returns). `run` is thread safe: TensorFlow
 functions may be called from several threads at once, and do their work without the GIL.
+An optional `run_observer` hears how long each successful run spent in TensorFlow (metrics);
+the loader sets it once warmup is done, so warmup runs are not counted as serving.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,9 @@ from sealserve.serving.tensor_proto import data_type_name, data_type_string, dty
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 
 log = logging.getLogger(__name__)
+
+# (the signature's method name, seconds inside TensorFlow including the outputs' copy to numpy)
+RunObserver = Callable[[str, float], None]
 
 
 def signature_infos(signature_defs: dict[str, Any]) -> dict[str, SignatureInfo]:
@@ -52,6 +58,7 @@ class Servable:
         self._functions = {
             key: fn for key, fn in loaded.signatures.items() if key in self.signatures
         }
+        self.run_observer: RunObserver | None = None
 
     def signature(self, key: str) -> SignatureInfo:
         try:
@@ -63,6 +70,25 @@ class Servable:
         self, key: str, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
     ) -> dict[str, np.ndarray]:
         """Run signature `key`; inputs must be exactly its inputs, with its dtypes."""
+        wanted = self.check_request(key, inputs, output_filter)
+        tf = import_tensorflow()
+        started = time.perf_counter()
+        try:
+            results = self._functions[key](**inputs)
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
+            raise InvalidArgument(_first_line(exc)) from None
+        except tf.errors.OpError as exc:
+            raise SealserveError(_first_line(exc)) from None
+        outputs = {alias: _to_numpy(results[alias]) for alias in wanted}
+        observer = self.run_observer
+        if observer is not None:  # successful runs only, as TF Serving's runtime_latency
+            observer(self.signatures[key].method_name, time.perf_counter() - started)
+        return outputs
+
+    def check_request(
+        self, key: str, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
+    ) -> Sequence[str]:
+        """TF Serving's checks before a run; returns the output aliases to answer with."""
         signature = self.signature(key)
         if key not in self._functions:
             raise FailedPrecondition(f'Serving signature key "{key}" cannot be run.')
@@ -73,15 +99,7 @@ class Servable:
                     f"output tensor alias not found in signature: {alias} Outputs expected to "
                     f"be in the set {{{','.join(signature.outputs)}}}."
                 )
-        tf = import_tensorflow()
-        try:
-            results = self._functions[key](**inputs)
-        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
-            raise InvalidArgument(_first_line(exc)) from None
-        except tf.errors.OpError as exc:
-            raise SealserveError(_first_line(exc)) from None
-        wanted = output_filter or signature.outputs
-        return {alias: _to_numpy(results[alias]) for alias in wanted}
+        return tuple(output_filter) or tuple(signature.outputs)
 
 
 def check_inputs(signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:

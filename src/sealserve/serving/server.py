@@ -3,13 +3,20 @@ gRPC and REST servers and TLS, and runs them on one asyncio loop.
 
 Start-up order follows TF Serving: every model's aspired versions are loaded (or have failed)
 before the ports open, so a client never meets a server that answers "not found" for a model
-that is merely still loading. Shutdown stops accepting, lets in-flight requests finish for a
-grace period, then stops polling. Not reentrant: one `ModelServer` serves once.
+that is merely still loading. Shutdown first turns readiness off (the REST probe answers 503,
+gRPC health NOT_SERVING) so that load balancers stop sending, stops accepting, lets in-flight
+requests finish for a grace period, then stops polling. Not reentrant: one `ModelServer`
+serves once.
+
+Metrics (`options.monitoring`) are one `Metrics` per server, fed by the loaders, the adapters
+and the servables' run observers; the gRPC health service follows the manager's readiness
+through its change notifications.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -17,12 +24,15 @@ from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
+from grpc_health.v1 import health
 
 from sealserve.errors import SealserveError
 from sealserve.serving import grpc_service, rest
+from sealserve.serving.batching import BatchingOptions, BatchScheduler
 from sealserve.serving.dataplane import DataPlane
 from sealserve.serving.keys import KeyProvider
 from sealserve.serving.manager import ManagerOptions, ModelManager, loader_factory
+from sealserve.serving.metrics import Metrics, MonitoringConfig
 from sealserve.serving.model_config import ModelConfig, parse_model_config_text
 from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
 from sealserve.serving.tls import SSLConfig, grpc_server_credentials, server_ssl_context
@@ -47,26 +57,46 @@ class ServerOptions:
     shutdown_grace_seconds: float = 5.0
     model_config_file: str | None = None  # re-read when it changes, if polled
     model_config_poll_seconds: float = 0  # --model_config_file_poll_wait_seconds; 0: never
+    monitoring: MonitoringConfig = MonitoringConfig()  # --monitoring_config_file; off
+    batching: BatchingOptions | None = None  # --enable_batching; None: each request alone
 
 
 class ModelServer:
     def __init__(self, options: ServerOptions, keys: KeyProvider) -> None:
         self.options = options
         self.keys = keys
+        self.metrics = Metrics() if options.monitoring.enable else None
+        if self.metrics is not None:
+            self.metrics.admit_models(c.name for c in options.models)
         self.manager = ModelManager(
-            options.models, loader_factory(keys, options.manager.load), options.manager
+            options.models,
+            loader_factory(keys, options.manager.load, self.metrics),
+            options.manager,
         )
-        self.dataplane = DataPlane(self.manager, options.inference_threads)
+        batcher = None
+        if options.batching is not None:
+            batcher = BatchScheduler(
+                options.batching,
+                on_batch=self.metrics.record_batch if self.metrics else None,
+                on_queue_depth=self.metrics.set_queue_depth if self.metrics else None,
+            )
+        self.dataplane = DataPlane(self.manager, options.inference_threads, batcher)
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._stopping = asyncio.Event()
+        self._draining = False
         self._config_watch: asyncio.Task[None] | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._health_changed = asyncio.Event()
+        self._health_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         _configure_tensorflow(self.options)
-        await asyncio.get_running_loop().run_in_executor(None, self.manager.start)
+        loop = asyncio.get_running_loop()
+        self.manager.add_listener(functools.partial(self._models_changed, loop))
+        await loop.run_in_executor(None, self.manager.start)
         await self._start_grpc()
         if self.options.rest_port:
             await self._start_rest()
@@ -94,9 +124,14 @@ class ModelServer:
                 ("grpc.max_send_message_length", limit),
             ]
         )
-        await grpc_service.add_services(
-            server, self.dataplane, health_check=self.options.grpc_health_check
+        self._health = await grpc_service.add_services(
+            server,
+            self.dataplane,
+            health_check=self.options.grpc_health_check,
+            metrics=self.metrics,
         )
+        if self._health is not None:
+            self._health_watch = asyncio.create_task(self._follow_readiness(self._health))
         address = f"{self.options.bind_address}:{self.options.grpc_port}"
         if self.options.ssl is not None:
             port = server.add_secure_port(address, grpc_server_credentials(self.options.ssl))
@@ -106,9 +141,15 @@ class ModelServer:
         self._grpc, self.grpc_port = server, port
 
     async def _start_rest(self) -> None:
-        runner = web.AppRunner(
-            rest.build_app(self.dataplane, self.options.rest), access_log=None, handle_signals=False
+        monitoring = self.options.monitoring
+        app = rest.build_app(
+            self.dataplane,
+            self.options.rest,
+            metrics=self.metrics,
+            metrics_path=monitoring.path if monitoring.enable else None,
+            draining=lambda: self._draining,
         )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         ssl_context = server_ssl_context(self.options.ssl) if self.options.ssl else None
         site = web.TCPSite(
@@ -117,6 +158,21 @@ class ModelServer:
         await site.start()
         self._rest = runner
         self.rest_port = runner.addresses[0][1]
+
+    def _models_changed(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Manager listener (any thread): names for metrics, and wake the health follower."""
+        if self.metrics is not None:
+            self.metrics.admit_models(self.manager.model_names())
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody left to tell
+            loop.call_soon_threadsafe(self._health_changed.set)
+
+    async def _follow_readiness(self, servicer: health.aio.HealthServicer) -> None:
+        """Keep grpc.health.v1 in step with `manager.ready()`. One task applies every change
+        in turn, reading readiness afresh each time, so the last state written is current."""
+        while True:
+            await self._health_changed.wait()
+            self._health_changed.clear()
+            await grpc_service.set_health(servicer, self.manager.ready())
 
     async def _watch_model_config(self) -> None:
         """Reload the models when the config file changes (a bad file keeps the old list)."""
@@ -139,6 +195,11 @@ class ModelServer:
     async def stop(self) -> None:
         if self._config_watch is not None:
             self._config_watch.cancel()
+        self._draining = True  # readiness off first: load balancers stop sending
+        if self._health_watch is not None:
+            self._health_watch.cancel()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
         grace = self.options.shutdown_grace_seconds
         if self._grpc is not None:
             await self._grpc.stop(grace)
