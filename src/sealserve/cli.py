@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        args.run(args)
+        code = args.run(args)
     except SealserveError as exc:
         return _fail(args, str(exc))
     except OSError as exc:
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def _fail(args: argparse.Namespace, message: str) -> int:
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(run=_verify)
 
     _add_serve(commands)
+    _add_requester_tools(commands)
 
     certs = commands.add_parser("certs", help="make TLS keys, certificates and ssl.cfg")
     cert_commands = certs.add_subparsers(title="certificate commands", metavar="COMMAND")
@@ -180,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("name", choices=_model_names(), help="which model")
     make.add_argument("directory", metavar="DIR", help="SavedModel directory to create")
     make.set_defaults(run=_models_make)
+    from sealserve.tools import convert
+
+    converter = model_commands.add_parser(
+        "convert", help="turn a frozen GraphDef into a SavedModel (the seed's converter)"
+    )
+    convert.add_arguments(converter)
+    converter.set_defaults(run=convert.run)
     return parser
 
 
@@ -194,6 +202,21 @@ def _model_names() -> list[str]:
     from sealserve.tools.models import MODEL_NAMES
 
     return list(MODEL_NAMES)
+
+
+def _add_requester_tools(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from sealserve.client import benchmark, predict
+
+    client = commands.add_parser(
+        "client",
+        allow_abbrev=False,
+        help="benchmark a TF Serving model over gRPC or REST (the seed's resnet_client_grpc)",
+    )
+    benchmark.add_arguments(client)
+    client.set_defaults(run=benchmark.run)
+    one = commands.add_parser("predict", help="send one prediction request and print the answer")
+    predict.add_arguments(one)
+    one.set_defaults(run=predict.run)
 
 
 def _flag_bool(text: str) -> bool:
