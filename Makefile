@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+BENCH_VENV := .venv-bench
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench bench-deps bench-serving lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +28,24 @@ test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/python -m sealserve.tools.demo
 
-bench: install
+# KServe, the reference server of benchmarks/serving.py, in a venv of its own: kserve needs
+# protobuf<7, the project >=7. It gets pyproject.toml's `bench` extra and the project's own
+# tensorflow and numpy requirements (KServe runs the same SavedModel with TensorFlow).
+BENCH_REQUIREMENTS = $(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(*p["optional-dependencies"]["bench"], *(d for d in p["dependencies"] if d.startswith(("tensorflow>", "numpy"))))'
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --disable-pip-version-check -q $$($(BENCH_REQUIREMENTS))
+	touch $@
+
+bench-deps: $(BENCH_VENV)/.installed
+
+bench-serving: install bench-deps
+	$(BIN)/python benchmarks/serving.py
+
+bench: install bench-deps
 	$(BIN)/python benchmarks/protected_files.py
+	$(BIN)/python benchmarks/serving.py
 
 lint: install
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
@@ -37,4 +54,4 @@ lint: install
 	$(BIN)/mypy src
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) .demo .pytest_cache .hypothesis
