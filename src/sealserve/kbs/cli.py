@@ -1,0 +1,323 @@
+"""The `sealserve kbs ...` commands, as argument builders and runners for the main CLI.
+
+For the lead's `cli.py`: each command group has `add_*_arguments(parser)` and
+`run_*(args) -> int`; `add_arguments(parser)` / `run(args)` build and dispatch the whole
+`kbs` tree (`init`, `serve`, `secret put|list|delete`, `policy set|show`, `audit`). Runners
+raise `SealserveError` for the main CLI to print; they never print secrets.
+
+Admin commands talk to a running KBS over HTTPS with the admin token read from a file
+(`--admin-token-file`, or the `SEALSERVE_KBS_ADMIN_TOKEN` environment variable), never from
+the command line (it would show in `ps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from joserfc.jwk import ECKey
+
+from sealserve.errors import AlreadyExists, Code, InvalidArgument, SealserveError
+from sealserve.fsio import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, atomic_output_file, read_user_file
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_ENV = "SEALSERVE_KBS_ADMIN_TOKEN"
+INIT_FILES = {"master_key": "master.key", "signing_key": "signing-key.pem", "admin": "admin.token"}
+
+
+# --- init ----------------------------------------------------------------------------------
+
+
+def add_init_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", help="new directory for the KBS's keys (mode 0700)")
+    parser.set_defaults(kbs_run=run_init)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """Create master.key (32 bytes), signing-key.pem (EC P-256) and admin.token, all 0600."""
+    from sealserve.kbs.store import generate_master_key_file
+
+    directory = Path(args.directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise AlreadyExists(f"{directory} exists and is not empty")
+    directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    generate_master_key_file(directory / INIT_FILES["master_key"])
+    with atomic_output_file(directory / INIT_FILES["signing_key"], mode=PRIVATE_FILE_MODE) as f:
+        f.write(ECKey.generate_key("P-256").as_pem(private=True))
+    with atomic_output_file(directory / INIT_FILES["admin"], mode=PRIVATE_FILE_MODE) as f:
+        f.write(secrets.token_urlsafe(32).encode() + b"\n")
+    print(f"KBS keys written to {directory} (master.key, signing-key.pem, admin.token)")
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        required=True,
+        help="SQLite database file (created if missing) or a postgresql:// URL",
+    )
+    parser.add_argument("--master-key", required=True, help="32-byte KBS master key file (0600)")
+    parser.add_argument("--signing-key", required=True, help="EC P-256 private key PEM (tokens)")
+    parser.add_argument("--admin-token-file", help="admin bearer token; without it: deny-all")
+    parser.add_argument(
+        "--collateral",
+        action="append",
+        default=[],
+        help="DCAP collateral JSON to verify quotes against (repeat: one per platform family)",
+    )
+    parser.add_argument("--pccs-url", help="fetch collateral from this PCCS / Intel PCS")
+    parser.add_argument("--collateral-dir", help="cache fetched collateral here (with --pccs-url)")
+    parser.add_argument(
+        "--insecure-trust-sim-root",
+        metavar="SIM_DIR",
+        help="trust this simulated TEE's root CA (INSECURE: tests/demos); its collateral is "
+        "used when --collateral is not given",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--tls-cert", help="server certificate PEM")
+    parser.add_argument("--tls-key", help="server private key PEM")
+    parser.add_argument("--insecure-http", action="store_true", help="serve plain HTTP (INSECURE)")
+    parser.set_defaults(kbs_run=run_serve)
+
+
+def _read_token(path: str | None) -> str | None:
+    if path:
+        token = read_user_file(path, "admin token file").decode("utf-8", "replace").strip()
+        if not token:
+            raise InvalidArgument(f"admin token file {path} is empty")
+        return token
+    return os.environ.get(ADMIN_TOKEN_ENV) or None
+
+
+def build_service(args: argparse.Namespace) -> Any:
+    """A `KbsService` from `serve`'s arguments (also used by tests and benchmarks)."""
+    from sealserve.attestation import load_collateral, load_sim
+    from sealserve.kbs.collateral import CollateralFiles
+    from sealserve.kbs.service import KbsConfig, KbsService
+    from sealserve.kbs.store import MasterKey, open_store
+
+    sim_root: bytes | None = None
+    files = [load_collateral(path) for path in args.collateral]
+    if args.insecure_trust_sim_root:
+        sim = load_sim(args.insecure_trust_sim_root)
+        sim_root = sim.root_ca_der
+        if not files and not args.pccs_url:
+            files.append(sim.collateral)
+    if files and args.pccs_url:
+        raise InvalidArgument("give --collateral files or --pccs-url, not both")
+    if not files and not args.pccs_url:
+        raise InvalidArgument(
+            "give --collateral FILE or --pccs-url URL (or --insecure-trust-sim-root SIM_DIR)"
+        )
+    # With --pccs-url the source is bound to the server's event loop in run_serve.
+    collateral: Any = CollateralFiles(files) if files else None
+    try:
+        signing = ECKey.import_key(read_user_file(args.signing_key, "KBS signing key"))
+    except ValueError as err:
+        raise InvalidArgument(f"{args.signing_key} is not an EC private key: {err}") from None
+    store = open_store(args.db, MasterKey.load(args.master_key))
+    config = KbsConfig(
+        signing_key=signing,
+        collateral=collateral or _no_collateral_yet,
+        admin_token=_read_token(args.admin_token_file),
+        insecure_trust_sim_root=sim_root,
+    )
+    return KbsService(store, config)
+
+
+def _no_collateral_yet(quote: bytes) -> Any:
+    raise SealserveError("the KBS's collateral source is not ready", code=Code.UNAVAILABLE)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from sealserve.attestation import CollateralCache
+    from sealserve.kbs.collateral import CachedCollateral
+    from sealserve.kbs.http import server_ssl_context, start_kbs
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InvalidArgument("give both --tls-cert and --tls-key")
+    if not args.tls_cert and not args.insecure_http:
+        raise InvalidArgument("the KBS serves HTTPS: give --tls-cert and --tls-key")
+    context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    service = build_service(args)
+
+    async def serve() -> None:
+        if args.pccs_url:
+            cache = CollateralCache(args.pccs_url, directory=args.collateral_dir)
+            service.config.collateral = CachedCollateral(cache, asyncio.get_running_loop())
+        runner = await start_kbs(
+            service,
+            host=args.host,
+            port=args.port,
+            ssl_context=context,
+            insecure_http=args.insecure_http,
+        )
+        scheme = "https" if context else "http"
+        print(f"KBS listening on {scheme}://{args.host}:{args.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            service.store.close()
+
+    asyncio.run(serve())
+    return 0
+
+
+# --- admin commands -------------------------------------------------------------------------
+
+
+def _add_admin_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True, help="the KBS, https://host:port")
+    parser.add_argument("--ca", help="PEM file of the CA that signed the KBS's certificate")
+    parser.add_argument("--admin-token-file", help=f"admin token file (or ${ADMIN_TOKEN_ENV})")
+
+
+def _admin_call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    from sealserve.kbs.client import KbsClient, _detail
+
+    token = _read_token(args.admin_token_file)
+    if token is None:
+        raise InvalidArgument(f"give --admin-token-file FILE (or set ${ADMIN_TOKEN_ENV})")
+    client = KbsClient(args.url, ca_pem=args.ca, attempts=2)
+    headers = {"Authorization": f"Bearer {token}"}
+    answer = client.call(method, path, headers=headers, **kwargs)
+    if answer.status >= 400:
+        codes = {401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED, 404: Code.NOT_FOUND}
+        raise SealserveError(
+            f"KBS refused ({answer.status}): {_detail(answer)}",
+            code=codes.get(answer.status, Code.INVALID_ARGUMENT),
+        )
+    if not answer.body:
+        return None
+    return json.loads(answer.body)
+
+
+def add_secret_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="kbs_secret_command", required=True)
+    put = sub.add_parser("put", help="add or rotate a secret (a new version)")
+    put.add_argument("resource", help="<repository>/<type>/<tag>, e.g. sealserve/model-key/m")
+    put.add_argument("--file", required=True, help="file holding the secret's bytes ('-': stdin)")
+    _add_admin_connection(put)
+    lst = sub.add_parser("list", help="list stored secrets (paths, versions, sizes; no values)")
+    _add_admin_connection(lst)
+    delete = sub.add_parser("delete", help="delete a secret")
+    delete.add_argument("resource")
+    _add_admin_connection(delete)
+    parser.set_defaults(kbs_run=run_secret)
+
+
+def run_secret(args: argparse.Namespace) -> int:
+    command = args.kbs_secret_command
+    if command == "put":
+        if args.file == "-":
+            value = sys.stdin.buffer.read()
+        else:
+            value = read_user_file(args.file, "secret file")
+        info = _admin_call(args, "PUT", f"/kbs/v0/resource/{args.resource}", data=value)
+        print(f"stored {info['path']} version {info['version']} ({info['size']} bytes)")
+    elif command == "list":
+        for info in _admin_call(args, "GET", "/kbs/v0/resources"):
+            print(f"{info['path']}\tversion {info['version']}\t{info['size']} bytes")
+    elif command == "delete":
+        _admin_call(args, "DELETE", f"/kbs/v0/resource/{args.resource}")
+        print(f"deleted {args.resource}")
+    return 0
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="kbs_policy_command", required=True)
+    set_ = sub.add_parser("set", help="set a resource's attestation policy (TOML or .json)")
+    set_.add_argument("resource", help='<repository>/<type>/<tag>, or "default"')
+    set_.add_argument("policy_file")
+    _add_admin_connection(set_)
+    show = sub.add_parser("show", help="print a resource's policy")
+    show.add_argument("resource")
+    _add_admin_connection(show)
+    parser.set_defaults(kbs_run=run_policy)
+
+
+def run_policy(args: argparse.Namespace) -> int:
+    from sealserve.attestation import Policy
+
+    if args.kbs_policy_command == "set":
+        Policy.load(args.policy_file)  # fail here, with the file's name, before sending
+        text = read_user_file(args.policy_file, "policy file").decode("utf-8")
+        fmt = "json" if args.policy_file.lower().endswith(".json") else "toml"
+        _admin_call(
+            args,
+            "PUT",
+            f"/kbs/v0/resource-policy/{args.resource}",
+            json_body={"format": fmt, "policy": text},
+        )
+        print(f"policy of {args.resource} set")
+    else:
+        result = _admin_call(args, "GET", f"/kbs/v0/resource-policy/{args.resource}")
+        sys.stdout.write(result["policy"])
+    return 0
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resource", help="only records of this resource")
+    parser.add_argument("--since", type=int, default=0, help="records after this sequence")
+    parser.add_argument("--limit", type=int, default=1000)
+    _add_admin_connection(parser)
+    parser.set_defaults(kbs_run=run_audit)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """Print the records as JSON lines; exit 1 if the hash chain does not verify."""
+    from urllib.parse import urlencode
+
+    query = {"since": args.since, "limit": args.limit}
+    if args.resource:
+        query["resource"] = args.resource
+    result = _admin_call(args, "GET", "/kbs/v0/audit?" + urlencode(query))
+    for record in result["records"]:
+        print(json.dumps(record, sort_keys=True))
+    chain = result["chain"]
+    if not chain["ok"]:
+        print(
+            f"audit chain BROKEN at record {chain['first_bad_seq']}: {chain['reason']}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"audit chain verified ({chain['records']} records)", file=sys.stderr)
+    return 0
+
+
+# --- the whole tree --------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`kbs init|serve|secret|policy|audit` under `parser` (the `kbs` subcommand's parser)."""
+    sub = parser.add_subparsers(dest="kbs_command", required=True)
+    add_init_arguments(sub.add_parser("init", help="create a KBS's master/signing/admin keys"))
+    add_serve_arguments(sub.add_parser("serve", help="run the key broker (HTTPS)"))
+    add_secret_arguments(sub.add_parser("secret", help="put|list|delete secrets"))
+    add_policy_arguments(sub.add_parser("policy", help="set|show resource policies"))
+    add_audit_arguments(sub.add_parser("audit", help="print and verify the audit log"))
+
+
+def run(args: argparse.Namespace) -> int:
+    runner = getattr(args, "kbs_run", None)
+    if runner is None:
+        raise InvalidArgument("choose a kbs command")
+    return int(runner(args))

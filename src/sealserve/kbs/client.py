@@ -1,0 +1,281 @@
+"""The KBS client a server in a TEE uses: attest, then fetch a model key (`KbsKeyProvider`).
+
+For each key, `KbsKeyProvider.key_for(name)` runs the Trustee KBS v0.4.0 flow
+(`reference/attestation.md` §3) with a fresh ephemeral EC P-256 key:
+`POST /kbs/v0/auth` → nonce + `kbs-session-id` cookie; the attester quotes
+`report_data_for(nonce, tee-pubkey)`; `POST /kbs/v0/attest` → token;
+`GET /kbs/v0/resource/<path>` → a JWE to the ephemeral key, decrypted here. The ephemeral
+private key and the key bytes live in memory only and never appear in logs or `repr`.
+
+Failures: 401/403 from the KBS → `KbsDenied` (PERMISSION_DENIED) carrying the KBS's reason;
+404 → `NotFound`; connection errors and 5xx → retried with exponential backoff (`sleep`
+injectable), then `SealserveError(UNAVAILABLE)`.
+
+HTTPS only unless the URL says `http://` (the KBS's `--insecure-http` counterpart); the KBS's
+certificate is checked against `ca_pem` (a PEM file path), or the system roots if None.
+
+Thread safety: `key_for` keeps no state between calls; safe from several threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from typing import Any
+
+from joserfc import jwe
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey
+
+from sealserve.attestation import Attester
+from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
+from sealserve.kbs.protocol import (
+    PROTOCOL_VERSION,
+    SESSION_COOKIE,
+    Attestation,
+    Challenge,
+    TeePubKey,
+    check_resource_path,
+    report_data_for,
+    tee_pubkey_jwk,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESOURCE_REPOSITORY = "sealserve"
+DEFAULT_RESOURCE_TYPE = "model-key"
+#: What the client accepts in the KBS's JWE (protocol §3; EC ephemeral key).
+_JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
+
+
+def default_resource_for_model(name: str) -> str:
+    """`sealserve/model-key/<model name>`."""
+    return f"{DEFAULT_RESOURCE_REPOSITORY}/{DEFAULT_RESOURCE_TYPE}/{name}"
+
+
+class KbsDenied(PermissionDenied):
+    """The KBS refused attestation or release; `reason` is the KBS's own words."""
+
+    def __init__(self, message: str, *, reason: str = "", status: int = 403) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class _Retryable(Exception):
+    pass
+
+
+class KbsClient:
+    """One KBS endpoint: the protocol calls, over stdlib `urllib` with TLS."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_pem: str | None = None,
+        timeout: float = 10.0,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("https", "http") or not parsed.netloc:
+            raise InvalidArgument(f"key broker URL {url!r} must be https://host:port")
+        if parsed.scheme == "http":
+            log.warning("talking to the KBS at %s over plain HTTP: INSECURE", url)
+        self.url = url.rstrip("/")
+        self._context: ssl.SSLContext | None = None
+        if parsed.scheme == "https":
+            self._context = ssl.create_default_context(cafile=ca_pem)
+            self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"KbsClient({self.url!r})"
+
+    def _once(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> _Answer:
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(
+                request, timeout=self.timeout, context=self._context
+            ) as response:
+                return _Answer(response.status, response.read(), dict(response.headers.items()))
+        except urllib.error.HTTPError as err:
+            answer = _Answer(err.code, err.read(), dict(err.headers.items()))
+            if err.code >= 500:
+                raise _Retryable(f"HTTP {err.code}: {_detail(answer)}") from None
+            return answer
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise SealserveError(
+                    f"the key broker's TLS certificate is not trusted: {reason.verify_message}",
+                    code=Code.UNAVAILABLE,
+                ) from None
+            raise _Retryable(str(reason)) from None
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> _Answer:
+        """One request, retried on connection errors and 5xx with exponential backoff."""
+        hdrs = dict(headers or {})
+        body = data
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            hdrs["Content-Type"] = "application/json"
+        delay = self.backoff
+        last = ""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return self._once(method, path, body, hdrs)
+            except _Retryable as err:
+                last = str(err)
+                if attempt == self.attempts:
+                    break
+                log.warning(
+                    "key broker %s unreachable (%s); retry %d/%d in %.1f s",
+                    self.url,
+                    last,
+                    attempt,
+                    self.attempts - 1,
+                    delay,
+                )
+                self._sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+        raise SealserveError(
+            f"key broker {self.url} unavailable after {self.attempts} attempts: {last}",
+            code=Code.UNAVAILABLE,
+        )
+
+    def fetch_resource(self, attester: Attester, resource: str) -> bytes:
+        """The full flow for one resource; returns its plaintext."""
+        resource = check_resource_path(resource)
+        key = ECKey.generate_key("P-256")
+        jwk = tee_pubkey_jwk(key)
+        answer = self.call(
+            "POST",
+            "/kbs/v0/auth",
+            json_body={"version": PROTOCOL_VERSION, "tee": attester.tee, "extra-params": ""},
+        )
+        _raise_for(answer, "auth", resource)
+        cookie = _session_cookie(answer)
+        challenge = Challenge.parse(answer.body)
+        evidence = attester.evidence(report_data_for(challenge.nonce, jwk))
+        attestation = Attestation(
+            nonce=challenge.nonce, tee_pubkey=TeePubKey.from_jwk(jwk), quote=evidence.quote
+        )
+        cookie_header = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+        answer = self.call(
+            "POST", "/kbs/v0/attest", json_body=attestation.to_json(), headers=cookie_header
+        )
+        _raise_for(answer, "attestation", resource)
+        answer = self.call("GET", f"/kbs/v0/resource/{resource}", headers=cookie_header)
+        _raise_for(answer, "release", resource)
+        try:
+            return bytes(
+                jwe.decrypt_compact(answer.body, key, algorithms=_JWE_ALGS).plaintext or b""
+            )
+        except (JoseError, ValueError) as err:
+            log.error("the KBS's JWE for %s does not decrypt: %s", resource, err)
+            raise SealserveError(
+                f"the key broker's answer for {resource} cannot be decrypted",
+                code=Code.DATA_LOSS,
+            ) from None
+
+
+def _detail(answer: _Answer) -> str:
+    try:
+        data = json.loads(answer.body)
+        if isinstance(data, dict) and isinstance(data.get("detail"), str):
+            return str(data["detail"])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return answer.body[:200].decode("utf-8", "replace") or f"HTTP {answer.status}"
+
+
+def _raise_for(answer: _Answer, step: str, resource: str) -> None:
+    if 200 <= answer.status < 300:
+        return
+    reason = _detail(answer)
+    if answer.status in (401, 403):
+        raise KbsDenied(
+            f"key broker denied {step} for {resource}: {reason}",
+            reason=reason,
+            status=answer.status,
+        )
+    if answer.status == 404:
+        raise NotFound(f"key broker has no resource {resource}: {reason}")
+    raise SealserveError(
+        f"key broker refused {step} for {resource} (HTTP {answer.status}): {reason}",
+        code=Code.INVALID_ARGUMENT if answer.status == 400 else Code.UNKNOWN,
+    )
+
+
+def _session_cookie(answer: _Answer) -> str:
+    for name, value in answer.headers.items():
+        if name.lower() == "set-cookie":
+            cookie: SimpleCookie = SimpleCookie()
+            cookie.load(value)
+            if SESSION_COOKIE in cookie:
+                return cookie[SESSION_COOKIE].value
+    raise SealserveError("the key broker set no kbs-session-id cookie", code=Code.UNKNOWN)
+
+
+class KbsKeyProvider:
+    """`serving.keys.KeyProvider` backed by a KBS: attests and fetches each model's key."""
+
+    def __init__(
+        self,
+        url: str,
+        ca_pem: str | None,
+        attester: Attester,
+        resource_for_model: Callable[[str], str] = default_resource_for_model,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+        timeout: float = 10.0,
+    ) -> None:
+        self.client = KbsClient(
+            url, ca_pem=ca_pem, attempts=attempts, backoff=backoff, sleep=sleep, timeout=timeout
+        )
+        self.attester = attester
+        self.resource_for_model = resource_for_model
+
+    def key_for(self, name: str) -> bytes:
+        resource = self.resource_for_model(name)
+        try:
+            return self.client.fetch_resource(self.attester, resource)
+        except KbsDenied as err:
+            log.error("key broker denied the key of model %s: %s", name, err.reason)
+            raise
+
+    def __repr__(self) -> str:
+        return f"KbsKeyProvider({self.client.url!r}, tee={self.attester.tee!r})"

@@ -1,0 +1,288 @@
+"""The Trustee KBS protocol v0.4.0 ("RCAR"): messages, the report_data binding, nonces, JWKs.
+
+Owns the wire shapes (`/work/shared/reference/attestation.md` §3, Confidential Containers
+Trustee `kbs/docs/kbs_attestation_protocol.md`):
+
+- Request  (`POST /kbs/v0/auth`):   `{"version": "0.4.0", "tee": ..., "extra-params": ...}`
+- Challenge (its answer):           `{"nonce": base64(32 random bytes), "extra-params": ""}`
+  plus the `kbs-session-id` cookie;
+- Attestation (`POST /kbs/v0/attest`): `{"runtime-data": {"nonce", "tee-pubkey": JWK},
+  "tee-evidence": {"quote": base64}, "init-data"?}` → `{"token": JWT}`;
+- Response: the resource as a compact JWE to `tee-pubkey`;
+- errors: RFC 7807 problem JSON.
+
+The binding (`report_data_for`): the TEE's 64-byte report_data is SHA-384 of the RFC 8785
+canonical JSON of `{"additional-evidence", "nonce", "tee-pubkey"}`, zero-padded to 64 bytes.
+A quote is therefore only good for the one nonce (one session) and the one ephemeral key the
+resource is encrypted to: a quote replayed with another key does not match.
+
+Invariants: a `TeePubKey` is always a *public* EC (P-256/P-384/P-521) or RSA (≥ 2048 bits)
+key; private JWK members are refused. Resource paths are exactly three safe segments.
+
+Pure and thread-safe (values only; `new_nonce` draws from `secrets`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import rfc8785
+from joserfc.jwk import ECKey, RSAKey
+
+from sealserve.errors import InvalidArgument
+
+PROTOCOL_VERSION = "0.4.0"
+SESSION_COOKIE = "kbs-session-id"
+NONCE_BYTES = 32
+REPORT_DATA_SIZE = 64
+#: TEE names accepted in a Request ("sim" is sealserve's simulated SGX; Trustee calls its
+#: simulated TEE "sample", which we accept as an alias of "sim").
+TEES = ("sgx", "tdx", "sim")
+_TEE_ALIASES = {"sample": "sim"}
+_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+_EC_CURVES = ("P-256", "P-384", "P-521")
+_MIN_RSA_BITS = 2048
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+#: The JWE key-management algorithm per key type (protocol §3: ECDH-ES+A256KW for EC keys,
+#: RSA-OAEP-256 for RSA), content encryption always A256GCM.
+JWE_ALG = {"EC": "ECDH-ES+A256KW", "RSA": "RSA-OAEP-256"}
+JWE_ENC = "A256GCM"
+
+
+def b64encode(data: bytes) -> str:
+    """Standard base64 with padding (what Trustee uses for nonces and quotes)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: Any, what: str) -> bytes:
+    """Standard or URL-safe base64, padded or not; InvalidArgument naming `what` otherwise."""
+    if not isinstance(text, str) or not text:
+        raise InvalidArgument(f"{what} must be a non-empty base64 string")
+    cleaned = text.strip().replace("-", "+").replace("_", "/")
+    cleaned += "=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{what} is not valid base64") from None
+
+
+def new_nonce() -> str:
+    """A fresh challenge nonce: base64 of 32 random bytes."""
+    return b64encode(secrets.token_bytes(NONCE_BYTES))
+
+
+def normalise_tee(tee: Any) -> str:
+    if not isinstance(tee, str):
+        raise InvalidArgument("tee must be a string")
+    tee = _TEE_ALIASES.get(tee.lower(), tee.lower())
+    if tee not in TEES:
+        raise InvalidArgument(f"unsupported tee {tee!r} (supported: {', '.join(TEES)})")
+    return tee
+
+
+def check_resource_path(path: str) -> str:
+    """`<repository>/<type>/<tag>`, each segment `[A-Za-z0-9_][A-Za-z0-9._-]*` (no `..`)."""
+    if not isinstance(path, str):
+        raise InvalidArgument("resource path must be a string")
+    parts = path.strip("/").split("/")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(p) for p in parts):
+        raise InvalidArgument(
+            f"resource path {path!r} must be <repository>/<type>/<tag> "
+            "(letters, digits, '.', '_', '-')"
+        )
+    return "/".join(parts)
+
+
+# --- the TEE's public key ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeePubKey:
+    """The ephemeral public key of a TEE, as its JWK (public members only)."""
+
+    jwk: dict[str, Any] = field(hash=False)
+
+    @classmethod
+    def from_jwk(cls, value: Any) -> TeePubKey:
+        if not isinstance(value, dict):
+            raise InvalidArgument("tee-pubkey must be a JWK object")
+        if any(m in value for m in _PRIVATE_JWK_MEMBERS):
+            raise InvalidArgument("tee-pubkey carries private key material; send the public key")
+        kty = value.get("kty")
+        try:
+            if kty == "EC":
+                if value.get("crv") not in _EC_CURVES:
+                    raise InvalidArgument(f"tee-pubkey curve must be one of {_EC_CURVES}")
+                ECKey.import_key(dict(value))
+            elif kty == "RSA":
+                key = RSAKey.import_key(dict(value))
+                n = int.from_bytes(b64decode(value["n"], "tee-pubkey n"), "big")
+                if n.bit_length() < _MIN_RSA_BITS:
+                    raise InvalidArgument(f"tee-pubkey RSA key must have ≥ {_MIN_RSA_BITS} bits")
+                del key
+            else:
+                raise InvalidArgument("tee-pubkey kty must be EC or RSA")
+        except InvalidArgument:
+            raise
+        except Exception as err:  # joserfc raises ValueError and its own error types
+            raise InvalidArgument(f"tee-pubkey is not a valid {kty} JWK ({err})") from None
+        return cls(jwk=dict(value))
+
+    @property
+    def kty(self) -> str:
+        return str(self.jwk["kty"])
+
+    def jose_key(self) -> ECKey | RSAKey:
+        # The KBS picks the algorithm from the key type (protocol §3), so the TEE's own
+        # `alg` / `use` / `key_ops` hints must not veto it.
+        members = {k: v for k, v in self.jwk.items() if k not in ("alg", "use", "key_ops")}
+        if self.kty == "EC":
+            return ECKey.import_key(members)
+        return RSAKey.import_key(members)
+
+    def thumbprint(self) -> str:
+        """RFC 7638 thumbprint (for audit records and token binding)."""
+        return self.jose_key().thumbprint()
+
+
+def tee_pubkey_jwk(key: ECKey | RSAKey) -> dict[str, Any]:
+    """The public JWK a TEE sends for its ephemeral key, with the `alg` it expects."""
+    jwk = dict(key.as_dict(private=False))
+    jwk["alg"] = JWE_ALG[str(jwk["kty"])]
+    return jwk
+
+
+# --- the binding ------------------------------------------------------------------------
+
+
+def report_data_for(nonce: str, tee_pubkey: dict[str, Any], additional_evidence: str = "") -> bytes:
+    """The 64 report_data bytes binding a quote to `nonce` and `tee_pubkey` (protocol §3):
+    SHA-384 of RFC 8785 canonical JSON `{"additional-evidence", "nonce", "tee-pubkey"}`,
+    followed by 16 zero bytes."""
+    runtime: dict[str, Any] = {
+        "additional-evidence": additional_evidence,
+        "nonce": nonce,
+        "tee-pubkey": tee_pubkey,
+    }
+    digest = hashlib.sha384(rfc8785.dumps(runtime)).digest()
+    return digest + bytes(REPORT_DATA_SIZE - len(digest))
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+def _object(body: Any, what: str) -> dict[str, Any]:
+    if isinstance(body, bytes | str):
+        try:
+            body = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InvalidArgument(f"{what} is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return body
+
+
+@dataclass(frozen=True)
+class Request:
+    """`POST /kbs/v0/auth` body."""
+
+    tee: str
+    version: str = PROTOCOL_VERSION
+    extra_params: Any = ""
+
+    @classmethod
+    def parse(cls, body: Any) -> Request:
+        data = _object(body, "auth request")
+        version = data.get("version")
+        if not isinstance(version, str) or version.split(".")[:2] != ["0", "4"]:
+            raise InvalidArgument(f"unsupported KBS protocol version {version!r} (need 0.4.x)")
+        return cls(
+            tee=normalise_tee(data.get("tee")),
+            version=version,
+            extra_params=data.get("extra-params", ""),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "tee": self.tee, "extra-params": self.extra_params}
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """The answer to a Request (with the `kbs-session-id` cookie)."""
+
+    nonce: str
+    extra_params: Any = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nonce": self.nonce, "extra-params": self.extra_params}
+
+    @classmethod
+    def parse(cls, body: Any) -> Challenge:
+        data = _object(body, "challenge")
+        nonce = data.get("nonce")
+        if not isinstance(nonce, str) or not nonce:
+            raise InvalidArgument("challenge has no nonce")
+        return cls(nonce=nonce, extra_params=data.get("extra-params", ""))
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """`POST /kbs/v0/attest` body. `quote` is the decoded `tee-evidence.quote` (public data)."""
+
+    nonce: str
+    tee_pubkey: TeePubKey
+    quote: bytes = field(repr=False)
+    additional_evidence: str = ""
+    init_data: Any = None
+
+    @classmethod
+    def parse(cls, body: Any) -> Attestation:
+        data = _object(body, "attestation")
+        runtime = data.get("runtime-data")
+        if not isinstance(runtime, dict):
+            raise InvalidArgument("attestation has no runtime-data object")
+        nonce = runtime.get("nonce")
+        if not isinstance(nonce, str) or not nonce:
+            raise InvalidArgument("runtime-data has no nonce")
+        additional = runtime.get("additional-evidence", "")
+        if not isinstance(additional, str):
+            raise InvalidArgument("runtime-data additional-evidence must be a string")
+        evidence = _object(data.get("tee-evidence"), "tee-evidence")
+        quote = b64decode(evidence.get("quote"), "tee-evidence quote")
+        return cls(
+            nonce=nonce,
+            tee_pubkey=TeePubKey.from_jwk(runtime.get("tee-pubkey")),
+            quote=quote,
+            additional_evidence=additional,
+            init_data=data.get("init-data"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "runtime-data": {"nonce": self.nonce, "tee-pubkey": self.tee_pubkey.jwk},
+            "tee-evidence": {"quote": b64encode(self.quote)},
+        }
+        if self.additional_evidence:
+            out["runtime-data"]["additional-evidence"] = self.additional_evidence
+        if self.init_data is not None:
+            out["init-data"] = self.init_data
+        return out
+
+    def report_data(self) -> bytes:
+        return report_data_for(self.nonce, self.tee_pubkey.jwk, self.additional_evidence)
+
+
+#: RFC 7807 `type` prefix Trustee uses for its errors.
+PROBLEM_TYPE_PREFIX = "https://github.com/confidential-containers/kbs/errors/"
+
+
+def problem(kind: str, detail: str, status: int) -> dict[str, Any]:
+    """An RFC 7807 problem document."""
+    return {"type": PROBLEM_TYPE_PREFIX + kind, "title": kind, "status": status, "detail": detail}

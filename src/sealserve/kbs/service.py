@@ -1,0 +1,456 @@
+"""The KBS flow: challenge → verify evidence → token → policy → release as JWE; admin; audit.
+
+`KbsService` is framework-free (the HTTP adapter is `kbs.http`). Protocol: Trustee KBS
+v0.4.0 (`reference/attestation.md` §3):
+
+1. `auth(body)` → a session (random id, the `kbs-session-id` cookie) holding a one-time
+   nonce; sessions expire after `session_ttl` seconds (5 min).
+2. `attest(session_id, body)` → the nonce is *consumed* first (one attempt per challenge,
+   whatever the outcome: a replayed nonce is refused), the quote is verified with
+   `attestation.verify_quote` against the configured collateral at `clock()`, and the quote's
+   report_data must equal `protocol.report_data_for(nonce, tee-pubkey)`. Success yields an
+   ES256 JWT (the attestation token) carrying the claims and the tee-pubkey, valid
+   `token_ttl` seconds (never past the session's end).
+3. `resource(path, session_id | bearer token)` → the resource's policy (its own, or the
+   `default` one; none → denied) decides on the token's claims (`Policy.decide`); the secret
+   is returned as a compact JWE to the attested tee-pubkey (ECDH-ES+A256KW / RSA-OAEP-256,
+   A256GCM), so only the key whose hash the TEE quoted can read it.
+
+Trust anchors: Intel's root always; a simulated TEE's root only if the operator passes it as
+`insecure_trust_sim_root` (logs a warning), and then only for evidence whose tee is "sim".
+
+Every attest and every release decision — allowed or denied, with the reason — is appended to
+the store's hash-chained audit log. Admin calls need the bearer admin token (constant-time
+comparison); with no admin token configured every admin call is refused (deny-all).
+
+Secrets never appear in logs, exceptions or `repr`. Thread-safe: sessions are guarded by a
+lock, the store is thread-safe, verification is pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from joserfc import jwe, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey
+
+from sealserve.attestation import (
+    AttestationFailed,
+    Claims,
+    Collateral,
+    Policy,
+    verify_quote,
+)
+from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
+from sealserve.kbs.protocol import (
+    JWE_ALG,
+    JWE_ENC,
+    Attestation,
+    Challenge,
+    Request,
+    TeePubKey,
+    check_resource_path,
+    new_nonce,
+)
+from sealserve.kbs.store import DEFAULT_POLICY, KbsStore, check_policy_key
+
+log = logging.getLogger(__name__)
+
+SESSION_TTL_SECONDS = 300
+TOKEN_TTL_SECONDS = 300
+TOKEN_ISSUER = "sealserve-kbs"
+_MAX_SESSIONS = 100_000
+_MEASUREMENT_FIELDS = (
+    "mr_enclave",
+    "mr_signer",
+    "isv_prod_id",
+    "isv_svn",
+    "mr_td",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+)
+
+
+class Unauthenticated(SealserveError):
+    """No, expired or forged session / token / admin token (HTTP 401)."""
+
+    code = Code.UNAUTHENTICATED
+
+
+class PolicyDenied(PermissionDenied):
+    """The resource policy refused the attested TEE (HTTP 403); `reason` is shown to it."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+@dataclass
+class _Session:
+    id: str
+    tee: str
+    nonce: str
+    expires_at: int
+    nonce_used: bool = False
+    claims: Claims | None = None
+    tee_pubkey: TeePubKey | None = None
+
+
+def claims_from_json(data: dict[str, Any]) -> Claims:
+    """The inverse of `Claims.to_json` (claims carried in our own signed token)."""
+    names = {f.name for f in dataclasses.fields(Claims)}
+    values = {k: v for k, v in data.items() if k in names}
+    values["report_data"] = bytes.fromhex(values["report_data"])
+    values["advisory_ids"] = tuple(values.get("advisory_ids") or ())
+    return Claims(**values)
+
+
+def session_ref(session_id: str) -> str:
+    """What the audit log records of a session: a hash, since the id itself is a credential
+    (the `kbs-session-id` cookie authorises resource requests)."""
+    if not session_id or session_id == "admin":
+        return session_id
+    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
+
+
+def measurements_of(claims: Claims | None) -> dict[str, Any]:
+    if claims is None:
+        return {}
+    return {n: getattr(claims, n) for n in _MEASUREMENT_FIELDS if getattr(claims, n) is not None}
+
+
+CollateralSource = Callable[[bytes], Collateral]
+
+
+@dataclass
+class KbsConfig:
+    """What a KBS needs besides its store. `signing_key` is an EC P-256 private key."""
+
+    signing_key: ECKey = field(repr=False)
+    collateral: Collateral | CollateralSource = field(repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    insecure_trust_sim_root: bytes | None = field(default=None, repr=False)
+    session_ttl: int = SESSION_TTL_SECONDS
+    token_ttl: int = TOKEN_TTL_SECONDS
+    clock: Callable[[], float] = time.time
+
+
+class KbsService:
+    def __init__(self, store: KbsStore, config: KbsConfig) -> None:
+        self.store = store
+        self.config = config
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+        self._next_purge = 0
+        #: parsed policies by (format, text): parsing is not free and logs warnings
+        self._policies: dict[tuple[str, str], Policy] = {}
+        key = config.signing_key
+        if not isinstance(key, ECKey) or key.as_dict().get("crv") != "P-256":
+            raise InvalidArgument("the KBS signing key must be an EC P-256 private key")
+        if config.insecure_trust_sim_root is not None:
+            log.warning(
+                "KBS trusts a simulated TEE's root CA (insecure_trust_sim_root): evidence of "
+                "tee=sim is accepted where a resource policy lists it. INSECURE: tests/demos only"
+            )
+        if config.admin_token is not None and len(config.admin_token) < 16:
+            raise InvalidArgument("the admin token must be at least 16 characters")
+
+    def __repr__(self) -> str:
+        return f"KbsService(store={self.store!r})"
+
+    def _now(self) -> int:
+        return int(self.config.clock())
+
+    # --- 1. auth --------------------------------------------------------------------------
+
+    def auth(self, body: Any) -> tuple[str, dict[str, Any]]:
+        """A new session and its challenge (protocol §3 Request → Challenge)."""
+        request = Request.parse(body)
+        now = self._now()
+        session = _Session(
+            id=secrets.token_urlsafe(32),
+            tee=request.tee,
+            nonce=new_nonce(),
+            expires_at=now + self.config.session_ttl,
+        )
+        with self._lock:
+            self._expire(now)
+            if len(self._sessions) >= _MAX_SESSIONS:
+                raise SealserveError("too many open sessions", code=Code.RESOURCE_EXHAUSTED)
+            self._sessions[session.id] = session
+        return session.id, Challenge(nonce=session.nonce).to_json()
+
+    def _expire(self, now: int) -> None:
+        if now < self._next_purge:
+            return
+        self._next_purge = now + 1  # at most one sweep per second
+        for sid in [s.id for s in self._sessions.values() if s.expires_at < now]:
+            del self._sessions[sid]
+
+    def _session(self, session_id: str | None, now: int) -> _Session:
+        if not session_id:
+            raise Unauthenticated("no kbs-session-id cookie: start with /kbs/v0/auth")
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None and session.expires_at < now:
+                del self._sessions[session_id]
+                raise Unauthenticated("the session has expired: start again with /kbs/v0/auth")
+        if session is None:
+            raise Unauthenticated("unknown session: start with /kbs/v0/auth")
+        return session
+
+    # --- 2. attest ------------------------------------------------------------------------
+
+    def attest(self, session_id: str | None, body: Any) -> dict[str, Any]:
+        """Verify the evidence of a session; the attestation token on success."""
+        now = self._now()
+        sid = session_id or ""
+        tee = ""
+        claims: Claims | None = None
+        try:
+            session = self._session(session_id, now)
+            tee = session.tee
+            with self._lock:
+                # One attempt per challenge (replay protection): consume before verifying.
+                if session.nonce_used:
+                    raise Unauthenticated(
+                        "this challenge's nonce was already used: start again with /kbs/v0/auth"
+                    )
+                session.nonce_used = True
+            attestation = Attestation.parse(body)
+            if not hmac.compare_digest(attestation.nonce.encode(), session.nonce.encode()):
+                raise Unauthenticated("the nonce is not this session's challenge")
+            claims = self._verify(session.tee, attestation.quote, now)
+            expected = attestation.report_data()
+            if not hmac.compare_digest(claims.report_data, expected):
+                raise Unauthenticated(
+                    "the evidence's report_data does not bind this nonce and tee-pubkey "
+                    "(expected SHA-384 of canonical {additional-evidence, nonce, tee-pubkey})"
+                )
+            with self._lock:
+                session.claims = claims
+                session.tee_pubkey = attestation.tee_pubkey
+            token = self._issue_token(session, claims, attestation.tee_pubkey, now)
+        except SealserveError as err:
+            self._audit(sid, tee, claims, "", "attest", "denied", err.message, now)
+            raise
+        self._audit(sid, tee, claims, "", "attest", "verified", "evidence verified", now)
+        return {"token": token}
+
+    def _verify(self, tee: str, quote: bytes, now: int) -> Claims:
+        source = self.config.collateral
+        try:
+            collateral = source if isinstance(source, Collateral) else source(quote)
+        except TimeoutError:
+            raise SealserveError(
+                "collateral could not be fetched in time", code=Code.UNAVAILABLE
+            ) from None
+        root: bytes | None = None
+        if tee == "sim":
+            root = self.config.insecure_trust_sim_root
+            if root is None:
+                raise AttestationFailed(
+                    "quote verification failed: simulated TEE evidence is not trusted by this "
+                    "KBS (no insecure_trust_sim_root)",
+                    reason="simulated TEE evidence is not trusted",
+                )
+        return verify_quote(quote, collateral, now=now, root_ca_der=root, tee_hint=tee)
+
+    def _issue_token(self, session: _Session, claims: Claims, key: TeePubKey, now: int) -> str:
+        exp = min(now + self.config.token_ttl, session.expires_at)
+        payload = {
+            "iss": TOKEN_ISSUER,
+            "iat": now,
+            "exp": exp,
+            "jti": secrets.token_urlsafe(16),
+            "sid": session.id,
+            "tee-pubkey": key.jwk,
+            "claims": claims.to_json(),
+        }
+        return jwt.encode({"alg": "ES256", "typ": "JWT"}, payload, self.config.signing_key)
+
+    def _token_claims(self, token: str, now: int) -> tuple[str, Claims, TeePubKey]:
+        try:
+            decoded = jwt.decode(token, self.config.signing_key, algorithms=["ES256"])
+            payload = decoded.claims
+            if payload.get("iss") != TOKEN_ISSUER:
+                raise Unauthenticated("the token was not issued by this KBS")
+            exp = payload.get("exp")
+            if not isinstance(exp, int) or exp < now:
+                raise Unauthenticated("the attestation token has expired: attest again")
+            return (
+                str(payload.get("sid", "")),
+                claims_from_json(payload["claims"]),
+                TeePubKey.from_jwk(payload["tee-pubkey"]),
+            )
+        except Unauthenticated:
+            raise
+        except (JoseError, ValueError, KeyError, TypeError, SealserveError):
+            log.info("refused an attestation token that does not verify")
+            raise Unauthenticated("the attestation token is invalid") from None
+
+    # --- 3. resource ----------------------------------------------------------------------
+
+    def resource(
+        self, path: str, *, session_id: str | None = None, bearer: str | None = None
+    ) -> str:
+        """The resource `path` as a compact JWE to the attested tee-pubkey."""
+        now = self._now()
+        sid = session_id or ""
+        claims: Claims | None = None
+        tee = ""
+        try:
+            path = check_resource_path(path)
+            if bearer:
+                sid, claims, key = self._token_claims(bearer, now)
+            else:
+                session = self._session(session_id, now)
+                if session.claims is None or session.tee_pubkey is None:
+                    raise Unauthenticated("the session has not attested: POST /kbs/v0/attest")
+                claims, key = session.claims, session.tee_pubkey
+            tee = claims.tee
+            if not self.store.resource_exists(path):
+                raise NotFound(f"resource {path} not found")
+            policy = self._policy_for(path)
+            decision = policy.decide(claims, now)
+            if not decision.allowed:
+                reason = "; ".join(decision.reasons)
+                raise PolicyDenied(f"resource policy denied {path}: {reason}", reason=reason)
+            secret = self.store.get_resource(path)
+            protected = {"alg": JWE_ALG[key.kty], "enc": JWE_ENC}
+            sealed = jwe.encrypt_compact(
+                protected, secret, key.jose_key(), algorithms=[protected["alg"], JWE_ENC]
+            )
+            del secret
+        except SealserveError as err:
+            self._audit(sid, tee, claims, path, "release", "denied", err.message, now)
+            raise
+        note = "; ".join(decision.notes) if decision.notes else "policy allowed"
+        self._audit(sid, tee, claims, path, "release", "allowed", note, now)
+        return sealed
+
+    def _policy_for(self, path: str) -> Policy:
+        stored = self.store.get_policy(path) or self.store.get_policy(DEFAULT_POLICY)
+        if stored is None:
+            raise PolicyDenied(
+                f"no policy allows {path} (set one with `sealserve kbs policy set`)",
+                reason="no policy for the resource",
+            )
+        text, fmt = stored
+        source = f"policy of {path}"
+        return (
+            Policy.from_json(text, source=source)
+            if fmt == "json"
+            else Policy.from_toml(text, source=source)
+        )
+
+    def _audit(
+        self,
+        session: str,
+        tee: str,
+        claims: Claims | None,
+        resource: str,
+        action: str,
+        decision: str,
+        reason: str,
+        now: int,
+    ) -> None:
+        self.store.append_audit(
+            session=session_ref(session),
+            tee=claims.tee if claims else tee,
+            measurements=measurements_of(claims),
+            tcb_status=claims.tcb_status if claims else "",
+            resource=resource,
+            action=action,
+            decision=decision,
+            reason=reason,
+            now=now,
+        )
+        level = logging.INFO if decision != "denied" else logging.WARNING
+        log.log(level, "kbs %s %s %s: %s", action, resource or "-", decision, reason)
+
+    # --- admin ----------------------------------------------------------------------------
+
+    def check_admin(self, token: str | None) -> None:
+        """Refuse unless `token` is the configured admin token (constant-time)."""
+        expected = self.config.admin_token
+        if expected is None:
+            raise Unauthenticated("admin API disabled: this KBS has no admin token (deny-all)")
+        if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+            log.warning("refused an admin call with a missing or wrong admin token")
+            raise Unauthenticated("admin token missing or wrong")
+
+    def admin_put_resource(self, token: str | None, path: str, value: bytes) -> dict[str, Any]:
+        self.check_admin(token)
+        info = self.store.put_resource(path, value)
+        self._admin_audit(f"put version {info.version}", info.path)
+        return info.to_json()
+
+    def admin_delete_resource(self, token: str | None, path: str) -> None:
+        self.check_admin(token)
+        self.store.delete_resource(path)
+        self._admin_audit("delete", check_resource_path(path))
+
+    def admin_list_resources(self, token: str | None) -> list[dict[str, Any]]:
+        self.check_admin(token)
+        return [info.to_json() for info in self.store.list_resources()]
+
+    def admin_set_policy(self, token: str | None, path: str, text: str, fmt: str) -> None:
+        self.check_admin(token)
+        path = check_policy_key(path)
+        # Parse before storing: a policy that does not load must never be stored.
+        if fmt == "json":
+            Policy.from_json(text, source=f"policy of {path}")
+        elif fmt == "toml":
+            Policy.from_toml(text, source=f"policy of {path}")
+        else:
+            raise InvalidArgument("policy format must be toml or json")
+        self.store.set_policy(path, text, fmt)
+        self._admin_audit("set policy", path)
+
+    def admin_get_policy(self, token: str | None, path: str) -> dict[str, Any]:
+        self.check_admin(token)
+        stored = self.store.get_policy(path)
+        if stored is None:
+            raise NotFound(f"no policy for {path}")
+        return {"resource": check_policy_key(path), "format": stored[1], "policy": stored[0]}
+
+    def admin_audit(
+        self,
+        token: str | None,
+        *,
+        resource: str | None = None,
+        since_seq: int = 0,
+        limit: int = 1000,
+    ) -> dict[str, Any]:
+        self.check_admin(token)
+        records = self.store.audit_records(resource=resource, since_seq=since_seq, limit=limit)
+        return {
+            "records": [r.to_json() for r in records],
+            "chain": self.store.verify_chain().to_json(),
+        }
+
+    def _admin_audit(self, what: str, resource: str) -> None:
+        self.store.append_audit(
+            session="admin",
+            tee="",
+            measurements={},
+            tcb_status="",
+            resource=resource,
+            action="admin",
+            decision="done",
+            reason=what,
+            now=self._now(),
+        )

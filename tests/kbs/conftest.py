@@ -1,0 +1,145 @@
+"""Fixtures of the KBS tests: one simulated TEE and one real KBS (HTTPS on loopback, in a
+background thread) per module, with an injectable clock reset before every test."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from joserfc.jwk import ECKey
+
+from sealserve.attestation.sim import SIM_MR_SIGNER, SimAttester, SimTee, init_sim, load_sim
+from sealserve.kbs.http import bound_port, server_ssl_context, start_kbs
+from sealserve.kbs.service import KbsConfig, KbsService
+from sealserve.kbs.store import MasterKey, SqliteStore
+from sealserve.tools.certs import make_oneway
+
+SIM_NOW = 1_800_000_000
+MR_ENCLAVE = bytes(range(32))
+SVN = 3
+RESOURCE = "sealserve/model-key/mnist"
+SECRET = b"\x13\x37" * 8  # a 16-byte wrap key
+
+POLICY = f"""
+tee = ["sim"]
+[[sim]]
+mr_enclave = ["{MR_ENCLAVE.hex()}"]
+mr_signer = ["{SIM_MR_SIGNER.hex()}"]
+isv_prod_id = [0]
+min_isv_svn = 2
+"""
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("sim") / "tee"
+    init_sim(directory, now=SIM_NOW)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def sim(sim_dir: Path) -> SimTee:
+    return load_sim(sim_dir)
+
+
+@pytest.fixture(scope="module")
+def attester(sim_dir: Path) -> SimAttester:
+    return SimAttester(sim_dir, mr_enclave=MR_ENCLAVE, isv_svn=SVN)
+
+
+@dataclass
+class Kbs:
+    url: str
+    ca: str
+    service: KbsService
+    store: SqliteStore
+    clock: Clock
+    admin_token: str
+    directory: Path
+
+
+def make_service(
+    directory: Path, sim: SimTee, clock: Clock, *, trust_sim: bool = True, admin: str | None
+) -> KbsService:
+    key_file = directory / "master.key"
+    if not key_file.exists():
+        key_file.write_bytes(secrets.token_bytes(32))
+        key_file.chmod(0o600)
+    store = SqliteStore(directory / "kbs.db", MasterKey.load(key_file))
+    config = KbsConfig(
+        signing_key=ECKey.generate_key("P-256"),
+        collateral=sim.collateral,
+        admin_token=admin,
+        insecure_trust_sim_root=sim.root_ca_der if trust_sim else None,
+        clock=clock,
+    )
+    return KbsService(store, config)
+
+
+class ServerThread:
+    """A KBS served by aiohttp on its own event loop in a background thread."""
+
+    def __init__(self, service: KbsService, cert: Path, key: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        context = server_ssl_context(str(cert), str(key))
+        self.runner = asyncio.run_coroutine_threadsafe(
+            start_kbs(service, host="127.0.0.1", port=0, ssl_context=context), self.loop
+        ).result(timeout=30)
+        self.port = bound_port(self.runner)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return make_oneway("localhost", tmp_path_factory.mktemp("tls") / "certs", sans=["127.0.0.1"])
+
+
+@pytest.fixture(scope="module")
+def kbs_module(tmp_path_factory: pytest.TempPathFactory, sim: SimTee, certs) -> Iterator[Kbs]:  # type: ignore[no-untyped-def]
+    directory = tmp_path_factory.mktemp("kbs")
+    clock = Clock(SIM_NOW + 60)
+    admin = secrets.token_urlsafe(24)
+    service = make_service(directory, sim, clock, admin=admin)
+    server = ServerThread(service, certs.server_cert, certs.server_key)
+    try:
+        yield Kbs(
+            url=f"https://127.0.0.1:{server.port}",
+            ca=str(certs.trust_anchor),
+            service=service,
+            store=service.store,  # type: ignore[arg-type]
+            clock=clock,
+            admin_token=admin,
+            directory=directory,
+        )
+    finally:
+        server.stop()
+        service.store.close()
+
+
+@pytest.fixture
+def kbs(kbs_module: Kbs) -> Kbs:
+    """The module's KBS with the clock reset, the test resource and its policy in place."""
+    kbs_module.clock.now = SIM_NOW + 60
+    kbs_module.store.put_resource(RESOURCE, SECRET)
+    kbs_module.store.set_policy(RESOURCE, POLICY, "toml")
+    return kbs_module
