@@ -19,7 +19,7 @@ from sealserve import __version__
 from sealserve.errors import InvalidArgument, NotFound, SealserveError
 
 if TYPE_CHECKING:
-    from sealserve.serving.keys import StaticKeyProvider
+    from sealserve.serving.keys import KeyProvider
     from sealserve.serving.server import ServerOptions
     from sealserve.tools.certs import CertificateSet
 
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve(commands)
     _add_requester_tools(commands)
+    _add_attestation_tools(commands)
 
     certs = commands.add_parser("certs", help="make TLS keys, certificates and ssl.cfg")
     cert_commands = certs.add_subparsers(title="certificate commands", metavar="COMMAND")
@@ -204,6 +205,21 @@ def _model_names() -> list[str]:
     return list(MODEL_NAMES)
 
 
+def _add_attestation_tools(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from sealserve.attestation import cli as attest_cli
+    from sealserve.kbs import cli as kbs_cli
+
+    attest_cli.add_sim_arguments(
+        commands.add_parser("sim", help="a simulated TEE for machines without one")
+    )
+    attest_cli.add_attest_arguments(
+        commands.add_parser("attest", help="produce or verify TEE evidence (DCAP quotes)")
+    )
+    kbs = commands.add_parser("kbs", help="the key broker: serve, secrets, policies, audit")
+    kbs_cli.add_arguments(kbs)
+    kbs.set_defaults(run=kbs_cli.run)
+
+
 def _add_requester_tools(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from sealserve.client import benchmark, predict
 
@@ -236,6 +252,19 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="A drop-in for tensorflow_model_server: the same flags, names and "
         "defaults; protected models are decrypted in memory only.",
     )
+    _add_serve_flags(serve)
+    serve.set_defaults(run=_serve)
+    measure = commands.add_parser(
+        "measure",
+        help="print the simulated mr_enclave of `sealserve serve` with these flags",
+        description="The simulated TEE's measurement covers the installed code and the serve "
+        "flags, so give exactly the flags the server will run with.",
+    )
+    _add_serve_flags(measure)
+    measure.set_defaults(run=_measure)
+
+
+def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     tf = serve.add_argument_group("TensorFlow Serving flags")
     tf.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
     tf.add_argument("--rest_api_port", type=int, default=0, help="REST port (0: no REST API)")
@@ -314,7 +343,17 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=8,
         help="threads running requests (TensorFlow releases the GIL)",
     )
-    serve.set_defaults(run=_serve)
+    broker = serve.add_argument_group("attested key release")
+    broker.add_argument(
+        "--key_broker", metavar="URL", help="KBS that releases model keys after attestation"
+    )
+    broker.add_argument("--key_broker_ca", metavar="PEM", help="CA of the KBS's certificate")
+    broker.add_argument(
+        "--attestation",
+        choices=("sim", "gramine", "tsm"),
+        help="how this server proves what it runs",
+    )
+    broker.add_argument("--sim_dir", metavar="DIR", help="the simulated TEE (--attestation sim)")
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -451,16 +490,48 @@ def _serve(args: argparse.Namespace) -> None:
     configure_threads(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
     import_tensorflow()
 
-    from sealserve.serving.keys import StaticKeyProvider
     from sealserve.serving.server import ModelServer
 
-    keys = StaticKeyProvider.from_flags(args.model_key)
+    keys = _key_provider(args)
     options = _server_options(args, keys)
     logging.getLogger("sealserve").setLevel(logging.DEBUG if args.debug else logging.INFO)
     asyncio.run(ModelServer(options, keys).serve_until_signalled())
 
 
-def _server_options(args: argparse.Namespace, keys: StaticKeyProvider) -> ServerOptions:
+def _launch_config(args: argparse.Namespace) -> dict[str, object]:
+    """What the simulated measurement covers: every serve flag as given (as Gramine fixes a
+    server's arguments in its manifest, so that the host cannot change them)."""
+    skip = {"run", "debug"}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+
+
+def _measure(args: argparse.Namespace) -> None:
+    from sealserve.attestation import measurement
+
+    print(measurement(_launch_config(args)).hex())
+
+
+def _key_provider(args: argparse.Namespace) -> KeyProvider:
+    """Keys from --model_key files; with --key_broker, the others from the KBS."""
+    from sealserve.serving.keys import FallbackKeyProvider, StaticKeyProvider
+
+    static = StaticKeyProvider.from_flags(args.model_key)
+    if not args.key_broker:
+        if args.attestation:
+            raise InvalidArgument("--attestation needs --key_broker")
+        return static
+    if not args.attestation:
+        raise InvalidArgument("--key_broker needs --attestation sim|gramine|tsm")
+    from sealserve.attestation.cli import attester_for
+    from sealserve.kbs.client import KbsKeyProvider
+
+    attester = attester_for(args.attestation, args.sim_dir, _launch_config(args))
+    return FallbackKeyProvider(
+        static, KbsKeyProvider(args.key_broker, args.key_broker_ca, attester)
+    )
+
+
+def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOptions:
     from sealserve.serving import config_protos, model_config
     from sealserve.serving.batching import BatchingOptions
     from sealserve.serving.loader import LoadOptions
@@ -526,12 +597,14 @@ def _server_options(args: argparse.Namespace, keys: StaticKeyProvider) -> Server
     )
 
 
-def _ssl_config_key(args: argparse.Namespace, keys: StaticKeyProvider) -> bytes | None:
-    """The key of a protected ssl config: --ssl_config_key NAME, or the only model key."""
+def _ssl_config_key(args: argparse.Namespace, keys: KeyProvider) -> bytes | None:
+    """The key of a protected ssl config: --ssl_config_key NAME (from a key file or the
+    KBS), or the only --model_key given."""
     if args.ssl_config_key:
         return keys.key_for(args.ssl_config_key)
-    names = keys.names()
-    return keys.key_for(names[0]) if len(names) == 1 else None
+    if len(args.model_key) == 1:
+        return keys.key_for(args.model_key[0].partition("=")[0])
+    return None
 
 
 def _certs_twoway(args: argparse.Namespace) -> None:

@@ -54,3 +54,19 @@ class StaticKeyProvider:
 
     def __repr__(self) -> str:  # never the keys themselves
         return f"StaticKeyProvider(names={self.names()})"
+
+
+class FallbackKeyProvider:
+    """Keys from `first` where it has them (local key files), otherwise from `then` (the
+    key broker)."""
+
+    def __init__(self, first: StaticKeyProvider, then: KeyProvider) -> None:
+        self.first, self.then = first, then
+
+    def key_for(self, name: str) -> bytes:
+        if name in self.first.names():
+            return self.first.key_for(name)
+        return self.then.key_for(name)
+
+    def __repr__(self) -> str:
+        return f"FallbackKeyProvider({self.first!r}, {self.then!r})"

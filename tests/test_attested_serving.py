@@ -1,0 +1,202 @@
+"""The owner → KBS → server flow through the real commands: the model's key is released only
+to a server whose (simulated) measurement is the one the owner pinned in the KBS policy."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sealserve.model_tree import encrypt_tree
+from sealserve.tools.certs import make_oneway
+from tests.serving.conftest import free_port
+
+SEALSERVE = str(Path(sys.executable).parent / "sealserve")
+
+
+def sealserve(*args: object) -> str:
+    result = subprocess.run(
+        [SEALSERVE, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def wait_for_status(port: int, model: str) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{model}") as r:
+                return json.loads(r.read())["model_version_status"][0]
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("server did not come up")
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory, half_plus_two):
+    root = tmp_path_factory.mktemp("attested")
+    sealserve("sim", "init", root / "sim")
+    sealserve("kbs", "init", root / "kbs")
+    tls = make_oneway("localhost", root / "kbs-tls", sans=["127.0.0.1"])
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(a)
+            for a in [
+                SEALSERVE,
+                "kbs",
+                "serve",
+                "--db",
+                root / "kbs.db",
+                "--master-key",
+                root / "kbs" / "master.key",
+                "--signing-key",
+                root / "kbs" / "signing-key.pem",
+                "--admin-token-file",
+                root / "kbs" / "admin.token",
+                "--insecure-trust-sim-root",
+                root / "sim",
+                "--tls-cert",
+                tls.server_cert,
+                "--tls-key",
+                tls.server_key,
+                "--port",
+                port,
+            ]
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and "https://" in process.stdout.readline()
+    key = root / "model.key"
+    sealserve("keygen", "-w", key)
+    encrypt_tree(half_plus_two, str(root / "models" / "hpt" / "1"), key.read_bytes())
+    url = f"https://127.0.0.1:{port}"
+    admin = [
+        "--url",
+        url,
+        "--ca",
+        tls.server_cert,
+        "--admin-token-file",
+        root / "kbs" / "admin.token",
+    ]
+    sealserve("kbs", "secret", "put", "sealserve/model-key/hpt", "--file", key, *admin)
+    yield {"root": root, "url": url, "ca": tls.server_cert, "admin": admin}
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def serve_flags(broker, rest_port: int, *extra: str) -> list[str]:
+    root = broker["root"]
+    return [
+        "--model_name=hpt",
+        f"--model_base_path={root / 'models' / 'hpt'}",
+        f"--port={free_port()}",
+        f"--rest_api_port={rest_port}",
+        "--bind_address=127.0.0.1",
+        f"--key_broker={broker['url']}",
+        f"--key_broker_ca={broker['ca']}",
+        "--attestation=sim",
+        f"--sim_dir={root / 'sim'}",
+        *extra,
+    ]
+
+
+def test_the_key_goes_only_to_the_measured_server(broker):
+    rest_port = free_port()
+    flags = serve_flags(broker, rest_port)
+    mr_enclave = sealserve("measure", *flags).strip()
+    assert len(mr_enclave) == 64
+    policy = broker["root"] / "policy.toml"
+    policy.write_text(
+        f'tee = ["sim"]\n[[sim]]\nmr_enclave = ["{mr_enclave}"]\n'
+        'mr_signer = "any"\nisv_prod_id = [0]\n'
+    )
+    sealserve("kbs", "policy", "set", "sealserve/model-key/hpt", policy, *broker["admin"])
+
+    server = subprocess.Popen([SEALSERVE, "serve", *flags], stderr=subprocess.PIPE)
+    try:
+        assert wait_for_status(rest_port, "hpt")["state"] == "AVAILABLE"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{rest_port}/v1/models/hpt:predict",
+            method="POST",
+            data=json.dumps({"instances": [1.0, 2.0, 5.0]}).encode(),
+        )
+        with urllib.request.urlopen(request) as response:
+            assert json.loads(response.read()) == {"predictions": [2.5, 3.0, 4.5]}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+
+    # a server launched differently has another measurement: the KBS refuses it and says why
+    other_port = free_port()
+    tampered = subprocess.Popen(
+        [SEALSERVE, "serve", *serve_flags(broker, other_port, "--enable_model_warmup=false")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        status = wait_for_status(other_port, "hpt")
+        assert status["state"] == "END"
+        assert status["status"]["error_code"] == "PERMISSION_DENIED"
+        assert "mr_enclave" in status["status"]["error_message"]
+    finally:
+        tampered.send_signal(signal.SIGTERM)
+        _, stderr = tampered.communicate(timeout=60)
+    assert "denied" in stderr and "Traceback" not in stderr
+
+    audit = sealserve("kbs", "audit", "--resource", "sealserve/model-key/hpt", *broker["admin"])
+    assert "allowed" in audit and "denied" in audit
+
+
+def test_attest_tools_from_the_shell(broker, tmp_path):
+    root = broker["root"]
+    quote = tmp_path / "quote.bin"
+    sealserve(
+        "attest",
+        "quote",
+        "--attester",
+        "sim",
+        "--sim-dir",
+        root / "sim",
+        "--report-data",
+        "48656c6c6f",
+        "-o",
+        quote,
+    )
+    claims = json.loads(
+        sealserve(
+            "attest",
+            "verify",
+            "--quote",
+            quote,
+            "--collateral",
+            root / "sim" / "collateral.json",
+            "--root-ca",
+            root / "sim" / "root_ca.der",
+        )
+    )["claims"]
+    assert claims["tee"] == "sim" and claims["report_data"].startswith("48656c6c6f")
+    # the same quote is not genuine under Intel's root
+    result = subprocess.run(
+        [
+            SEALSERVE,
+            "attest",
+            "verify",
+            "--quote",
+            quote,
+            "--collateral",
+            root / "sim" / "collateral.json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "verification failed" in result.stderr
