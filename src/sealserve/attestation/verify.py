@@ -30,6 +30,7 @@ Pure apart from logging; thread-safe (dcap-qvl releases nothing shared).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -83,11 +84,7 @@ def verify_quote(
         raise InvalidArgument(f"unknown TEE type {tee_hint!r} (expected one of {TEE_TYPES})")
     intel = is_intel_root(root_ca_der)
     if not intel:
-        log.warning(
-            "verifying a quote against a non-Intel root CA (sha256 %s): its claims are "
-            "marked tee=sim and prove no hardware protection (INSECURE outside tests/demos)",
-            hashlib.sha256(root_ca_der or b"").hexdigest()[:16],
-        )
+        _warn_non_intel_root(hashlib.sha256(root_ca_der or b"").hexdigest()[:16])
     raw = bytes(quote)
     root = None if intel else bytes(root_ca_der or b"")
     try:
@@ -186,3 +183,13 @@ def _flatten_base(report: dict[str, Any]) -> dict[str, Any]:
         base = flat.pop("base")
         flat = {**base, **flat}
     return flat
+
+
+@functools.cache
+def _warn_non_intel_root(fingerprint: str) -> None:
+    """Once per root and process: a broker verifying many quotes logs it once, not each time."""
+    log.warning(
+        "verifying quotes against a non-Intel root CA (sha256 %s): their claims are "
+        "marked tee=sim and prove no hardware protection (INSECURE outside tests/demos)",
+        fingerprint,
+    )

@@ -19,9 +19,11 @@ Thread safety: `key_for` keeps no state between calls; safe from several threads
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -105,6 +107,9 @@ class KbsClient:
         if parsed.scheme == "https":
             self._context = ssl.create_default_context(cafile=ca_pem)
             self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._host, self._port = parsed.hostname or "", parsed.port
+        self._base_path = parsed.path.rstrip("/")
+        self._local = threading.local()  # one keep-alive connection per thread
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff = backoff
@@ -115,25 +120,52 @@ class KbsClient:
         return f"KbsClient({self.url!r})"
 
     def _once(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> _Answer:
-        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(
-                request, timeout=self.timeout, context=self._context
-            ) as response:
-                return _Answer(response.status, response.read(), dict(response.headers.items()))
-        except urllib.error.HTTPError as err:
-            answer = _Answer(err.code, err.read(), dict(err.headers.items()))
-            if err.code >= 500:
-                raise _Retryable(f"HTTP {err.code}: {_detail(answer)}") from None
+        # A round trip is three requests: one kept-alive connection saves two TLS handshakes
+        # on each side. A reused connection the server has since closed is reopened at once.
+        for fresh in (False, True):
+            connection, reused = self._connection(fresh)
+            try:
+                connection.request(method, self._base_path + path, body=body, headers=headers)
+                response = connection.getresponse()
+                answer = _Answer(response.status, response.read(), dict(response.getheaders()))
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._drop_connection()
+                if reused and not fresh:
+                    continue
+                raise _Retryable("the key broker closed the connection") from None
+            except (OSError, http.client.HTTPException) as err:
+                self._drop_connection()
+                if isinstance(err, ssl.SSLCertVerificationError):
+                    raise SealserveError(
+                        f"the key broker's TLS certificate is not trusted: {err.verify_message}",
+                        code=Code.UNAVAILABLE,
+                    ) from None
+                raise _Retryable(str(err) or type(err).__name__) from None
+            if response.will_close:
+                self._drop_connection()
+            if answer.status >= 500:
+                raise _Retryable(f"HTTP {answer.status}: {_detail(answer)}")
             return answer
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
-            reason = getattr(err, "reason", err)
-            if isinstance(reason, ssl.SSLCertVerificationError):
-                raise SealserveError(
-                    f"the key broker's TLS certificate is not trusted: {reason.verify_message}",
-                    code=Code.UNAVAILABLE,
-                ) from None
-            raise _Retryable(str(reason)) from None
+        raise _Retryable("the key broker closed the connection")
+
+    def _connection(self, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and not fresh:
+            return connection, True
+        if self._context is not None:
+            connection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=self._context
+            )
+        else:
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        self._local.connection = connection
+        return connection, False
+
+    def _drop_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+        self._local.connection = None
 
     def call(
         self,
