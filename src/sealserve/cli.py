@@ -502,7 +502,12 @@ def _launch_config(args: argparse.Namespace) -> dict[str, object]:
     """What the simulated measurement covers: every serve flag as given (as Gramine fixes a
     server's arguments in its manifest, so that the host cannot change them)."""
     skip = {"run", "debug"}
-    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    # canonical JSON has no floats (their text is not unique): render them as text
+    return {
+        k: repr(v) if isinstance(v, float) else v
+        for k, v in sorted(vars(args).items())
+        if k not in skip
+    }
 
 
 def _measure(args: argparse.Namespace) -> None:
