@@ -44,13 +44,18 @@ def sealserve(*args: object) -> None:
     subprocess.run(command, check=True, capture_output=True, text=True)
 
 
-def client(url: str, ca: str, sim_dir: str, seconds: float, start_at: float,
-           results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def client(
+    url: str, ca: str, sim_dir: str, seconds: float, start_at: float, results: multiprocessing.Queue
+) -> None:  # type: ignore[type-arg]
     from sealserve.attestation import SimAttester
     from sealserve.kbs.client import KbsKeyProvider
 
-    provider = KbsKeyProvider(url, ca, SimAttester(sim_dir, mr_enclave=MR_ENCLAVE),
-                              resource_for_model=lambda name: RESOURCE)
+    provider = KbsKeyProvider(
+        url,
+        ca,
+        SimAttester(sim_dir, mr_enclave=MR_ENCLAVE),
+        resource_for_model=lambda name: RESOURCE,
+    )
     provider.key_for("warm-up")
     time.sleep(max(0.0, start_at - time.time()))
     latencies, failures = [], 0
@@ -82,32 +87,73 @@ def main() -> int:
         sealserve("kbs", "init", work / "kbs")
         tls = make_oneway("localhost", work / "tls", sans=["127.0.0.1"])
         port = free_port()
-        broker = subprocess.Popen([str(a) for a in [
-            Path(sys.executable).with_name("sealserve"), "kbs", "serve",
-            "--db", work / "kbs.db", "--master-key", work / "kbs" / "master.key",
-            "--signing-key", work / "kbs" / "signing-key.pem",
-            "--admin-token-file", work / "kbs" / "admin.token",
-            "--collateral", work / "sim" / "collateral.json",
-            "--insecure-trust-sim-root", work / "sim",
-            "--tls-cert", tls.server_cert, "--tls-key", tls.server_key, "--port", port]],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        broker = subprocess.Popen(
+            [
+                str(a)
+                for a in [
+                    Path(sys.executable).with_name("sealserve"),
+                    "kbs",
+                    "serve",
+                    "--db",
+                    work / "kbs.db",
+                    "--master-key",
+                    work / "kbs" / "master.key",
+                    "--signing-key",
+                    work / "kbs" / "signing-key.pem",
+                    "--admin-token-file",
+                    work / "kbs" / "admin.token",
+                    "--collateral",
+                    work / "sim" / "collateral.json",
+                    "--insecure-trust-sim-root",
+                    work / "sim",
+                    "--tls-cert",
+                    tls.server_cert,
+                    "--tls-key",
+                    tls.server_key,
+                    "--port",
+                    port,
+                ]
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert broker.stdout is not None and "https://" in broker.stdout.readline()
         url = f"https://127.0.0.1:{port}"
-        admin = ["--url", url, "--ca", tls.server_cert, "--admin-token-file",
-                 work / "kbs" / "admin.token"]
+        admin = [
+            "--url",
+            url,
+            "--ca",
+            tls.server_cert,
+            "--admin-token-file",
+            work / "kbs" / "admin.token",
+        ]
         secret = work / "secret"
         secret.write_bytes(os.urandom(16))
         sealserve("kbs", "secret", "put", RESOURCE, "--file", secret, *admin)
         policy = work / "policy.toml"
-        policy.write_text(f'tee = ["sim"]\n[[sim]]\nmr_enclave = ["{MR_ENCLAVE.hex()}"]\n'
-                          'mr_signer = "any"\nisv_prod_id = [0]\n')
+        policy.write_text(
+            f'tee = ["sim"]\n[[sim]]\nmr_enclave = ["{MR_ENCLAVE.hex()}"]\n'
+            'mr_signer = "any"\nisv_prod_id = [0]\n'
+        )
         sealserve("kbs", "policy", "set", RESOURCE, policy, *admin)
 
         results: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
         start_at = time.time() + 3
-        workers = [multiprocessing.Process(target=client, args=(
-            url, str(tls.server_cert), str(work / "sim"), args.seconds, start_at, results))
-            for _ in range(args.clients)]
+        workers = [
+            multiprocessing.Process(
+                target=client,
+                args=(
+                    url,
+                    str(tls.server_cert),
+                    str(work / "sim"),
+                    args.seconds,
+                    start_at,
+                    results,
+                ),
+            )
+            for _ in range(args.clients)
+        ]
         for worker in workers:
             worker.start()
         latencies: list[float] = []
@@ -128,18 +174,34 @@ def main() -> int:
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0] * 99
     p50, p99 = quantiles[49] * 1000, quantiles[98] * 1000
     passed = rate >= TARGET_PER_SECOND and failures == 0
-    print(f"{len(latencies)} attest-and-release round trips in {args.seconds:g} s, "
-          f"{args.clients} client processes, {failures} failed\n")
+    print(
+        f"{len(latencies)} attest-and-release round trips in {args.seconds:g} s, "
+        f"{args.clients} client processes, {failures} failed\n"
+    )
     print("| measure | value | target | status |\n| --- | ---: | --- | --- |")
-    print(f"| round trips / s | {rate:.0f} | ≥ {TARGET_PER_SECOND} | "
-          f"{'pass' if passed else '**FAIL**'} |")
+    print(
+        f"| round trips / s | {rate:.0f} | ≥ {TARGET_PER_SECOND} | "
+        f"{'pass' if passed else '**FAIL**'} |"
+    )
     print(f"| latency p50 | {p50:.1f} ms | — | — |")
     print(f"| latency p99 | {p99:.1f} ms | — | — |")
     if args.json:
-        args.json.write_text(json.dumps({
-            "round_trips": len(latencies), "seconds": args.seconds, "clients": args.clients,
-            "failures": failures, "per_second": rate, "p50_ms": p50, "p99_ms": p99,
-            "passed": passed}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "round_trips": len(latencies),
+                    "seconds": args.seconds,
+                    "clients": args.clients,
+                    "failures": failures,
+                    "per_second": rate,
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "passed": passed,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0 if passed else 1
 
 

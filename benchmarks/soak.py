@@ -30,8 +30,13 @@ from pathlib import Path
 
 MALFORMED_SHARE = 0.1
 BAD_BODIES = [
-    b"{", b"[]", b'{"instances": []}', b'{"instances": ["a"]}', b'{"inputs": {"z": [1.0]}}',
-    b'{"instances": [[1.0], [1.0, 2.0]]}', b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b"{",
+    b"[]",
+    b'{"instances": []}',
+    b'{"instances": ["a"]}',
+    b'{"inputs": {"z": [1.0]}}',
+    b'{"instances": [[1.0], [1.0, 2.0]]}',
+    b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}",
 ]
 
 
@@ -59,13 +64,16 @@ def prepare(work: Path) -> tuple[Path, Path]:
     key.chmod(0o600)
     encrypt_tree(plain, str(work / "models" / "hpt" / "1"), key.read_bytes())
     batching = work / "batching.cfg"
-    batching.write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\n"
-                        "max_enqueued_batches { value: 1000 }\nnum_batch_threads { value: 2 }\n")
+    batching.write_text(
+        "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\n"
+        "max_enqueued_batches { value: 1000 }\nnum_batch_threads { value: 2 }\n"
+    )
     return key, batching
 
 
-async def drive(rest_port: int, grpc_port: int, clients: int, seconds: float,
-                counts: Counter[str]) -> None:
+async def drive(
+    rest_port: int, grpc_port: int, clients: int, seconds: float, counts: Counter[str]
+) -> None:
     import aiohttp
     import grpc
     import numpy as np
@@ -84,8 +92,11 @@ async def drive(rest_port: int, grpc_port: int, clients: int, seconds: float,
                 body = rng.choice(BAD_BODIES)
                 async with session.post(url, data=body) as response:
                     await response.read()
-                    kind = "malformed REST: 4xx" if 400 <= response.status < 500 else \
-                        f"malformed REST: UNEXPECTED {response.status}"
+                    kind = (
+                        "malformed REST: 4xx"
+                        if 400 <= response.status < 500
+                        else f"malformed REST: UNEXPECTED {response.status}"
+                    )
                 counts[kind] += 1
                 continue
             x = rng.random() * 10
@@ -137,12 +148,21 @@ def main() -> int:
         key, batching = prepare(work)
         rest_port, grpc_port = free_port(), free_port()
         sealserve = Path(sys.executable).with_name("sealserve")
-        server = subprocess.Popen([
-            sealserve, "serve", "--model_name=hpt", f"--model_base_path={work / 'models' / 'hpt'}",
-            f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--bind_address=127.0.0.1",
-            f"--model_key=hpt={key}", "--enable_batching",
-            f"--batching_parameters_file={batching}",
-        ], stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                sealserve,
+                "serve",
+                "--model_name=hpt",
+                f"--model_base_path={work / 'models' / 'hpt'}",
+                f"--port={grpc_port}",
+                f"--rest_api_port={rest_port}",
+                "--bind_address=127.0.0.1",
+                f"--model_key=hpt={key}",
+                "--enable_batching",
+                f"--batching_parameters_file={batching}",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         wait_until_serving(rest_port)
         warmup: Counter[str] = Counter()
         asyncio.run(drive(rest_port, grpc_port, args.clients, 10, warmup))
@@ -159,22 +179,38 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     growth = rss_end / rss_start - 1
-    unexpected = {k: v for k, v in counts.items() if "FAILED" in k or "UNEXPECTED" in k
-                  or "WRONG" in k}
+    unexpected = {
+        k: v for k, v in counts.items() if "FAILED" in k or "UNEXPECTED" in k or "WRONG" in k
+    }
     served = sum(counts.values())
-    print(f"{served} requests in {elapsed:.0f} s ({served / elapsed:.0f}/s), "
-          f"{args.clients} concurrent clients")
+    print(
+        f"{served} requests in {elapsed:.0f} s ({served / elapsed:.0f}/s), "
+        f"{args.clients} concurrent clients"
+    )
     print("| outcome | requests |\n| --- | ---: |")
     for kind, count in sorted(counts.items()):
         print(f"| {kind} | {count} |")
-    print(f"\nresident memory: {rss_start / 2**20:.0f} MiB after warm-up, "
-          f"{rss_end / 2**20:.0f} MiB at the end ({growth:+.1%}; target < +10%)")
+    print(
+        f"\nresident memory: {rss_start / 2**20:.0f} MiB after warm-up, "
+        f"{rss_end / 2**20:.0f} MiB at the end ({growth:+.1%}; target < +10%)"
+    )
     passed = not unexpected and growth < 0.10
     print("PASS" if passed else f"FAIL: {unexpected or 'memory growth'}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "seconds": elapsed, "clients": args.clients, "outcomes": dict(counts),
-            "rss_start": rss_start, "rss_end": rss_end, "passed": passed}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "seconds": elapsed,
+                    "clients": args.clients,
+                    "outcomes": dict(counts),
+                    "rss_start": rss_start,
+                    "rss_end": rss_end,
+                    "passed": passed,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0 if passed else 1
 
 
