@@ -216,8 +216,8 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
-        await self.start()
-        try:
+        try:  # a failed start (e.g. a port in use) still stops what did start
+            await self.start()
             await self._stopping.wait()
         finally:
             log.warning("shutting down")
