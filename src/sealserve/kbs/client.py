@@ -11,6 +11,13 @@ Failures: 401/403 from the KBS → `KbsDenied` (PERMISSION_DENIED) carrying the 
 404 → `NotFound`; connection errors and 5xx → retried with exponential backoff (`sleep`
 injectable), then `SealserveError(UNAVAILABLE)`.
 
+Several KBS replicas: a session lives in the memory of the KBS process that answered `auth`.
+When a later step of the handshake had to go over a new connection (the KBS died, or closed
+the connection, and a load balancer may have picked another replica) and is refused with 401
+(unknown session, nonce already used), the handshake starts again from `auth` with a fresh
+ephemeral key, after the same backoff, up to `attempts` handshakes. A 401 over the connection
+that carried `auth` comes from the KBS that holds the session: final, never retried.
+
 HTTPS only unless the URL says `http://` (the KBS's `--insecure-http` counterpart); the KBS's
 certificate is checked against `ca_pem` (a PEM file path), or the system roots if None.
 
@@ -81,6 +88,14 @@ class _Answer:
 
 class _Retryable(Exception):
     pass
+
+
+class _SessionLost(Exception):
+    """A 401 over another connection than `auth`'s: maybe another KBS, start again."""
+
+    def __init__(self, denied: KbsDenied) -> None:
+        super().__init__(denied.reason)
+        self.denied = denied
 
 
 class KbsClient:
@@ -159,7 +174,13 @@ class KbsClient:
         else:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         self._local.connection = connection
+        self._local.opened = self._connections_opened() + 1
         return connection, False
+
+    def _connections_opened(self) -> int:
+        """How many connections this thread has opened: a change between two requests means
+        the second may have reached another KBS process than the first."""
+        return int(getattr(self._local, "opened", 0))
 
     def _drop_connection(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -209,6 +230,27 @@ class KbsClient:
     def fetch_resource(self, attester: Attester, resource: str) -> bytes:
         """The full flow for one resource; returns its plaintext."""
         resource = check_resource_path(resource)
+        delay = self.backoff
+        for handshake in range(1, self.attempts + 1):
+            try:
+                return self._handshake(attester, resource)
+            except _SessionLost as lost:
+                if handshake == self.attempts:
+                    raise lost.denied from None
+                log.warning(
+                    "key broker %s no longer knows the session (%s); new handshake %d/%d in %.1f s",
+                    self.url,
+                    lost.denied.reason,
+                    handshake,
+                    self.attempts - 1,
+                    delay,
+                )
+                self._sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _handshake(self, attester: Attester, resource: str) -> bytes:
+        """auth → attest → resource with a fresh ephemeral key."""
         key = ECKey.generate_key("P-256")
         jwk = tee_pubkey_jwk(key)
         answer = self.call(
@@ -217,6 +259,7 @@ class KbsClient:
             json_body={"version": PROTOCOL_VERSION, "tee": attester.tee, "extra-params": ""},
         )
         _raise_for(answer, "auth", resource)
+        session_connection = self._connections_opened()
         cookie = _session_cookie(answer)
         challenge = Challenge.parse(answer.body)
         evidence = attester.evidence(report_data_for(challenge.nonce, jwk))
@@ -227,9 +270,9 @@ class KbsClient:
         answer = self.call(
             "POST", "/kbs/v0/attest", json_body=attestation.to_json(), headers=cookie_header
         )
-        _raise_for(answer, "attestation", resource)
+        self._raise_in_session(answer, "attestation", resource, session_connection)
         answer = self.call("GET", f"/kbs/v0/resource/{resource}", headers=cookie_header)
-        _raise_for(answer, "release", resource)
+        self._raise_in_session(answer, "release", resource, session_connection)
         try:
             return bytes(
                 jwe.decrypt_compact(answer.body, key, algorithms=_JWE_ALGS).plaintext or b""
@@ -240,6 +283,16 @@ class KbsClient:
                 f"the key broker's answer for {resource} cannot be decrypted",
                 code=Code.DATA_LOSS,
             ) from None
+
+    def _raise_in_session(
+        self, answer: _Answer, step: str, resource: str, session_connection: int
+    ) -> None:
+        try:
+            _raise_for(answer, step, resource)
+        except KbsDenied as denied:
+            if denied.status == 401 and self._connections_opened() != session_connection:
+                raise _SessionLost(denied) from None
+            raise
 
 
 def _detail(answer: _Answer) -> str:
