@@ -1,10 +1,14 @@
 """`make demo`: the confidential-serving flow end to end on local defaults, narrated.
 
-The owner makes a model and a key, encrypts the model, and makes mutual-TLS certificates; a
-server runs `sealserve serve` with the seed's flags and decrypts the model in memory only; a
-requester predicts over REST and gRPC. Each step prints the command it runs (copy-paste-able)
-and runs it for real. Everything lives under `.demo/` in the current directory, recreated at
-each run; the server is stopped at the end, whatever happens.
+The owner makes three models (half_plus_two, digits, ResNet-50), a wrap key per model and
+mutual-TLS certificates, and encrypts the models and the server's ssl.cfg; a key broker (KBS)
+on a simulated TEE releases each key only to a server whose measured code and flags the owner
+pinned; one `sealserve serve` with the seed's flags attests, receives the keys and decrypts
+the models in memory only; a requester predicts half_plus_two over REST and gRPC, classifies
+held-out digits (accuracy printed) and runs the benchmark client on ResNet-50; a server with
+modified code is refused its key. Each step prints the command it runs (copy-paste-able) and
+runs it for real. Everything lives under `.demo/` in the current directory, recreated at each
+run; every server is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -26,6 +31,16 @@ from typing import Any
 
 SEALSERVE = str(Path(sys.executable).with_name("sealserve"))
 
+#: served name → `sealserve models make` name; ResNet-50 is served under the Intel model's name
+MODELS = {
+    "half_plus_two": "half_plus_two",
+    "digits": "digits",
+    "resnet50-v15-fp32": "resnet50",
+}
+MIN_DIGITS_ACCURACY = 0.95
+#: the benchmark client's run on ResNet-50: a few seconds on two cores
+BENCHMARK_FLAGS = ["-batch", "1", "-cnum", "2", "-loop", "16", "--warmup", "1", "-q"]
+
 
 class DemoFailed(Exception):
     pass
@@ -35,17 +50,33 @@ def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def sealserve(*args: str, expect_failure: bool = False, quiet: bool = False) -> str:
+def sealserve(
+    *args: str,
+    expect_failure: bool = False,
+    quiet: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> str:
     """Run the real CLI, echoing the command as a user would type it (and, unless `quiet`,
-    what it printed)."""
-    print("$ sealserve " + " ".join(shlex.quote(a) for a in args), flush=True)
-    result = subprocess.run([SEALSERVE, *args], capture_output=True, text=True)
+    what it printed); `env`: variables set for this command only."""
+    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+    print(f"$ {prefix}sealserve " + " ".join(shlex.quote(a) for a in args), flush=True)
+    try:
+        result = subprocess.run(
+            [SEALSERVE, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env} if env else None,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise DemoFailed(f"`sealserve {args[0]}` still ran after {timeout} s") from None
     shown = (result.stdout + result.stderr).strip()
     if shown and not quiet:
         print("  " + shown.replace("\n", "\n  "), flush=True)
     if (result.returncode != 0) != expect_failure:
         raise DemoFailed(f"`sealserve {' '.join(args)}` exited with {result.returncode}")
-    return result.stdout
+    return result.stdout + (result.stderr if expect_failure else "")
 
 
 def tree_digest(root: Path) -> str:
@@ -60,26 +91,39 @@ def run(work: Path) -> None:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    plain = work / "plain" / "half_plus_two" / "1"
-    key = work / "keys" / "half_plus_two.key"
-    encrypted = work / "models" / "half_plus_two" / "1"
+    plain = {name: work / "plain" / name / "1" for name in MODELS}
+    keys = {name: work / "keys" / f"{name}.key" for name in MODELS}
+    encrypted = {name: work / "models" / name / "1" for name in MODELS}
     certs = work / "ssl_configure"
 
-    step("1. The model owner generates a SavedModel (TF Serving's half_plus_two)")
-    sealserve("models", "make", "half_plus_two", str(plain))
+    step(
+        "1. The model owner generates three SavedModels: TF Serving's half_plus_two, a digits "
+        "classifier (trained now on scikit-learn's bundled digits) and ResNet-50 (random "
+        "weights, the Intel model's interface)"
+    )
+    for name, maker in MODELS.items():
+        sealserve("models", "make", maker, str(plain[name]))
 
-    step("2. ... and a wrap key that only a verified TEE will ever receive")
-    sealserve("keygen", "-w", str(key))
+    step("2. ... and a wrap key per model, which only a verified TEE will ever receive")
+    for name in MODELS:
+        sealserve("keygen", "-w", str(keys[name]))
 
-    step("3. Every file of the model is encrypted (Gramine's format) plus a manifest")
-    sealserve("encrypt", "-w", str(key), "-i", str(plain), "-o", str(encrypted))
-    leaked = [p for p in encrypted.rglob("*") if p.is_file() and b"serving" in p.read_bytes()]
-    if leaked:
-        raise DemoFailed(f"plaintext visible in {leaked[0]}")
-    print("  (no file of the encrypted tree contains any of the model's plaintext)")
-    sealserve("verify", "-w", str(key), str(encrypted))
+    step("3. Every file of every model is encrypted (Gramine's format) plus a manifest")
+    for name in MODELS:
+        sealserve(
+            "encrypt", "-w", str(keys[name]), "-i", str(plain[name]), "-o", str(encrypted[name])
+        )
+    for name in MODELS:
+        leaked = [
+            p for p in encrypted[name].rglob("*") if p.is_file() and b"serving" in p.read_bytes()
+        ]
+        if leaked:
+            raise DemoFailed(f"plaintext visible in {leaked[0]}")
+    print("  (no file of the encrypted trees contains any of the models' plaintext)")
+    for name in MODELS:
+        sealserve("verify", "-w", str(keys[name]), str(encrypted[name]))
 
-    step("4. Mutual-TLS certificates; the server's ssl.cfg is encrypted with the model's key")
+    step("4. Mutual-TLS certificates; the server's ssl.cfg is encrypted with half_plus_two's key")
     sealserve(
         "certs",
         "twoway",
@@ -90,12 +134,12 @@ def run(work: Path) -> None:
         "--san",
         "127.0.0.1",
         "--encrypt-ssl-cfg",
-        str(key),
+        str(keys["half_plus_two"]),
     )
 
     step(
-        "5. A key broker (KBS) on a simulated TEE: it will release the model key only to a "
-        "server whose measured code and flags the owner pinned"
+        "5. A key broker (KBS, SQLite) trusting a freshly made simulated TEE root: it will "
+        "release a model key only to a server whose measured code and flags the owner pinned"
     )
     sealserve("sim", "init", str(work / "sim"))
     sealserve("kbs", "init", str(work / "kbs-keys"))
@@ -136,12 +180,25 @@ def run(work: Path) -> None:
             "--admin-token-file",
             str(work / "kbs-keys" / "admin.token"),
         ]
-        resource = "sealserve/model-key/half_plus_two"
-        sealserve("kbs", "secret", "put", resource, "--file", str(key), *admin)
+        # the server asks the KBS for the key of model NAME at sealserve/model-key/NAME
+        resources = {name: f"sealserve/model-key/{name}" for name in MODELS}
+        for name in MODELS:
+            sealserve("kbs", "secret", "put", resources[name], "--file", str(keys[name]), *admin)
+        model_config = work / "models.config"
+        model_config.write_text(
+            "model_config_list {\n"
+            + "".join(
+                f'  config {{ name: "{name}" base_path: "{encrypted[name].parent}" '
+                'model_platform: "tensorflow" }\n'
+                for name in MODELS
+            )
+            + "}\n"
+        )
+        print(f"  the server's {model_config} (TF Serving's ModelServerConfig):")
+        print("    " + model_config.read_text().strip().replace("\n", "\n    "))
         grpc_port, rest_port = free_port(), free_port()
         flags = [
-            "--model_name=half_plus_two",
-            f"--model_base_path={encrypted.parent}",
+            f"--model_config_file={model_config}",
             f"--port={grpc_port}",
             f"--rest_api_port={rest_port}",
             "--enable_model_warmup=true",
@@ -160,75 +217,65 @@ def run(work: Path) -> None:
             f'tee = ["sim"]\n[[sim]]\nmr_enclave = ["{mr_enclave}"]\n'
             'mr_signer = "any"\nisv_prod_id = [0]\n'
         )
-        sealserve("kbs", "policy", "set", resource, str(policy), *admin)
+        for name in MODELS:
+            sealserve("kbs", "policy", "set", resources[name], str(policy), *admin)
 
         step(
             "6. The server: the seed's tensorflow_model_server line with the program name "
-            "changed, and no key file: it attests to the KBS, gets the model key (and the "
-            "ssl.cfg's) and decrypts the model in memory only"
+            "changed, the three models in one --model_config_file, and no key file: it "
+            "attests to the KBS, gets the models' keys (and the ssl.cfg's) and decrypts the "
+            "models in memory only"
         )
-        server = start_process(
-            ["serve", *flags], work / "server.log", ready="serving half_plus_two"
-        )
+        server = start_process(["serve", *flags], work / "server.log", ready="serving ")
         try:
-            requester(certs, grpc_port, rest_port)
+            requester(work, certs, grpc_port, rest_port)
 
             step(
-                "8. A new version encrypted under a key the server does not have is "
+                "10. A new version encrypted under a key the server does not have is "
                 "refused; version 1 keeps serving"
             )
             other_key = work / "keys" / "other.key"
             sealserve("keygen", "-w", str(other_key))
             staging = work / "staging"
-            sealserve("encrypt", "-w", str(other_key), "-i", str(plain), "-o", str(staging))
-            staging.rename(encrypted.parent / "2")
+            sealserve(
+                "encrypt",
+                "-w",
+                str(other_key),
+                "-i",
+                str(plain["half_plus_two"]),
+                "-o",
+                str(staging),
+            )
+            staging.rename(encrypted["half_plus_two"].parent / "2")
             status = wait_for_failed_version(certs, rest_port, "2")
             print(f"  version 2: {status['state']}, {status['status']['error_message']}")
             print(f"  predictions still: {rest_predict(certs, rest_port, [1.0, 2.0, 5.0])}")
         finally:
             stop_process(server)
-        shutil.rmtree(encrypted.parent / "2", ignore_errors=True)
+        shutil.rmtree(encrypted["half_plus_two"].parent / "2", ignore_errors=True)
 
         step(
-            "9. A second server launched with one flag changed measures differently: the "
-            "KBS refuses it the key and says why"
+            "11. A second server started with modified code (one line added to the installed "
+            "package) and the very same flags measures differently: the KBS refuses it the "
+            "key and says why"
         )
-        other_grpc, other_rest = free_port(), free_port()
-        changed = [
-            f.replace(f"--port={grpc_port}", f"--port={other_grpc}")
-            .replace(f"--rest_api_port={rest_port}", f"--rest_api_port={other_rest}")
-            .replace("--enable_model_warmup=true", "--enable_model_warmup=false")
-            for f in flags
-            if not f.startswith("--ssl_config")
-        ]
-        refused = start_process(["serve", *changed], work / "server2.log", ready="serving ")
-        try:
-            status = wait_for_failed_version(None, other_rest, "1")
-            print(
-                f"  version 1: {status['state']}, {status['status']['error_code']}: "
-                f"{status['status']['error_message']}"
-            )
-            if status["status"]["error_code"] != "PERMISSION_DENIED":
-                raise DemoFailed("the modified server was not refused by the KBS")
-        finally:
-            stop_process(refused)
+        refuse_modified_server(work, flags, mr_enclave)
         print("  the KBS's audit log (hash-chained) of its release decisions:")
-        for line in sealserve(
-            "kbs", "audit", "--resource", resource, *admin, quiet=True
-        ).splitlines():
+        for line in sealserve("kbs", "audit", *admin, quiet=True).splitlines():
             if line.startswith("{") and '"release"' in line:
                 record = json.loads(line)
                 print(
-                    f"    {record['decision']:8} tee={record['tee']} "
+                    f"    {record['decision']:8} {record['resource']:38} tee={record['tee']} "
                     f"mr_enclave={record['measurements'].get('mr_enclave', '')[:16]}… "
                     f"{record['reason']}"
                 )
     finally:
         stop_process(broker)
 
-    step("10. Tampering is caught and named: a file swapped for another")
+    key = keys["half_plus_two"]
+    step("12. Tampering is caught and named: a file swapped for another")
     tampered = work / "tampered" / "1"
-    shutil.copytree(encrypted, tampered)
+    shutil.copytree(encrypted["half_plus_two"], tampered)
     index = tampered / "variables" / "variables.index"
     data = tampered / "variables" / "variables.data-00000-of-00001"
     index_bytes, data_bytes = index.read_bytes(), data.read_bytes()
@@ -236,25 +283,42 @@ def run(work: Path) -> None:
     data.write_bytes(index_bytes)
     sealserve("verify", "-w", str(key), str(tampered), expect_failure=True)
 
-    step("11. Rotating the wrap key rewrites only each file's 4 KiB metadata node")
+    step("13. Rotating the wrap key rewrites only each file's 4 KiB metadata node")
     new_key = work / "keys" / "half_plus_two.next.key"
     sealserve("keygen", "-w", str(new_key))
     rotated = work / "rotated" / "half_plus_two" / "1"
     sealserve(
-        "rekey", "-w", str(key), "--new-key", str(new_key), "-i", str(encrypted), "-o", str(rotated)
+        "rekey",
+        "-w",
+        str(key),
+        "--new-key",
+        str(new_key),
+        "-i",
+        str(encrypted["half_plus_two"]),
+        "-o",
+        str(rotated),
     )
     sealserve("verify", "-w", str(new_key), str(rotated))
 
-    step("12. The owner can always get the exact original back")
+    step("14. The owner can always get the exact original back")
     decrypted = work / "decrypted"
     sealserve("decrypt", "-w", str(new_key), "-i", str(rotated), "-o", str(decrypted))
-    if tree_digest(decrypted) != tree_digest(plain):
+    if tree_digest(decrypted) != tree_digest(plain["half_plus_two"]):
         raise DemoFailed("decrypted tree differs from the original")
     print("  the decrypted tree is byte-identical to the original SavedModel")
 
 
-def requester(certs: Path, grpc_port: int, rest_port: int) -> None:
-    step("7. The requester predicts over REST and gRPC, both with mutual TLS")
+def requester(work: Path, certs: Path, grpc_port: int, rest_port: int) -> None:
+    tls = [
+        "--ca",
+        str(certs / "ca_cert.pem"),
+        "--cert",
+        str(certs / "client" / "cert.pem"),
+        "--key",
+        str(certs / "client" / "key.pem"),
+    ]
+
+    step("7. The requester predicts half_plus_two over REST and gRPC, both with mutual TLS")
     print(
         f"$ curl --cacert {certs}/ca_cert.pem --cert {certs}/client/cert.pem "
         f"--key {certs}/client/key.pem -d '{{\"instances\": [1.0, 2.0, 5.0]}}' "
@@ -274,6 +338,96 @@ def requester(certs: Path, grpc_port: int, rest_port: int) -> None:
         print(f"  a client without a certificate is refused ({type(exc).__name__})")
     else:
         raise DemoFailed("a client without a certificate was served")
+
+    step(
+        "8. The requester classifies the held-out digits (every fifth image of scikit-learn's "
+        "set, never seen in training) over gRPC with mutual TLS"
+    )
+    import numpy as np
+
+    from sealserve.tools.models import digits_dataset
+
+    _, _, test_images, test_labels = digits_dataset()
+    images = work / "requester" / "digits-test-images.npy"
+    images.parent.mkdir(parents=True, exist_ok=True)
+    np.save(images, test_images)
+    np.save(images.with_name("digits-test-labels.npy"), test_labels)
+    answer = sealserve(
+        "predict",
+        "--grpc",
+        f"localhost:{grpc_port}",
+        "-m",
+        "digits",
+        "--npy",
+        f"image={images}",
+        *tls,
+        quiet=True,
+    )
+    classes = np.asarray(json.loads(answer)["outputs"]["classes"], dtype=np.int64)
+    if classes.shape != test_labels.shape:
+        raise DemoFailed(f"{classes.shape[0]} classes for {test_labels.shape[0]} images")
+    correct = int((classes == test_labels).sum())
+    accuracy = correct / len(test_labels)
+    print(f"  classes: {classes[:20].tolist()} … (labels: {test_labels[:20].tolist()} …)")
+    print(f"  accuracy on {len(test_labels)} held-out digits: {accuracy:.3f} ({correct} correct)")
+    if accuracy < MIN_DIGITS_ACCURACY:
+        raise DemoFailed(f"digits accuracy {accuracy:.3f} is below {MIN_DIGITS_ACCURACY}")
+
+    step(
+        "9. The requester runs the benchmark client (the seed's resnet_client_grpc) on "
+        "ResNet-50 over gRPC with mutual TLS"
+    )
+    sealserve(
+        "client",
+        "-url",
+        f"localhost:{grpc_port}",
+        "-ca",
+        str(certs / "ca_cert.pem"),
+        "-crt",
+        str(certs / "client" / "cert.pem"),
+        "-key",
+        str(certs / "client" / "key.pem"),
+        "--model_name",
+        "resnet50-v15-fp32",
+        *BENCHMARK_FLAGS,
+    )
+
+
+def refuse_modified_server(work: Path, flags: list[str], mr_enclave: str) -> None:
+    """Serve with a copy of the installed package that has one line added (first on
+    PYTHONPATH) and the same flags: the KBS must refuse the ssl.cfg's key, naming why."""
+    import sealserve as package
+
+    installed = Path(package.__file__).resolve().parent
+    modified = work / "modified-code"
+    loader = modified / "sealserve" / "serving" / "loader.py"
+    line = "# a line the model owner never reviewed"
+    print(
+        f"$ cp -r {shlex.quote(str(display_path(installed)))} {modified}/ && "
+        f"echo '{line}' >> {loader}"
+    )
+    shutil.copytree(
+        installed,
+        modified / "sealserve",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    with open(loader, "a") as f:
+        f.write(f"\n{line}\n")
+    env = {"PYTHONPATH": str(modified)}
+    other = sealserve("measure", *flags, env=env, quiet=True).strip()
+    print(f"  mr_enclave {other[:16]}… instead of the pinned {mr_enclave[:16]}…")
+    if other == mr_enclave:
+        raise DemoFailed("the modified code measures the same")
+    said = sealserve("serve", *flags, env=env, expect_failure=True, timeout=120)
+    if "key broker denied" not in said or "not in the policy's list" not in said:
+        raise DemoFailed("the modified server was not refused by the KBS")
+
+
+def display_path(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def free_port() -> int:
@@ -296,7 +450,7 @@ def start_process(args: list[str], log_path: Path, ready: str) -> subprocess.Pop
         if process.poll() is not None:
             raise DemoFailed(f"the server exited: {text.strip()}")
         time.sleep(0.2)
-    process.kill()
+    stop_process(process)
     raise DemoFailed(f"`sealserve {args[0]}` did not start within 120 s")
 
 
@@ -306,6 +460,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
     print(f"  (stopped {' '.join(map(str, process.args[1:3]))})")  # type: ignore[index]
 
 
@@ -331,14 +486,12 @@ def rest_predict(
         return [float(v) for v in json.loads(response.read())["predictions"]]
 
 
-def wait_for_failed_version(certs: Path | None, port: int, version: str) -> dict[str, Any]:
-    """The status of a version once it has ended (over plain HTTP when `certs` is None)."""
-    scheme = "https" if certs else "http"
-    url = f"{scheme}://localhost:{port}/v1/models/half_plus_two"
-    context = tls_context(certs) if certs else None
+def wait_for_failed_version(certs: Path, port: int, version: str) -> dict[str, Any]:
+    """The status of a version of half_plus_two once it has ended."""
+    url = f"https://localhost:{port}/v1/models/half_plus_two"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=30, context=context) as response:
+        with urllib.request.urlopen(url, timeout=30, context=tls_context(certs)) as response:
             for status in json.loads(response.read())["model_version_status"]:
                 if status["version"] == version and status["state"] == "END":
                     return dict(status)
