@@ -1,12 +1,14 @@
 # Two commands do all the set-up on a fresh machine (python3, pip, make, git):
 #   make demo   create .venv, install, run the confidential-serving flow end to end
 #   make test   install what the tests need and run the whole suite
+#   make cluster-demo   two KBS on one PostgreSQL, three attested replicas behind nginx, killed
+#                       and restarted under load (needs root or sudo for the Debian packages)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 BENCH_VENV := .venv-bench
 
-.PHONY: install test demo bench bench-deps bench-serving lint clean
+.PHONY: install test demo cluster-demo system-deps bench bench-deps bench-serving lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +22,38 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-postgres: $(VENV)/.installed
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[postgres]'
+	touch $@
+
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed-test
+# Debian packages of tests/test_cluster.py and `make cluster-demo`, installed when missing:
+# nginx with its stream module (nginx-light builds it as a separate module package) and the
+# PostgreSQL server. The package lists are refreshed only if a first attempt fails.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
+
+system-deps:
+	@nginx=$$(command -v nginx || echo /usr/sbin/nginx); missing=""; \
+	if ! test -x $$nginx; then missing="nginx-light libnginx-mod-stream"; \
+	elif $$nginx -V 2>&1 | grep -q -- '--with-stream=dynamic' && \
+	     ! test -e /usr/lib/nginx/modules/ngx_stream_module.so; then missing="libnginx-mod-stream"; fi; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	    missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    $(APT_INSTALL) $$missing || { $(SUDO) apt-get update -q && $(APT_INSTALL) $$missing; }; \
+	fi
+
+test: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m pytest
 
 demo: install
 	$(BIN)/python -m sealserve.tools.demo
+
+cluster-demo: $(VENV)/.installed-postgres system-deps
+	$(BIN)/python -m sealserve.tools.cluster
 
 # KServe, the reference server of benchmarks/serving.py, in a venv of its own: kserve needs
 # protobuf<7, the project >=7. It gets pyproject.toml's `bench` extra and the project's own
@@ -54,4 +81,4 @@ lint: install
 	$(BIN)/mypy src
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .demo .pytest_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) .demo .cluster-demo .pytest_cache .hypothesis
