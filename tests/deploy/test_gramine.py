@@ -1,0 +1,407 @@
+"""deploy/gramine: the manifest template renders to a production SGX manifest whose settings keep
+the host out (fixed argv and env, DCAP, no debug, nothing insecure, all code and configuration
+measured, only the encrypted models unmeasured), and the Makefile drives gramine's tools with
+every variable the template needs.
+
+Rendered with Jinja2 as `gramine-manifest` does (StrictUndefined) with the variables the
+Makefile passes, including the real paths of the interpreter running these tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jinja2
+import jinja2.meta
+import pytest
+
+import sealserve
+from sealserve.attestation import Policy
+from sealserve.cli import build_parser
+from tests.deploy.common import GRAMINE, load_script
+
+TEMPLATE = GRAMINE / "sealserve.manifest.template"
+LIBOS = "/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so"
+RUNTIME = "/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc"
+CONFIG_DIR = "/etc/sealserve"
+MODELS_DIR = "/models"
+KEY_BROKER = "https://sealserve-kbs.sealserve.svc:8080"
+MR_ENCLAVE = "3f" * 32
+MR_SIGNER = "a1" * 32
+
+helper = load_script(GRAMINE / "gramine_helper.py")
+
+
+def _gramine_stub() -> SimpleNamespace:
+    """What `gramine-manifest` provides to templates (its man page: gramine.libos, runtimedir)."""
+    return SimpleNamespace(libos=LIBOS, runtimedir=lambda libc="glibc": RUNTIME)
+
+
+def make_defaults() -> dict[str, str]:
+    """The -D options the Makefile passes besides the interpreter's, with its defaults."""
+    text = (GRAMINE / "Makefile").read_text()
+    defaults = dict(re.findall(r"^([A-Z_]+) \?= (.*)$", text, re.M))
+    options = dict(re.findall(r"-D(\w+)=\$\((\w+)\)", text))
+    assert options, "no -D options found in the Makefile"
+    values = {
+        "CONFIG_DIR": CONFIG_DIR,
+        "MODELS_DIR": MODELS_DIR,
+        "KEY_BROKER": KEY_BROKER,
+        "SSL_CONFIG_KEY": "half_plus_two",
+    }
+    return {name: values.get(var, defaults.get(var, "")) for name, var in options.items()}
+
+
+def variables(**overrides: str) -> dict[str, Any]:
+    found = {**helper.python_defines(), **make_defaults(), **overrides}
+    return {"gramine": _gramine_stub(), **found}
+
+
+def render(**overrides: str) -> dict[str, Any]:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    text = env.from_string(TEMPLATE.read_text()).render(**variables(**overrides))
+    return tomllib.loads(text)
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict[str, Any]:
+    return render()
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        out = []
+        for key, value in node.items():
+            out.append(prefix + key)
+            out.extend(_keys(value, prefix + key + "."))
+        return out
+    return []
+
+
+def _uris(entries: list[Any]) -> list[str]:
+    return [e if isinstance(e, str) else e["uri"] for e in entries]
+
+
+def _covered(path: str, uris: list[str]) -> bool:
+    """Whether a trusted/allowed list covers `path` (a file entry, or a directory entry `d/`)."""
+    for uri in uris:
+        assert uri.startswith("file:"), uri
+        entry = uri[len("file:") :]
+        if entry == path or (entry.endswith("/") and path.startswith(entry)):
+            return True
+    return False
+
+
+def _origin(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, module
+    return os.path.realpath(spec.origin)
+
+
+# --- the template and the Makefile agree -------------------------------------------------------
+
+
+def test_every_template_variable_is_supplied_by_the_makefile() -> None:
+    env = jinja2.Environment()
+    used = jinja2.meta.find_undeclared_variables(env.parse(TEMPLATE.read_text()))
+    supplied = set(helper.python_defines()) | set(make_defaults()) | {"gramine"}
+    assert used == supplied
+
+
+def test_a_missing_variable_fails_the_rendering() -> None:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    values = variables()
+    del values["key_broker"]
+    with pytest.raises(jinja2.UndefinedError):
+        env.from_string(TEMPLATE.read_text()).render(**values)
+
+
+# --- attestation and the enclave ---------------------------------------------------------------
+
+
+def test_production_enclave_with_dcap(manifest: dict[str, Any]) -> None:
+    sgx = manifest["sgx"]
+    assert sgx["remote_attestation"] == "dcap"
+    assert sgx["debug"] is False
+    assert "enable_stats" not in sgx and "profile" not in sgx and "vtune_profile" not in sgx
+    assert sgx["file_check_policy"] == "strict"
+    assert manifest["loader"]["log_level"] == "error"
+
+
+def test_no_insecure_option_anywhere(manifest: dict[str, Any]) -> None:
+    keys = _keys(manifest)
+    assert "loader.argv" in keys  # the walk sees nested keys
+    assert [k for k in keys if "insecure" in k] == []
+    assert "loader.argv_src_file" not in keys and "loader.env_src_file" not in keys
+
+
+def test_enclave_resources(manifest: dict[str, Any]) -> None:
+    sgx = manifest["sgx"]
+    assert sgx["enclave_size"] == "8G"
+    assert sgx["max_threads"] == 256
+    assert sgx["edmm_enable"] is False
+    assert sgx["isvprodid"] == 1 and sgx["isvsvn"] == 1
+    assert render(edmm="1")["sgx"]["edmm_enable"] is True
+
+
+def test_the_domain_names_of_the_host_are_sanitised_not_mounted(manifest: dict[str, Any]) -> None:
+    assert manifest["sys"]["enable_extra_runtime_domain_names_conf"] is True
+    paths = {m["path"] for m in manifest["fs"]["mounts"]}
+    assert "/etc" not in paths and "/" not in paths
+
+
+# --- what runs: entrypoints, argv, environment -------------------------------------------------
+
+
+def test_entrypoints(manifest: dict[str, Any]) -> None:
+    assert manifest["loader"]["entrypoint"]["uri"] == f"file:{LIBOS}"
+    python = os.path.realpath(sys.executable)
+    assert manifest["libos"]["entrypoint"] == python
+
+
+def test_argv_is_fixed_and_runs_sealserve_serve_with_the_key_broker(
+    manifest: dict[str, Any],
+) -> None:
+    argv = manifest["loader"]["argv"]
+    assert argv[0] == os.path.abspath(sys.executable)  # the environment's python (pyvenv.cfg)
+    assert Path(argv[1]).name == "sealserve" and argv[2] == "serve"
+    assert "--attestation=gramine" in argv
+    args = build_parser().parse_args(argv[2:])
+    assert args.attestation == "gramine"
+    assert args.key_broker == KEY_BROKER
+    assert args.key_broker_ca == f"{CONFIG_DIR}/kbs-ca.pem"
+    assert args.model_config_file == f"{CONFIG_DIR}/models.config"
+    assert args.ssl_config_file == f"{CONFIG_DIR}/ssl.cfg"
+    assert args.ssl_config_key == "half_plus_two"
+    assert (args.port, args.rest_api_port) == (8500, 8501)
+    assert args.model_key == []  # no key file: keys come from the KBS only
+
+
+def test_environment_is_fixed(manifest: dict[str, Any]) -> None:
+    env = manifest["loader"]["env"]
+    assert env and all(isinstance(v, str) for v in env.values()), env  # no passthrough tables
+    for name in ("LD_PRELOAD", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONINSPECT"):
+        assert name not in env
+    assert env["LD_LIBRARY_PATH"].split(":")[0] == "/lib"  # Gramine's patched glibc first
+
+
+# --- what is measured --------------------------------------------------------------------------
+
+
+def test_code_is_trusted(manifest: dict[str, Any]) -> None:
+    trusted = _uris(manifest["sgx"]["trusted_files"])
+    must = {
+        "libos": LIBOS,
+        "glibc": RUNTIME + "/libc.so.6",
+        "python": os.path.realpath(sys.executable),
+        "sealserve script": manifest["loader"]["argv"][1],
+        "sealserve package": os.path.realpath(sealserve.__file__),
+        "sealserve cli": os.path.realpath(Path(sealserve.__file__).with_name("cli.py")),
+        "stdlib": os.path.realpath(os.__file__),
+        "stdlib extension": _origin("_ctypes"),
+        "tensorflow": _origin("tensorflow"),
+        "grpc": _origin("grpc"),
+        "cryptography": _origin("cryptography"),
+    }
+    if sys.prefix != sys.base_prefix:
+        must["pyvenv.cfg"] = os.path.join(os.path.abspath(sys.prefix), "pyvenv.cfg")
+    missing = {what: path for what, path in must.items() if not _covered(path, trusted)}
+    assert missing == {}
+
+
+def test_configuration_is_trusted(manifest: dict[str, Any]) -> None:
+    trusted = _uris(manifest["sgx"]["trusted_files"])
+    args = build_parser().parse_args(manifest["loader"]["argv"][2:])
+    for path in (args.key_broker_ca, args.model_config_file, args.ssl_config_file):
+        assert _covered(path, trusted), path
+
+
+def test_only_the_encrypted_models_are_unmeasured(manifest: dict[str, Any]) -> None:
+    allowed = _uris(manifest["sgx"].get("allowed_files", []))
+    assert allowed == [f"file:{MODELS_DIR}/"]
+    trusted = _uris(manifest["sgx"]["trusted_files"])
+    for uri in trusted:  # no trusted file lies under an allowed directory, nor the reverse
+        assert not _covered(uri[len("file:") :].rstrip("/") + "/x", allowed), uri
+    for uri in allowed:
+        assert not _covered(uri[len("file:") :].rstrip("/") + "/x", trusted), uri
+
+
+def test_models_are_mounted_as_host_files_for_sealserve_to_decrypt(
+    manifest: dict[str, Any],
+) -> None:
+    mounts = {m["path"]: m for m in manifest["fs"]["mounts"]}
+    models = mounts[MODELS_DIR]
+    assert models.get("type", "chroot") == "chroot" and models["uri"] == f"file:{MODELS_DIR}"
+    assert not [m for m in mounts.values() if m.get("type") == "encrypted"]
+    assert mounts["/tmp"]["type"] == "tmpfs"  # scratch space stays in enclave memory
+    assert mounts[CONFIG_DIR]["uri"] == f"file:{CONFIG_DIR}"
+
+
+# --- the KBS policy from the SIGSTRUCT --------------------------------------------------------
+
+
+def _sigstruct(**changes: Any) -> dict[str, Any]:
+    base = {
+        "mr_signer": MR_SIGNER,
+        "mr_enclave": MR_ENCLAVE,
+        "isv_prod_id": 1,
+        "isv_svn": 3,
+        "debug_enclave": False,
+    }
+    return {**base, **changes}
+
+
+def test_policy_pins_the_enclave() -> None:
+    policy = Policy.from_toml(helper.policy_toml(_sigstruct()), source="test")
+    (identity,) = policy.sgx
+    assert identity.mr_enclave == (MR_ENCLAVE,)
+    assert identity.mr_signer == (MR_SIGNER,)
+    assert identity.isv_prod_id == (1,)
+    assert identity.min_isv_svn == 3
+    assert policy.tee == ("sgx",)
+    assert policy.allow_debug_insecure is False
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"debug_enclave": True}, {"mr_enclave": "00"}, {"mr_signer": ""}, {"isv_svn": "1"}],
+)
+def test_policy_refuses_a_debug_or_malformed_sigstruct(changes: dict[str, Any]) -> None:
+    with pytest.raises(SystemExit):
+        helper.policy_toml(_sigstruct(**changes))
+
+
+# --- the Makefile, with stand-ins for gramine's tools -----------------------------------------
+
+_STUB_MANIFEST = """
+import sys, tomllib, types, jinja2
+defines, files = {}, []
+for arg in sys.argv[1:]:
+    if arg.startswith("-D"):
+        key, _, value = arg[2:].partition("=")
+        defines[key] = value
+    else:
+        files.append(arg)
+source, output = files
+gramine = types.SimpleNamespace(libos=LIBOS, runtimedir=lambda libc="glibc": RUNTIME)
+env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+text = env.from_string(open(source).read()).render(gramine=gramine, **defines)
+tomllib.loads(text)
+open(output, "w").write(text)
+"""
+_STUB_SIGN = """
+import sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+assert open(args["--key"]).read() == "signing key"
+open(args["--output"], "w").write(open(args["--manifest"]).read())
+open(args["--manifest"].removesuffix(".manifest") + ".sig", "wb").write(b"sigstruct")
+"""
+_STUB_VIEW = """
+import json, sys
+assert sys.argv[1:3] == ["--output-format", "json"] and open(sys.argv[3], "rb").read()
+print(json.dumps({SIGSTRUCT}))
+"""
+
+
+def _stub(directory: Path, name: str, body: str) -> None:
+    path = directory / name
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def gramine_tools(tmp_path: Path) -> dict[str, str]:
+    make = shutil.which("make")
+    assert make, "GNU make is needed to test deploy/gramine/Makefile"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(
+        bin_dir,
+        "gramine-manifest",
+        _STUB_MANIFEST.replace("LIBOS", repr(LIBOS)).replace("RUNTIME", repr(RUNTIME)),
+    )
+    _stub(bin_dir, "gramine-sgx-sign", _STUB_SIGN)
+    view = _STUB_VIEW.replace("{SIGSTRUCT}", repr(_sigstruct()))
+    _stub(bin_dir, "gramine-sgx-sigstruct-view", view)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+@pytest.fixture
+def build_dir(tmp_path: Path) -> Path:
+    work = tmp_path / "gramine"
+    work.mkdir()
+    for name in ("Makefile", "sealserve.manifest.template", "gramine_helper.py"):
+        shutil.copy(GRAMINE / name, work / name)
+    config = tmp_path / "config"
+    config.mkdir()
+    for name in ("models.config", "ssl.cfg", "kbs-ca.pem"):
+        (config / name).write_text(name)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "enclave-key.pem").write_text("signing key")
+    return work
+
+
+def _make(build_dir: Path, env: dict[str, str], *targets: str, **variables: str) -> Any:
+    root = build_dir.parent
+    settings = {
+        "PYTHON": sys.executable,
+        "CONFIG_DIR": str(root / "config"),
+        "MODELS_DIR": str(root / "models"),
+        "SGX_SIGNER_KEY": str(root / "enclave-key.pem"),
+        "KEY_BROKER": KEY_BROKER,
+        "SSL_CONFIG_KEY": "half_plus_two",
+        **variables,
+    }
+    command = ["make", "-C", str(build_dir), *targets, *(f"{k}={v}" for k, v in settings.items())]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_makefile_renders_signs_and_writes_the_policy(
+    build_dir: Path, gramine_tools: dict[str, str]
+) -> None:
+    result = _make(build_dir, gramine_tools, "all", "policy.toml", MAX_THREADS="128")
+    assert result.returncode == 0, result.stdout + result.stderr
+    signed = tomllib.loads((build_dir / "sealserve.manifest.sgx").read_text())
+    assert signed["sgx"]["max_threads"] == 128
+    assert f"--key_broker={KEY_BROKER}" in signed["loader"]["argv"]
+    assert (build_dir / "sealserve.sig").read_bytes() == b"sigstruct"
+    policy = Policy.load(build_dir / "policy.toml")
+    assert policy.sgx[0].mr_enclave == (MR_ENCLAVE,)
+    assert json.loads((build_dir / "sigstruct.json").read_text())["mr_enclave"] == MR_ENCLAVE
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"KEY_BROKER": ""}, "set KEY_BROKER"),
+        ({"KEY_BROKER": "http://kbs:8080"}, "must be an https:// URL"),
+        ({"SSL_CONFIG_KEY": ""}, "set SSL_CONFIG_KEY"),
+    ],
+)
+def test_makefile_refuses_an_incomplete_configuration(
+    build_dir: Path, gramine_tools: dict[str, str], variables: dict[str, str], message: str
+) -> None:
+    result = _make(build_dir, gramine_tools, "all", **variables)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (build_dir / "sealserve.manifest").exists()
+
+
+def test_makefile_names_a_missing_config_file(
+    build_dir: Path, gramine_tools: dict[str, str]
+) -> None:
+    (build_dir.parent / "config" / "ssl.cfg").unlink()
+    result = _make(build_dir, gramine_tools, "all")
+    assert result.returncode != 0
+    assert "ssl.cfg is missing" in result.stderr
