@@ -363,7 +363,14 @@ def _make(build_dir: Path, env: dict[str, str], *targets: str, **variables: str)
         "SSL_CONFIG_KEY": "half_plus_two",
         **variables,
     }
-    command = ["make", "-C", str(build_dir), *targets, *(f"{k}={v}" for k, v in settings.items())]
+    command = [
+        "make",
+        "--no-print-directory",
+        "-C",
+        str(build_dir),
+        *targets,
+        *(f"{k}={v}" for k, v in settings.items()),
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -379,6 +386,10 @@ def test_makefile_renders_signs_and_writes_the_policy(
     policy = Policy.load(build_dir / "policy.toml")
     assert policy.sgx[0].mr_enclave == (MR_ENCLAVE,)
     assert json.loads((build_dir / "sigstruct.json").read_text())["mr_enclave"] == MR_ENCLAVE
+    # once signed, running needs none of the build's settings and rebuilds nothing
+    again = _make(build_dir, gramine_tools, "-n", "run", KEY_BROKER="", SSL_CONFIG_KEY="")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines() == ["gramine-sgx sealserve"]
 
 
 @pytest.mark.parametrize(
