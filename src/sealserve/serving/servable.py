@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sealserve.errors import FailedPrecondition, InvalidArgument, SealserveError
+from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.signatures import SignatureInfo, TensorInfo
 from sealserve.serving.tensor_proto import data_type_name, data_type_string, dtype_name
 from sealserve.serving.tensorflow_runtime import import_tensorflow
@@ -58,6 +59,11 @@ class Servable:
         self._functions = {
             key: fn for key, fn in loaded.signatures.items() if key in self.signatures
         }
+        # the direct graph call where TensorFlow's internals allow it, else the public call
+        self._calls: dict[str, Callable[[dict[str, np.ndarray]], dict[str, Any]]] = {}
+        for key, fn in self._functions.items():
+            direct = GraphCall.build(fn)
+            self._calls[key] = direct if direct is not None else _public_call(fn)
         self.run_observer: RunObserver | None = None
 
     def signature(self, key: str) -> SignatureInfo:
@@ -74,7 +80,7 @@ class Servable:
         tf = import_tensorflow()
         started = time.perf_counter()
         try:
-            results = self._functions[key](**inputs)
+            results = self._calls[key](inputs)
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
             raise InvalidArgument(_first_line(exc)) from None
         except tf.errors.OpError as exc:
@@ -119,6 +125,10 @@ def check_inputs(signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> Non
                 f"Expects arg[{position}] to be {data_type_string(info.dtype)} "
                 f"but {data_type_string(got)} is provided"
             )
+
+
+def _public_call(function: Any) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
+    return lambda inputs: function(**inputs)
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:
