@@ -276,7 +276,7 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         "--model_config_file_poll_wait_seconds",
         type=int,
         default=0,
-        help="accepted; reloading the config file comes with live reload",
+        help="seconds between re-reads of --model_config_file (0: never)",
     )
     tf.add_argument(
         "--file_system_poll_wait_seconds",
@@ -291,6 +291,13 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     tf.add_argument("--max_num_load_retries", type=int, default=5)
     tf.add_argument("--load_retry_interval_micros", type=int, default=60_000_000)
     tf.add_argument("--num_load_threads", type=int, default=2)
+    tf.add_argument(
+        "--grpc_max_threads",
+        type=int,
+        default=0,
+        help="threads handling gRPC calls (default 0: one per CPU, plus two batches' worth, "
+        "up to 64, with --enable_batching)",
+    )
     for name, default, text in (
         ("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests"),
         ("--enable_grpc_healthcheck_service", False, "serve grpc.health.v1"),
@@ -592,6 +599,7 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         ),
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         grpc_health_check=args.enable_grpc_healthcheck_service,
+        grpc_threads=args.grpc_max_threads,
         intra_op_threads=args.tensorflow_intra_op_parallelism,
         inter_op_threads=args.tensorflow_inter_op_parallelism,
         inference_threads=args.inference_threads,

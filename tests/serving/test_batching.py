@@ -55,8 +55,7 @@ def scheduler_for():
 
 def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(scheduler_for):
     model = Doubler()
-    scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=200_000,
-                              num_batch_threads=1)
+    scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1)
 
     def call(i: int) -> np.ndarray:
         x = np.full((1 + i % 2, 3), float(i), np.float32)
@@ -73,10 +72,15 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(scheduler_for
 
 def test_batches_are_padded_to_the_next_allowed_size(scheduler_for):
     model = Doubler(gate=threading.Event())
-    scheduler = scheduler_for(max_batch_size=8, allowed_batch_sizes=(2, 4, 8),
-                              batch_timeout_micros=100_000, num_batch_threads=1)
-    futures = [scheduler.submit(model, "s", {"x": np.array([[float(i)]], np.float32)})
-               for i in range(3)]
+    scheduler = scheduler_for(
+        max_batch_size=8,
+        allowed_batch_sizes=(2, 4, 8),
+        batch_timeout_micros=100_000,
+        num_batch_threads=1,
+    )
+    futures = [
+        scheduler.submit(model, "s", {"x": np.array([[float(i)]], np.float32)}) for i in range(3)
+    ]
     model.gate.set()
     outputs = [f.result(10) for f in futures]
     assert model.batch_rows == [4]  # 3 rows padded to 4
@@ -109,8 +113,12 @@ def test_requests_larger_than_a_batch_are_refused(scheduler_for):
 def test_different_shapes_are_not_merged_unless_padding_is_on(scheduler_for):
     for pad, expected_runs in ((False, 2), (True, 1)):
         model = Doubler(gate=threading.Event())
-        scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=100_000,
-                                  num_batch_threads=1, pad_variable_length_inputs=pad)
+        scheduler = scheduler_for(
+            max_batch_size=8,
+            batch_timeout_micros=100_000,
+            num_batch_threads=1,
+            pad_variable_length_inputs=pad,
+        )
         a = scheduler.submit(model, "s", {"x": np.ones((1, 2), np.float32)})
         b = scheduler.submit(model, "s", {"x": np.ones((1, 3), np.float32)})
         model.gate.set()
@@ -144,29 +152,81 @@ def test_closing_fails_what_is_still_queued(scheduler_for):
     assert raised.value.code == Code.UNAVAILABLE
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (dict(max_batch_size=0), "max_batch_size must be positive"),
-    (dict(num_batch_threads=0), "num_batch_threads must be positive"),
-    (dict(max_batch_size=8, allowed_batch_sizes=(4, 2, 8)), "monotonically increasing"),
-    (dict(max_batch_size=8, allowed_batch_sizes=(2, 4)), "must equal max_batch_size"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(max_batch_size=0), "max_batch_size must be positive"),
+        (dict(num_batch_threads=0), "num_batch_threads must be positive"),
+        (dict(max_batch_size=8, allowed_batch_sizes=(4, 2, 8)), "monotonically increasing"),
+        (dict(max_batch_size=8, allowed_batch_sizes=(2, 4)), "must equal max_batch_size"),
+    ],
+)
 def test_bad_options_are_refused(options, message):
     with pytest.raises(InvalidArgument, match=message):
         BatchingOptions(**options)
 
 
 def test_options_from_tf_servings_batching_parameters_file():
-    message = parse("BatchingParameters", """
+    message = parse(
+        "BatchingParameters",
+        """
         max_batch_size { value: 8 }
         batch_timeout_micros { value: 2000 }
         num_batch_threads { value: 2 }
         allowed_batch_sizes: 4
         allowed_batch_sizes: 8
         pad_variable_length_inputs: true
-    """, "batching.cfg")
+    """,
+        "batching.cfg",
+    )
     options = BatchingOptions.from_proto(message)
-    assert options == BatchingOptions(max_batch_size=8, batch_timeout_micros=2000,
-                                      max_enqueued_batches=10, num_batch_threads=2,
-                                      allowed_batch_sizes=(4, 8), pad_variable_length_inputs=True)
+    assert options == BatchingOptions(
+        max_batch_size=8,
+        batch_timeout_micros=2000,
+        max_enqueued_batches=10,
+        num_batch_threads=2,
+        allowed_batch_sizes=(4, 8),
+        pad_variable_length_inputs=True,
+    )
     with pytest.raises(InvalidArgument, match="batching.cfg"):
         parse("BatchingParameters", "max_batch_size: 8", "batching.cfg")
+
+
+class ThreadRecorder(Doubler):
+    """A Doubler that also records which thread ran each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[threading.Thread] = []
+
+    def run(self, signature, inputs, output_filter=()):
+        self.threads.append(threading.current_thread())
+        return super().run(signature, inputs, output_filter)
+
+
+def test_the_caller_runs_a_ready_batch_itself_without_waking_the_threads(scheduler_for):
+    model = ThreadRecorder()
+    scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=1)
+    futures = [
+        scheduler.submit(
+            model, "serving_default", {"x": np.full((1, 2), float(i), np.float32)}, False
+        )
+        for i in range(3)
+    ]
+    scheduler.run_ready(model, "serving_default")
+    assert model.batch_rows == [3]  # one run for the three requests
+    assert model.threads == [threading.current_thread()]
+    for i, future in enumerate(futures):
+        np.testing.assert_array_equal(future.result(0)["y"], np.full((1, 2), 2.0 * i))
+
+
+def test_a_batch_not_ready_for_the_caller_is_left_to_the_threads(scheduler_for):
+    model = ThreadRecorder()
+    scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1)
+    future = scheduler.submit(
+        model, "serving_default", {"x": np.ones((1, 2), np.float32)}, wake_threads=False
+    )
+    scheduler.run_ready(model, "serving_default")  # not full, has not waited 50 ms
+    assert model.batch_rows == []
+    np.testing.assert_array_equal(future.result(10)["y"], np.full((1, 2), 2.0))
+    assert model.threads[0] is not threading.current_thread()  # a batch thread, on timeout

@@ -17,18 +17,27 @@ from tests.serving.harness import RunningServer
 
 
 def test_rest_and_grpc_requests_share_batches_and_get_their_own_rows(model_root):
-    batching = BatchingOptions(max_batch_size=16, batch_timeout_micros=20_000,
-                               num_batch_threads=1, allowed_batch_sizes=(4, 8, 16))
-    options = server_options([ModelConfig("secret_h2", str(model_root / "secret_h2"))],
-                             batching=batching, inference_threads=8)
+    batching = BatchingOptions(
+        max_batch_size=16,
+        batch_timeout_micros=20_000,
+        num_batch_threads=1,
+        allowed_batch_sizes=(4, 8, 16),
+    )
+    options = server_options(
+        [ModelConfig("secret_h2", str(model_root / "secret_h2"))],
+        batching=batching,
+        inference_threads=8,
+    )
     server = RunningServer(options, StaticKeyProvider({"secret_h2": SECRET_KEY}))
     channel = server.channel()
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     try:
+
         def rest(i: int) -> list[float]:
             xs = [float(i), float(i) + 0.5]
-            return server.http("POST", "/v1/models/secret_h2:predict",
-                               {"instances": xs}).json()["predictions"]
+            return server.http("POST", "/v1/models/secret_h2:predict", {"instances": xs}).json()[
+                "predictions"
+            ]
 
         def grpc_call(i: int) -> list[float]:
             request = predict_pb2.PredictRequest()
@@ -52,16 +61,27 @@ def test_rest_and_grpc_requests_share_batches_and_get_their_own_rows(model_root)
 
 
 def test_a_full_batch_queue_answers_503(model_root):
-    batching = BatchingOptions(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1,
-                               batch_timeout_micros=0)
-    options = server_options([ModelConfig("secret_h2", str(model_root / "secret_h2"))],
-                             batching=batching, inference_threads=8)
+    batching = BatchingOptions(
+        max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1, batch_timeout_micros=0
+    )
+    options = server_options(
+        [ModelConfig("secret_h2", str(model_root / "secret_h2"))],
+        batching=batching,
+        inference_threads=8,
+    )
     server = RunningServer(options, StaticKeyProvider({"secret_h2": SECRET_KEY}))
     try:
         with ThreadPoolExecutor(32) as pool:
-            statuses = list(pool.map(
-                lambda i: server.http("POST", "/v1/models/secret_h2:predict",
-                                      {"instances": [1.0]}).status, range(200)))
+            statuses = list(
+                pool.map(
+                    lambda i: (
+                        server.http(
+                            "POST", "/v1/models/secret_h2:predict", {"instances": [1.0]}
+                        ).status
+                    ),
+                    range(200),
+                )
+            )
         assert set(statuses) <= {200, 503}
         assert 200 in statuses
         assert 503 in statuses  # refused at once rather than piling up

@@ -41,9 +41,11 @@ def half_plus_two_signatures(half_plus_two):
 def test_predict_signature_matches_public_call(half_plus_two_signatures):
     x = np.asarray([1.0, 2.0, 5.0], np.float32)
     _assert_same_as_public(half_plus_two_signatures["serving_default"], {"x": x})
-    assert GraphCall.build(half_plus_two_signatures["serving_default"])({"x": x})[
-        "y"
-    ].tolist() == [2.5, 3.0, 4.5]
+    assert GraphCall.build(half_plus_two_signatures["serving_default"])({"x": x})["y"].tolist() == [
+        2.5,
+        3.0,
+        4.5,
+    ]
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,14 @@ tf = import_tensorflow()
 
 
 def example(**features: float):
-    return tf.train.Example(features=tf.train.Features(feature={
-        k: tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
-        for k, v in features.items()}))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                k: tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
+                for k, v in features.items()
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,29 +36,52 @@ def stub(server):
 
 
 def test_rest_regress_and_classify_match_tf_serving(server):
-    regress = server.http("POST", "/v1/models/half_plus_two:regress",
-                          {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]})
+    regress = server.http(
+        "POST",
+        "/v1/models/half_plus_two:regress",
+        {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]},
+    )
     assert regress.json() == {"results": [42.0]}
-    classify = server.http("POST", "/v1/models/half_plus_two:classify",
-                           {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}]})
+    classify = server.http(
+        "POST",
+        "/v1/models/half_plus_two:classify",
+        {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}]},
+    )
     assert classify.json() == {"results": [[["", 12.0]]]}
 
 
 def test_rest_context_features_reach_every_example(server):
-    result = server.http("POST", "/v1/models/half_plus_two:regress", {
-        "signature_name": "regress_x2_to_y3", "context": {"x2": 4.0},
-        "examples": [{"x": 1.0}, {"x": 2.0, "x2": 10.0}]})
+    result = server.http(
+        "POST",
+        "/v1/models/half_plus_two:regress",
+        {
+            "signature_name": "regress_x2_to_y3",
+            "context": {"x2": 4.0},
+            "examples": [{"x": 1.0}, {"x": 2.0, "x2": 10.0}],
+        },
+    )
     assert result.json() == {"results": [5.0, 8.0]}  # the example's own x2 wins
 
 
-@pytest.mark.parametrize(("verb", "body", "status", "message"), [
-    ("regress", {"examples": [{"x": 1.0}]}, 400, "Expected regression signature method_name"),
-    ("classify", {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]}, 400,
-     "Expected classification signature method_name"),
-    ("regress", {"signature_name": "regress_x_to_y", "examples": []}, 400, "'examples'"),
-    ("regress", {"signature_name": "regress_x_to_y", "examples": [{"x": [1.0, "a"]}]}, 400,
-     "mixed types"),
-])
+@pytest.mark.parametrize(
+    ("verb", "body", "status", "message"),
+    [
+        ("regress", {"examples": [{"x": 1.0}]}, 400, "Expected regression signature method_name"),
+        (
+            "classify",
+            {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]},
+            400,
+            "Expected classification signature method_name",
+        ),
+        ("regress", {"signature_name": "regress_x_to_y", "examples": []}, 400, "'examples'"),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [{"x": [1.0, "a"]}]},
+            400,
+            "mixed types",
+        ),
+    ],
+)
 def test_rest_classify_regress_errors(server, verb, body, status, message):
     result = server.http("POST", f"/v1/models/half_plus_two:{verb}", body)
     assert result.status == status
@@ -80,8 +108,10 @@ def test_grpc_regress_and_classify(stub):
 
 def test_grpc_multi_inference(stub):
     request = inference_pb2.MultiInferenceRequest()
-    for signature, method in (("regress_x_to_y", "tensorflow/serving/regress"),
-                              ("classify_x_to_y", "tensorflow/serving/classify")):
+    for signature, method in (
+        ("regress_x_to_y", "tensorflow/serving/regress"),
+        ("classify_x_to_y", "tensorflow/serving/classify"),
+    ):
         task = request.tasks.add()
         task.model_spec.name = "half_plus_two"
         task.model_spec.signature_name = signature

@@ -17,8 +17,10 @@ from tests.serving.harness import RunningServer
 
 
 def config_text(models: dict[str, str]) -> str:
-    entries = "".join(f"config {{ name: '{n}' base_path: '{p}' model_platform: 'tensorflow' }} "
-                      for n, p in models.items())
+    entries = "".join(
+        f"config {{ name: '{n}' base_path: '{p}' model_platform: 'tensorflow' }} "
+        for n, p in models.items()
+    )
     return f"model_config_list {{ {entries}}}"
 
 
@@ -38,8 +40,9 @@ def paths(model_root):
 
 
 def test_grpc_reload_adds_and_drops_models(paths):
-    server = RunningServer(server_options([ModelConfig("a", paths["a"])]),
-                           StaticKeyProvider({"b": SECRET_KEY}))
+    server = RunningServer(
+        server_options([ModelConfig("a", paths["a"])]), StaticKeyProvider({"b": SECRET_KEY})
+    )
     try:
         stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
         stub.HandleReloadConfigRequest(reload_request(paths), timeout=60)
@@ -60,8 +63,9 @@ def test_grpc_reload_adds_and_drops_models(paths):
 def test_editing_the_model_config_file_reloads_it(tmp_path, paths):
     config = tmp_path / "models.config"
     config.write_text(config_text({"a": paths["a"]}))
-    options = server_options([ModelConfig("a", paths["a"])], model_config_file=str(config),
-                             model_config_poll_seconds=0.1)
+    options = server_options(
+        [ModelConfig("a", paths["a"])], model_config_file=str(config), model_config_poll_seconds=0.1
+    )
     server = RunningServer(options, StaticKeyProvider({"b": SECRET_KEY}))
     try:
         config.write_text(config_text({"b": paths["b"]}))

@@ -123,9 +123,15 @@ class BatchScheduler:
     # -- callers ---------------------------------------------------------------------------
 
     def submit(
-        self, servable: Servable, signature: str, inputs: dict[str, np.ndarray]
+        self,
+        servable: Servable,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        wake_threads: bool = True,
     ) -> Future[Outputs]:
-        """Queue a request; its future holds all of the signature's outputs for its rows."""
+        """Queue a request; its future holds all of the signature's outputs for its rows.
+        Without `wake_threads`, the caller promises to call `run_ready` for this queue soon
+        (the batch threads still take it on their next wake-up or timeout)."""
         rows, shape_key = _batch_shape(inputs, self.options.pad_variable_length_inputs)
         if rows > self.options.max_batch_size:
             raise InvalidArgument(
@@ -146,8 +152,27 @@ class BatchScheduler:
             queue.tasks.append(_Task(inputs, rows, shape_key, future, time.monotonic()))
             queue.rows += rows
             self._report_depth(queue)
-            self._ready.notify()
+            if wake_threads:
+                self._ready.notify()
         return future
+
+    def run_ready(self, servable: Servable, signature: str) -> None:
+        """Run, in the caller's thread, the batches of one queue that are ready (full, or
+        waited `batch_timeout_micros`); wake a batch thread for what is left. For quick
+        signatures: the event loop runs the batch its requests just formed, with no trip to
+        a batch thread and back."""
+        while True:
+            with self._ready:
+                queue = self._queues.get((id(servable), signature))
+                if queue is None or self._closed:
+                    return
+                picked = self._next_batch(only=queue)
+                if picked is None:
+                    if queue.tasks:  # not ready yet: the threads run it on its timeout
+                        self._ready.notify()
+                    return
+                self.batches_run += 1
+            self._run(*picked)
 
     def close(self) -> None:
         """Stop the threads; requests still queued fail with UNAVAILABLE."""
@@ -187,13 +212,14 @@ class BatchScheduler:
             queue, batch = picked
             self._run(queue, batch)
 
-    def _next_batch(self) -> tuple[_Queue, list[_Task]] | None:
-        """The ready batch whose oldest request has waited longest (caller holds the lock)."""
+    def _next_batch(self, only: _Queue | None = None) -> tuple[_Queue, list[_Task]] | None:
+        """The ready batch whose oldest request has waited longest, of any queue or of
+        `only` (caller holds the lock)."""
         now = time.monotonic()
         timeout = self.options.batch_timeout_micros / 1e6
         ready = [
             q
-            for q in self._queues.values()
+            for q in (self._queues.values() if only is None else (only,))
             if q.tasks
             and (q.rows >= self.options.max_batch_size or now - q.tasks[0].enqueued >= timeout)
         ]

@@ -1,5 +1,8 @@
 """Run a loaded signature's graph function directly: the eager execute of TensorFlow's C API.
 
+The fallback runner, for SavedModels that TensorFlow's TF1 loader cannot load into a Session
+(see `session_bundle`, the normal path), loaded with `tf.saved_model.load` instead.
+
 Calling a signature the public way (`loaded.signatures[key](**inputs)`) spends about 250 µs
 of Python per call binding the structured signature, converting numpy to tensors and
 repacking the outputs, most of it holding the GIL: for small models, that is most of a
@@ -24,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sealserve.errors import InvalidArgument
+from sealserve.serving.session_bundle import check_shape
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +108,14 @@ class GraphCall:
             context,
         )
 
-    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(
+        self, inputs: Mapping[str, np.ndarray], quick: bool = False
+    ) -> dict[str, np.ndarray]:
         device = self._context.device_name
         tensors = []
         for alias, (dtype, dims) in self._inputs:
             array = inputs[alias]
-            if dims is not None and not _compatible(array.shape, dims):
-                raise InvalidArgument(
-                    f"input '{alias}' has shape {_shape_text(array.shape)}; the signature "
-                    f"takes {_shape_text(dims)}"
-                )
+            check_shape(alias, array.shape, dims)
             tensors.append(self._eager_tensor(array, device, dtype))
         tensors.extend(self._captures)
         try:
@@ -123,14 +124,4 @@ class GraphCall:
             )
         except self._not_ok as exc:  # as `execute.execute`: the tf.errors.OpError it stands for
             raise self._to_exception(exc) from None
-        return {alias: result.numpy() for alias, result in zip(self._outputs, results)}
-
-
-def _compatible(shape: tuple[int, ...], dims: tuple[int | None, ...]) -> bool:
-    if len(shape) != len(dims):
-        return False
-    return all(want is None or want == got for got, want in zip(shape, dims))
-
-
-def _shape_text(dims: tuple[int | None, ...]) -> str:
-    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
+        return {alias: result.numpy() for alias, result in zip(self._outputs, results, strict=True)}

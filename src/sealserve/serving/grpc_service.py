@@ -1,18 +1,23 @@
-"""TF Serving's gRPC API over grpc.aio: PredictionService, ModelService, grpc.health.v1.
+"""TF Serving's gRPC API: PredictionService, ModelService, grpc.health.v1.
 
 Thin: convert the request protos, call the data plane, convert the result, and map a
 `SealserveError` to its gRPC status code with TF Serving's message. With metrics, every
 PredictionService and GetModelStatus call is counted with its final status and timed, with
 entrypoint "GRPC" and API the RPC's name ("Predict", "Classify", "Regress" as TF Serving).
 The health service is returned to the server, which keeps it in step with readiness.
-Async safe.
+
+The handlers are synchronous, for grpc's thread-pool server (as TF Serving's C++ server):
+each RPC decodes, runs and encodes in the handler's thread. Measured on half_plus_two, the
+thread-pool server costs about 260 µs of CPU per call where grpc.aio costs 350 µs plus
+80 µs for the hop into an inference thread, and the model call itself is about 60 µs.
+Thread safe.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -40,9 +45,9 @@ T = TypeVar("T")
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
-async def _guarded(
-    context: grpc.aio.ServicerContext,
-    call: Callable[[], Awaitable[T]],
+def _guarded(
+    context: grpc.ServicerContext,
+    call: Callable[[], T],
     metrics: Metrics | None = None,
     model: str = "",
     api: str = "",
@@ -52,16 +57,16 @@ async def _guarded(
     started = time.perf_counter()
     status = Code.CANCELLED.name  # if grpc cancels us: the client went away or timed out
     try:
-        result = await call()
+        result = call()
         status = "OK"
         return result
     except SealserveError as exc:
         status = exc.code.name
-        await context.abort(grpc.StatusCode[exc.code.name], str(exc))
+        context.abort(grpc.StatusCode[exc.code.name], str(exc))
     except Exception:
         status = Code.INTERNAL.name
         log.exception("gRPC request failed")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        context.abort(grpc.StatusCode.INTERNAL, "internal error")
     finally:
         if metrics is not None:
             metrics.record_request(model, api, "GRPC", status, time.perf_counter() - started)
@@ -89,8 +94,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             self.metrics.record_examples(model, len(serialized))
         return serialized
 
-    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def predict() -> Any:
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def predict() -> Any:
             resolved = self.dataplane.resolve(model_spec(request.model_spec))
 
             def decode() -> PredictCall:
@@ -104,12 +109,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 _fill_spec(response.model_spec, resolved)
                 return response
 
-            return await self.dataplane.predict(resolved.servable, decode, encode)
+            return self.dataplane.predict_blocking(resolved.servable, decode, encode)
 
-        return await _guarded(context, predict, self.metrics, request.model_spec.name, "Predict")
+        return _guarded(context, predict, self.metrics, request.model_spec.name, "Predict")
 
-    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def metadata() -> Any:
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def metadata() -> Any:
             fields = list(request.metadata_field)
             if not fields:
                 raise InvalidArgument(
@@ -121,12 +126,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             servable = self.dataplane.servable(model_spec(request.model_spec))
             return api_protos.model_metadata_response(servable)
 
-        return await _guarded(
+        return _guarded(
             context, metadata, self.metrics, request.model_spec.name, "GetModelMetadata"
         )
 
-    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def classify() -> Any:
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def classify() -> Any:
             resolved = self.dataplane.resolve(model_spec(request.model_spec))
 
             def work() -> Any:
@@ -137,12 +142,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 _fill_classifications(response.result, rows)
                 return response
 
-            return await self.dataplane.call(work)
+            return work()
 
-        return await _guarded(context, classify, self.metrics, request.model_spec.name, "Classify")
+        return _guarded(context, classify, self.metrics, request.model_spec.name, "Classify")
 
-    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def regress() -> Any:
+    def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def regress() -> Any:
             resolved = self.dataplane.resolve(model_spec(request.model_spec))
 
             def work() -> Any:
@@ -155,12 +160,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 )
                 return response
 
-            return await self.dataplane.call(work)
+            return work()
 
-        return await _guarded(context, regress, self.metrics, request.model_spec.name, "Regress")
+        return _guarded(context, regress, self.metrics, request.model_spec.name, "Regress")
 
-    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def multi() -> Any:
+    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def multi() -> Any:
             if not request.tasks:
                 raise InvalidArgument("Inference request must contain at least one task")
             names = {task.model_spec.name for task in request.tasks}
@@ -191,10 +196,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                         raise InvalidArgument(f"Unsupported signature method_name: {method}")
                 return response
 
-            return await self.dataplane.call(work)
+            return work()
 
         model = request.tasks[0].model_spec.name if request.tasks else ""
-        return await _guarded(context, multi, self.metrics, model, "MultiInference")
+        return _guarded(context, multi, self.metrics, model, "MultiInference")
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -202,27 +207,25 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.dataplane = dataplane
         self.metrics = metrics
 
-    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def status() -> Any:
+    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def status() -> Any:
             spec = model_spec(request.model_spec)
             if spec.label is not None:
                 raise InvalidArgument("Model status by version label is not supported")
             statuses = self.dataplane.status(spec.name, spec.version)
             return api_protos.model_status_response(spec.name, statuses)
 
-        return await _guarded(
-            context, status, self.metrics, request.model_spec.name, "GetModelStatus"
-        )
+        return _guarded(context, status, self.metrics, request.model_spec.name, "GetModelStatus")
 
-    async def HandleReloadConfigRequest(  # noqa: N802
-        self, request: Any, context: grpc.aio.ServicerContext
+    def HandleReloadConfigRequest(  # noqa: N802
+        self, request: Any, context: grpc.ServicerContext
     ) -> Any:
-        async def reload() -> Any:
+        def reload() -> Any:
             configs = model_config.from_proto(request.config, "ReloadConfigRequest")
-            await self.dataplane.call(lambda: self.dataplane.manager.reload(configs))
+            self.dataplane.manager.reload(configs)
             return model_management_pb2.ReloadConfigResponse()  # status OK
 
-        return await _guarded(context, reload)
+        return _guarded(context, reload)
 
 
 def _fill_spec(spec: Any, resolved: Any) -> None:
@@ -238,13 +241,13 @@ def _fill_classifications(result: Any, rows: list[list[tuple[str, float]]]) -> N
             classifications.classes.add(label=label, score=score)
 
 
-async def add_services(
-    server: grpc.aio.Server,
+def add_services(
+    server: grpc.Server,
     dataplane: DataPlane,
     *,
     health_check: bool,
     metrics: Metrics | None = None,
-) -> health.aio.HealthServicer | None:
+) -> health.HealthServicer | None:
     """Add TF Serving's services (and grpc.health.v1 if asked, returned so that the caller
     keeps it in step with readiness: see `set_health`)."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -255,13 +258,13 @@ async def add_services(
     )
     if not health_check:
         return None
-    servicer = health.aio.HealthServicer()
-    await set_health(servicer, dataplane.manager.ready())
+    servicer = health.HealthServicer()
+    set_health(servicer, dataplane.manager.ready())
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return servicer
 
 
-async def set_health(servicer: health.aio.HealthServicer, ready: bool) -> None:
+def set_health(servicer: health.HealthServicer, ready: bool) -> None:
     """The server ("") and each of TF Serving's services: SERVING only while ready."""
     status = (
         health_pb2.HealthCheckResponse.SERVING
@@ -269,7 +272,7 @@ async def set_health(servicer: health.aio.HealthServicer, ready: bool) -> None:
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
     for service in ("", *SERVICES):
-        await servicer.set(service, status)
+        servicer.set(service, status)
 
 
 __all__ = ["Code", "add_services", "model_spec", "set_health"]

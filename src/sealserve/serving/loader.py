@@ -29,9 +29,11 @@ from sealserve.model_tree import ProtectedTree, is_protected_tree
 from sealserve.model_tree.tree import list_tree
 from sealserve.protected_files import ProtectedFileReader
 from sealserve.protected_files.format import FILE_ID
+from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.keys import KeyProvider
 from sealserve.serving.memory_load import files_in_memory, tree_in_memory
 from sealserve.serving.servable import Servable
+from sealserve.serving.session_bundle import Runner, SessionBundle
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SAVED_MODEL_PB = "saved_model.pb"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+INIT_OP_SIGNATURE = "__saved_model_init_op"  # TF2's initializer, listed as a signature
 MAX_WARMUP_RECORDS = 1000  # as TF Serving's saved_model_warmup
 
 
@@ -119,15 +122,41 @@ class VersionLoader:
 
     def _from_root(self, root: str) -> Servable:
         tf = import_tensorflow()
-        try:
-            loaded = tf.saved_model.load(root, tags=list(self.options.tags))
-        except (RuntimeError, ValueError, OSError, tf.errors.OpError) as exc:
-            raise InvalidArgument(f"TensorFlow cannot load the SavedModel: {_brief(exc)}") from None
-        servable = Servable(self.name, self.version, loaded, self._signature_defs(tf, root))
+        signature_defs = self._signature_defs(tf, root)
+        runners, resources = self._runners(tf, root, signature_defs)
+        servable = Servable(self.name, self.version, runners, signature_defs, resources)
         warmup = f"{root}/{WARMUP_FILE}"
         if self.options.warmup and tf.io.gfile.exists(warmup):
             replay_warmup(servable, warmup)
         return servable
+
+    def _runners(
+        self, tf: Any, root: str, signature_defs: dict[str, Any]
+    ) -> tuple[dict[str, Runner], Any]:
+        """One runner per runnable signature, and what they run on: a Session, as TF
+        Serving; for a SavedModel the TF1 loader cannot load, its `tf.function`s."""
+        keys = [key for key in signature_defs if key != INIT_OP_SIGNATURE]
+        loadable = (RuntimeError, ValueError, KeyError, OSError, tf.errors.OpError)
+        try:
+            bundle = SessionBundle(root, self.options.tags)
+            return {key: bundle.runner(key) for key in keys}, bundle
+        except loadable as exc:
+            session_error = _brief(exc)
+        try:
+            loaded = tf.saved_model.load(root, tags=list(self.options.tags))
+        except loadable as exc:
+            raise InvalidArgument(f"TensorFlow cannot load the SavedModel: {_brief(exc)}") from None
+        log.warning(
+            "model %s version %d: runs through tf.function, slower than a Session (which "
+            "failed: %s)",
+            self.name,
+            self.version,
+            session_error,
+        )
+        functions = {key: fn for key, fn in loaded.signatures.items() if key in keys}
+        return {
+            key: GraphCall.build(fn) or _public_call(fn) for key, fn in functions.items()
+        }, loaded
 
     def _signature_defs(self, tf: Any, root: str) -> dict[str, Any]:
         from tensorflow.core.protobuf import saved_model_pb2
@@ -206,6 +235,10 @@ class _LooseProtectedFiles:
 def _is_protected_file(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(FILE_ID)) == FILE_ID
+
+
+def _public_call(function: Any) -> Runner:
+    return lambda inputs, quick: function(**inputs)
 
 
 def _brief(exc: BaseException) -> str:

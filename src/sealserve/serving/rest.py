@@ -252,7 +252,7 @@ class _RestApi:
         def encode(call: PredictCall, outputs: dict[str, np.ndarray]) -> bytes:
             return json_codec.format_predict_response(outputs, bool(call.context))
 
-        return await self.dataplane.predict(servable, decode, encode)
+        return await self.dataplane.predict(servable, decode, encode, len(body))
 
     async def _classify_or_regress(self, spec: ModelSpec, body: bytes, verb: str) -> bytes:
         document = json_codec.loads(body, max_depth=self.options.max_json_depth)

@@ -1,8 +1,9 @@
 """A loaded model version: its signatures as plain values, and running them on numpy.
 
-Built by the loader from a `tf.saved_model.load` object and the SavedModel's own
-`SignatureDef`s (what TF Serving's metadata API returns). `run` is thread safe: TensorFlow
-functions may be called from several threads at once, and do their work without the GIL.
+Built by the loader from one runner per signature (a `SessionBundle` callable, or a loaded
+`tf.function`) and the SavedModel's own `SignatureDef`s (what TF Serving's metadata API
+returns). `run` is thread safe: the runners may be called from several threads at once, and
+do their work without the GIL.
 An optional `run_observer` hears how long each successful run spent in TensorFlow (metrics);
 the loader sets it once warmup is done, so warmup runs are not counted as serving.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sealserve.errors import FailedPrecondition, InvalidArgument, SealserveError
-from sealserve.serving.graph_call import GraphCall
+from sealserve.serving.session_bundle import Runner
 from sealserve.serving.signatures import SignatureInfo, TensorInfo
 from sealserve.serving.tensor_proto import data_type_name, data_type_string, dtype_name
 from sealserve.serving.tensorflow_runtime import import_tensorflow
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # (the signature's method name, seconds inside TensorFlow including the outputs' copy to numpy)
 RunObserver = Callable[[str, float], None]
+QUICK_RUN_SECONDS = 200e-6  # see `quick`
+FAST_RUN_DRIFT = 1.05  # the fastest recent run rises 5% with each slower run
 
 
 def signature_infos(signature_defs: dict[str, Any]) -> dict[str, SignatureInfo]:
@@ -50,20 +53,21 @@ def signature_infos(signature_defs: dict[str, Any]) -> dict[str, SignatureInfo]:
 class Servable:
     """One loaded version of one model."""
 
-    def __init__(self, name: str, version: int, loaded: Any, signature_defs: dict[str, Any]):
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        runners: dict[str, Runner],
+        signature_defs: dict[str, Any],
+        resources: Any = None,
+    ) -> None:
         self.name = name
         self.version = version
-        self._loaded = loaded  # keeps the variables alive
         self.signature_defs = signature_defs  # SignatureDef protos, for the metadata API
         self.signatures = signature_infos(signature_defs)
-        self._functions = {
-            key: fn for key, fn in loaded.signatures.items() if key in self.signatures
-        }
-        # the direct graph call where TensorFlow's internals allow it, else the public call
-        self._calls: dict[str, Callable[[dict[str, np.ndarray]], dict[str, Any]]] = {}
-        for key, fn in self._functions.items():
-            direct = GraphCall.build(fn)
-            self._calls[key] = direct if direct is not None else _public_call(fn)
+        self._runners = {key: run for key, run in runners.items() if key in self.signatures}
+        self._resources = resources  # what the runners run on (a Session, variables)
+        self._fast_run: dict[str, float] = {}  # per signature: its fastest recent run, s
         self.run_observer: RunObserver | None = None
 
     def signature(self, key: str) -> SignatureInfo:
@@ -80,23 +84,33 @@ class Servable:
         tf = import_tensorflow()
         started = time.perf_counter()
         try:
-            results = self._calls[key](inputs)
+            results = self._runners[key](inputs, self.quick(key))
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
             raise InvalidArgument(_first_line(exc)) from None
         except tf.errors.OpError as exc:
             raise SealserveError(_first_line(exc)) from None
         outputs = {alias: _to_numpy(results[alias]) for alias in wanted}
+        elapsed = time.perf_counter() - started
+        # The fastest recent run, drifting up with each slower one: wall times under load
+        # include waits for the GIL, but some runs get none. Unlocked: a lost update
+        # between racing threads only delays the estimate by a run.
+        self._fast_run[key] = min(elapsed, self._fast_run.get(key, elapsed) * FAST_RUN_DRIFT)
         observer = self.run_observer
         if observer is not None:  # successful runs only, as TF Serving's runtime_latency
-            observer(self.signatures[key].method_name, time.perf_counter() - started)
+            observer(self.signatures[key].method_name, elapsed)
         return outputs
+
+    def quick(self, key: str) -> bool:
+        """Whether recent runs of signature `key` take under `QUICK_RUN_SECONDS` (False
+        until it has run): such runs may be made without a trip to a thread."""
+        return self._fast_run.get(key, QUICK_RUN_SECONDS) < QUICK_RUN_SECONDS
 
     def check_request(
         self, key: str, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
     ) -> Sequence[str]:
         """TF Serving's checks before a run; returns the output aliases to answer with."""
         signature = self.signature(key)
-        if key not in self._functions:
+        if key not in self._runners:
             raise FailedPrecondition(f'Serving signature key "{key}" cannot be run.')
         check_inputs(signature, inputs)
         for alias in output_filter:
@@ -125,10 +139,6 @@ def check_inputs(signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> Non
                 f"Expects arg[{position}] to be {data_type_string(info.dtype)} "
                 f"but {data_type_string(got)} is provided"
             )
-
-
-def _public_call(function: Any) -> Callable[[dict[str, np.ndarray]], dict[str, Any]]:
-    return lambda inputs: function(**inputs)
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:

@@ -10,7 +10,7 @@ Owns:
   strings (hand-written configs paste PEM text between quotes) and an optional `:`.
 - `load_ssl_config`: the same, from a file that may be a Gramine protected file, decrypted in
   memory with the wrap key given by `--ssl_config_key`.
-- `server_ssl_context` (aiohttp) and `grpc_server_credentials` (grpc.aio).
+- `server_ssl_context` (aiohttp) and `grpc_server_credentials` (grpc).
 - `format_ssl_config`: the text proto written back, in a form protobuf's own parser (and so
   TF Serving) accepts; `tools/certs.py` writes `ssl.cfg` with it.
 

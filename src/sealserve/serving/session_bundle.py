@@ -1,0 +1,134 @@
+"""A SavedModel in a TensorFlow Session, run the way TF Serving runs it.
+
+TF Serving loads a SavedModel into a `Session` (its `SavedModelBundle`) and runs a signature
+with `Session::Run`, feeding and fetching the tensors its `SignatureDef` names. `SessionBundle`
+does the same from Python: `tf.compat.v1.saved_model.loader.load` into a Session on a graph
+of its own, then one `Session` callable per signature, made once (the feeds and fetches are
+fixed), so a call is one trip into C++ that does its work without the GIL. Measured on
+half_plus_two: about 25 µs of CPU per call, against 100–160 µs for calling the signature's
+`tf.function` through TensorFlow's eager runtime (even directly, see `graph_call`) and
+250 µs or more through its public Python call. For large models both run the same kernels.
+
+Shapes are checked against the signature here (a Session does not check fed shapes against
+the placeholders they replace). Dtypes must already match (`servable.check_inputs`).
+Thread safe: a Session runs callables from many threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sealserve.errors import InvalidArgument
+from sealserve.serving.tensorflow_runtime import import_tensorflow
+
+# inputs by alias -> outputs by alias; the flag says the signature's runs are quick
+Runner = Callable[[Mapping[str, np.ndarray], bool], dict[str, np.ndarray]]
+
+
+class SessionBundle:
+    """The SavedModel at `root` (any file system TensorFlow knows, `ram://` included),
+    loaded into a Session of its own."""
+
+    def __init__(self, root: str, tags: Sequence[str]) -> None:
+        tf = import_tensorflow()
+        from tensorflow.core.protobuf import config_pb2
+        from tensorflow.python.util import deprecation
+
+        config = config_pb2.ConfigProto(
+            intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+            allow_soft_placement=True,  # graphs exported on a GPU machine run on the CPU
+        )
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+        try:
+            # the TF1 loader is marked deprecated, and says so on first use: it is what
+            # TF Serving's C++ loader does, and it stays in TF 2.x's compat API
+            with self._graph.as_default(), deprecation.silence():
+                meta_graph = tf.compat.v1.saved_model.loader.load(self._session, list(tags), root)
+        except BaseException:
+            self._session.close()
+            raise
+        self.signature_defs: dict[str, Any] = dict(meta_graph.signature_def)
+        self._check_variables(tf)
+
+    def _check_variables(self, tf: Any) -> None:
+        """ValueError unless the checkpoint restored every variable the graph has. A
+        SavedModel written through wrappers (Keras 3 variables saved as they are) can
+        checkpoint copies that only TF2's object-graph loader ties back to the variables
+        the functions read; in a Session those stay uninitialised."""
+        handles = [op.outputs[0] for op in self._graph.get_operations() if op.type == "VarHandleOp"]
+        if not handles:
+            return
+        with self._graph.as_default():
+            checks = [tf.raw_ops.VarIsInitializedOp(resource=handle) for handle in handles]
+        missing = [
+            h.op.get_attr("shared_name")
+            for h, ok in zip(handles, self._session.run(checks), strict=True)
+            if not ok
+        ]
+        if missing:
+            self._session.close()
+            raise ValueError(
+                f"{len(missing)} of {len(handles)} variables not restored in a Session, e.g. "
+                f"{missing[0].decode(errors='replace')}"
+            )
+
+    def runner(self, key: str) -> Runner:
+        """A callable running signature `key`: its inputs by alias in, all outputs out.
+
+        Quick runs execute in the caller's thread (`RunOptions.inter_op_thread_pool = -1`),
+        others on TensorFlow's inter-op pool, which can run a graph's independent branches
+        in parallel. For half_plus_two the caller's thread takes 5 µs of CPU a call instead
+        of 30: no handoff to a pool thread and back."""
+        from tensorflow.core.protobuf import config_pb2
+
+        signature = self.signature_defs[key]
+        inputs = tuple(sorted(signature.inputs))
+        outputs = tuple(sorted(signature.outputs))
+        options = config_pb2.CallableOptions(
+            feed=[signature.inputs[alias].name for alias in inputs],
+            fetch=[signature.outputs[alias].name for alias in outputs],
+        )
+        pooled = self._session._make_callable_from_options(options)
+        options.run_options.inter_op_thread_pool = -1
+        in_caller = self._session._make_callable_from_options(options)
+        checks = tuple((alias, _dims(signature.inputs[alias].tensor_shape)) for alias in inputs)
+
+        def run(values: Mapping[str, np.ndarray], quick: bool) -> dict[str, np.ndarray]:
+            for alias, dims in checks:
+                check_shape(alias, values[alias].shape, dims)
+            results = (in_caller if quick else pooled)(*(values[alias] for alias in inputs))
+            return dict(zip(outputs, results, strict=True))
+
+        return run
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def check_shape(alias: str, shape: tuple[int, ...], dims: tuple[int | None, ...] | None) -> None:
+    """InvalidArgument unless `shape` fits the signature's `dims` (None: any; a None
+    dimension: any size)."""
+    if dims is None:
+        return
+    if len(shape) != len(dims) or any(
+        want is not None and want != got for got, want in zip(shape, dims, strict=True)
+    ):
+        raise InvalidArgument(
+            f"input '{alias}' has shape {_shape_text(shape)}; the signature takes "
+            f"{_shape_text(dims)}"
+        )
+
+
+def _dims(proto: Any) -> tuple[int | None, ...] | None:
+    if proto.unknown_rank:
+        return None
+    return tuple(None if d.size < 0 else int(d.size) for d in proto.dim)
+
+
+def _shape_text(dims: Sequence[int | None]) -> str:
+    return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"

@@ -1,0 +1,140 @@
+"""SavedModels run in a Session, as TF Serving runs them: the same answers as TensorFlow's
+own signature call, shapes checked, the caller's thread for quick signatures, and a
+fallback to `tf.function` for a SavedModel whose variables a Session cannot restore."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sealserve.errors import InvalidArgument
+from sealserve.serving.batching import BatchingOptions
+from sealserve.serving.inference import run_inputs
+from sealserve.serving.keys import StaticKeyProvider
+from sealserve.serving.loader import LoadOptions, VersionLoader
+from sealserve.serving.servable import QUICK_RUN_SECONDS, Servable
+from sealserve.serving.server import MAX_BATCH_WAITERS, grpc_threads
+from sealserve.serving.session_bundle import SessionBundle
+from sealserve.serving.tensorflow_runtime import import_tensorflow
+
+tf = import_tensorflow()
+
+
+def _example(**features: list[float]) -> bytes:
+    feature = {
+        name: tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        for name, values in features.items()
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _assert_same_as_tf_function(directory: Path, key: str, inputs: dict[str, np.ndarray]) -> None:
+    function = tf.saved_model.load(str(directory)).signatures[key]
+    expected = {alias: t.numpy() for alias, t in function(**inputs).items()}
+    run = SessionBundle(str(directory), ["serve"]).runner(key)
+    for quick in (False, True):  # the inter-op pool, and the caller's thread
+        got = run(inputs, quick)
+        assert sorted(got) == sorted(expected)
+        for alias, value in expected.items():
+            np.testing.assert_allclose(got[alias], value, rtol=1e-6)
+            assert got[alias].dtype == value.dtype
+
+
+def test_half_plus_two_predicts_as_tensorflow(half_plus_two):
+    x = np.asarray([1.0, 2.0, 5.0], np.float32)
+    _assert_same_as_tf_function(half_plus_two, "serving_default", {"x": x})
+    run = SessionBundle(str(half_plus_two), ["serve"]).runner("serving_default")
+    assert run({"x": x}, True)["y"].tolist() == [2.5, 3.0, 4.5]
+
+
+@pytest.mark.parametrize(
+    "key", ["classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"]
+)
+def test_tf_example_signatures_answer_as_tensorflow(half_plus_two, key):
+    examples = [_example(x=[1.0], x2=[3.0]), _example(x=[4.0], x2=[-1.0])]
+    _assert_same_as_tf_function(half_plus_two, key, run_inputs(examples))
+
+
+def test_keras_cnn_answers_as_tensorflow(digits_model):
+    images = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)
+    _assert_same_as_tf_function(digits_model, "serving_default", {"image": images})
+
+
+def test_generated_resnet50_restores_every_variable_in_a_session(resnet50_model):
+    """What TF Serving's own loader needs: no variable left to TF2's object graph."""
+    bundle = SessionBundle(str(resnet50_model), ["serve"])
+    images = np.random.default_rng(0).random((1, 224, 224, 3)).astype(np.float32)
+    scores = bundle.runner("serving_default")({"input": images}, False)["predict"]
+    assert scores.shape == (1, 1001)
+    assert scores.sum() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_shape_not_matching_the_signature_is_invalid_argument(digits_model):
+    run = SessionBundle(str(digits_model), ["serve"]).runner("serving_default")
+    with pytest.raises(InvalidArgument, match=r"input 'image' has shape \[2,8,8\]; .*\[\?,8,8,1\]"):
+        run({"image": np.ones((2, 8, 8), np.float32)}, False)
+
+
+@pytest.fixture(scope="module")
+def keras_wrapped_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SavedModel that tracks Keras 3's variable wrappers, not TensorFlow's variables: its
+    checkpoint holds copies that only TF2's object graph ties back to the functions."""
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.layers[0].set_weights([np.asarray([[2.0], [3.0]], np.float32), np.ones(1, np.float32)])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+    def predict(x):
+        return {"y": model(x)}
+
+    module = tf.Module()
+    module.keras_variables = list(model.weights)
+    directory = tmp_path_factory.mktemp("models") / "wrapped" / "1"
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": predict})
+    return directory
+
+
+def test_unrestorable_variables_are_refused_by_the_session(keras_wrapped_model):
+    with pytest.raises(ValueError, match="variables not restored in a Session"):
+        SessionBundle(str(keras_wrapped_model), ["serve"])
+
+
+def test_the_loader_falls_back_to_tf_function_and_says_so(keras_wrapped_model, caplog):
+    loader = VersionLoader("wrapped", 1, keras_wrapped_model, StaticKeyProvider({}), LoadOptions())
+    with caplog.at_level(logging.WARNING):
+        servable = loader.load()
+    assert "runs through tf.function" in caplog.text
+    x = np.asarray([[1.0, 1.0], [0.0, 2.0]], np.float32)
+    assert servable.run("serving_default", {"x": x})["y"].tolist() == [[6.0], [7.0]]
+
+
+def test_a_signature_becomes_quick_after_quick_runs_only(half_plus_two):
+    servable = VersionLoader(
+        "half_plus_two", 1, half_plus_two, StaticKeyProvider({}), LoadOptions()
+    ).load()
+    assert not servable.quick("serving_default")  # never run: not known to be quick
+    for _ in range(3):
+        servable.run("serving_default", {"x": np.asarray([1.0], np.float32)})
+    assert servable.quick("serving_default")
+
+    signature_defs = servable.signature_defs
+
+    def slow(inputs, quick):
+        time.sleep(QUICK_RUN_SECONDS * 5)
+        return {"y": inputs["x"]}
+
+    slow_servable = Servable("slow", 1, {"serving_default": slow}, signature_defs)
+    slow_servable.run("serving_default", {"x": np.asarray([1.0], np.float32)})
+    assert not slow_servable.quick("serving_default")
+
+
+def test_grpc_handler_threads_default_to_cpus_plus_two_batches_of_waiters(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert grpc_threads(None) == 4
+    assert grpc_threads(BatchingOptions(max_batch_size=8)) == 4 + 16
+    assert grpc_threads(BatchingOptions()) == 4 + MAX_BATCH_WAITERS
