@@ -36,9 +36,11 @@ _threads = {"intra_op": 0, "inter_op": 0}
 
 def configure_threads(intra_op: int = 0, inter_op: int = 0) -> bool:
     """Size TensorFlow's thread pools (0: TensorFlow decides) when it starts. False if it
-    has already started, when they can no longer change."""
-    if import_tensorflow.cache_info().currsize:
-        return not (intra_op or inter_op)
+    has already started with other sizes, which can no longer change."""
+    if import_tensorflow.cache_info().currsize:  # started: fine if these are what it has
+        return (intra_op or _threads["intra_op"]) == _threads["intra_op"] and (
+            inter_op or _threads["inter_op"]
+        ) == _threads["inter_op"]
     _threads.update(intra_op=intra_op, inter_op=inter_op)
     return True
 
