@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from sealserve.errors import DataLoss, InvalidArgument, NotFound, SealserveError
 from sealserve.model_tree import ProtectedTree, is_protected_tree
@@ -238,7 +240,10 @@ def _is_protected_file(path: Path) -> bool:
 
 
 def _public_call(function: Any) -> Runner:
-    return lambda inputs, quick: function(**inputs)
+    def run(inputs: Mapping[str, np.ndarray], quick: bool) -> dict[str, np.ndarray]:
+        return {alias: tensor.numpy() for alias, tensor in function(**inputs).items()}
+
+    return run
 
 
 def _brief(exc: BaseException) -> str:

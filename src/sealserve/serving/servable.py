@@ -89,7 +89,7 @@ class Servable:
             raise InvalidArgument(_first_line(exc)) from None
         except tf.errors.OpError as exc:
             raise SealserveError(_first_line(exc)) from None
-        outputs = {alias: _to_numpy(results[alias]) for alias in wanted}
+        outputs = {alias: results[alias] for alias in wanted}
         elapsed = time.perf_counter() - started
         # The fastest recent run, drifting up with each slower one: wall times under load
         # include waits for the GIL, but some runs get none. Unlocked: a lost update
@@ -139,11 +139,6 @@ def check_inputs(signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> Non
                 f"Expects arg[{position}] to be {data_type_string(info.dtype)} "
                 f"but {data_type_string(got)} is provided"
             )
-
-
-def _to_numpy(tensor: Any) -> np.ndarray:
-    value = tensor.numpy() if hasattr(tensor, "numpy") else np.asarray(tensor)
-    return np.asarray(value)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -220,6 +220,18 @@ def numpy_dtype(dtype_name: str) -> np.dtype[Any]:
 
 def dtype_name(dtype: Any) -> str:
     """The DataType name for a numpy dtype (unicode and bytes arrays are DT_STRING)."""
+    if not isinstance(dtype, np.dtype):
+        return _dtype_name(dtype)
+    name = _NAME_BY_SEEN_DTYPE.get(dtype)  # asked on every request: remember the answers
+    if name is None:
+        name = _NAME_BY_SEEN_DTYPE[dtype] = _dtype_name(dtype)
+    return name
+
+
+_NAME_BY_SEEN_DTYPE: dict[Any, str] = {}
+
+
+def _dtype_name(dtype: Any) -> str:
     np_dtype = np.dtype(dtype)
     if np_dtype.kind in "USO":
         return "DT_STRING"
