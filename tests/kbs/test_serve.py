@@ -129,3 +129,40 @@ def test_kbs_key_provider_is_a_key_provider(kbs: Kbs, attester: SimAttester) -> 
 
     provider: KeyProvider = KbsKeyProvider(kbs.url, kbs.ca, attester)
     assert provider.key_for("mnist") == SECRET
+
+
+def test_a_denied_model_is_reported_once_with_the_kbs_reason(
+    kbs: Kbs, sim_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sealserve.errors import SealserveError
+    from sealserve.serving.loader import LoadOptions
+    from sealserve.serving.manager import ManagerOptions, ModelManager, State, loader_factory
+    from sealserve.serving.model_config import ModelConfig
+
+    other_code = SimAttester(sim_dir, mr_enclave=bytes(32), isv_svn=SVN)
+    provider = KbsKeyProvider(kbs.url, kbs.ca, other_code, attempts=1)
+    with pytest.raises(SealserveError, match="not in the policy"):
+        provider.key_for("mnist")
+
+    from sealserve.model_tree import encrypt_tree
+    from sealserve.tools.models import make_model
+
+    make_model("half_plus_two", tmp_path / "plain")
+    encrypt_tree(tmp_path / "plain", str(tmp_path / "mnist" / "1"), SECRET)
+    manager = ModelManager(
+        [ModelConfig("mnist", str(tmp_path / "mnist"))],
+        loader_factory(provider, LoadOptions()),
+        ManagerOptions(poll_seconds=-1, max_load_retries=0),
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        manager.start()
+    manager.stop()
+    (status,) = manager.status("mnist")
+    assert status.state is State.END and "not in the policy" in str(status.error)
+    said = [  # by the server: the KBS, in this process here, keeps its own log
+        r.getMessage()
+        for r in caplog.records
+        if "not in the policy" in r.getMessage() and not r.name.startswith("sealserve.kbs.s")
+    ]
+    assert len(said) == 1 and said[0].startswith("model mnist version 1 failed to load")

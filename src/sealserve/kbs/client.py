@@ -355,12 +355,9 @@ class KbsKeyProvider:
         self.resource_for_model = resource_for_model
 
     def key_for(self, name: str) -> bytes:
-        resource = self.resource_for_model(name)
-        try:
-            return self.client.fetch_resource(self.attester, resource)
-        except KbsDenied as err:
-            log.error("key broker denied the key of model %s: %s", name, err.reason)
-            raise
+        # A refusal is reported once, by whoever asked: the model manager's load-failure
+        # line, or `serve`'s start-up error for a protected ssl config.
+        return self.client.fetch_resource(self.attester, self.resource_for_model(name))
 
     def __repr__(self) -> str:
         return f"KbsKeyProvider({self.client.url!r}, tee={self.attester.tee!r})"
