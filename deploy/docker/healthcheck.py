@@ -1,7 +1,8 @@
 """Container health check for the sealserve images (Docker HEALTHCHECK; standard library only).
 
-GET `SEALSERVE_HEALTH_URL` and exit 0 when it answers 200 (for the KBS, which has no health
-endpoint: any HTTP answer below 500, with `SEALSERVE_HEALTH_ANY_STATUS=1`), 1 otherwise.
+GET `SEALSERVE_HEALTH_URL` and exit 0 when it answers 200 (or, with
+`SEALSERVE_HEALTH_ANY_STATUS=1`, any HTTP answer below 500: for a service without a health
+path), 1 otherwise.
 
 TLS: the server's REST port speaks TLS whenever `--ssl_config_file` is given.
 - `SEALSERVE_HEALTH_CA`: the CA to verify the server's certificate with. Without it the

@@ -25,13 +25,12 @@ COPY deploy/docker/healthcheck.py /opt/sealserve/healthcheck.py
 ENV PATH=/opt/sealserve/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    SEALSERVE_HEALTH_URL=https://127.0.0.1:8080/kbs/v0/resources \
-    SEALSERVE_HEALTH_ANY_STATUS=1
+    SEALSERVE_HEALTH_URL=https://127.0.0.1:8080/healthz
 WORKDIR /opt/sealserve
 USER 10001:10001
 # HTTPS (the KBS's default port)
 EXPOSE 8080
-# The KBS has no health endpoint: any HTTP answer (401 without the admin token) means it serves.
+# Healthy while /healthz answers 200: the KBS serves and its store answers queries.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "/opt/sealserve/healthcheck.py"]
 # Listen on every interface of the container (the KBS's own default is 127.0.0.1).

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from sealserve.cli import build_parser
+from sealserve.kbs.http import HEALTH_PATH as KBS_HEALTH_PATH
 from sealserve.serving.rest import READY_PATH
 from tests.deploy.common import DOCKER, REPO, load_script
 
@@ -282,13 +283,13 @@ def test_server_health_check_probes_readiness_over_tls(dockerfile: str, stage: s
     assert ["deploy/docker/healthcheck.py", "/opt/sealserve/healthcheck.py"] in copied
 
 
-def test_kbs_health_check_accepts_any_answer() -> None:
+def test_kbs_health_check_asks_its_health_path() -> None:
     _, stages = load("kbs.Dockerfile")
     check = effective(stages, "kbs", "HEALTHCHECK")
     assert check is not None and check.exec_form() == ["python", "/opt/sealserve/healthcheck.py"]
     env = env_of(stages, "kbs")
-    assert env["SEALSERVE_HEALTH_URL"].startswith("https://127.0.0.1:8080/")
-    assert env["SEALSERVE_HEALTH_ANY_STATUS"] == "1"
+    assert env["SEALSERVE_HEALTH_URL"] == f"https://127.0.0.1:8080{KBS_HEALTH_PATH}"
+    assert "SEALSERVE_HEALTH_ANY_STATUS" not in env  # 200 only: the store must answer
 
 
 def test_client_has_no_health_check() -> None:

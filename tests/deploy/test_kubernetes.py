@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from sealserve.cli import build_parser
+from sealserve.kbs.http import HEALTH_PATH as KBS_HEALTH_PATH
 from sealserve.serving.model_config import parse_model_config_text
 from sealserve.serving.rest import LIVE_PATH, READY_PATH
 from tests.deploy.common import KUBERNETES
@@ -215,6 +216,14 @@ def test_server_probes_use_the_health_paths(variant: str) -> None:
     for probe in (readiness, liveness, container["startupProbe"]["httpGet"]):
         assert probe["scheme"] == "HTTPS"  # the REST port serves TLS (ssl.cfg)
         assert _port(container, probe["port"]) == 8501
+
+
+def test_kbs_is_ready_by_its_health_path_and_alive_by_its_port() -> None:
+    container = _container(_kbs(), "kbs")
+    readiness = container["readinessProbe"]["httpGet"]
+    assert readiness["path"] == KBS_HEALTH_PATH and readiness["scheme"] == "HTTPS"
+    assert _port(container, readiness["port"]) == 8080
+    assert "tcpSocket" in container["livenessProbe"]  # a database outage must not restart it
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

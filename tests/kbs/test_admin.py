@@ -169,3 +169,28 @@ def test_serve_requires_tls_unless_insecure(tmp_path: Path) -> None:
     args = parser.parse_args(["serve", "--db", "x", "--master-key", "k", "--signing-key", "s"])
     with pytest.raises(SealserveError, match="HTTPS"):
         cli.run(args)
+
+
+def _health(kbs: Kbs) -> tuple[int, dict[str, str]]:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=kbs.ca)
+    try:
+        with urllib.request.urlopen(f"{kbs.url}/healthz", context=context, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_health_answers_without_a_token_and_follows_the_store(
+    kbs: Kbs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _health(kbs) == (200, {"status": "ok"})
+
+    def unreachable(path: str) -> bool:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(kbs.service.store, "resource_exists", unreachable)
+    assert _health(kbs) == (503, {"status": "unavailable"})

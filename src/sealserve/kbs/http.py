@@ -39,6 +39,9 @@ from sealserve.kbs.service import KbsService
 
 log = logging.getLogger(__name__)
 
+HEALTH_PATH = "/healthz"
+HEALTH_PROBE_PATH = "sealserve/health/probe"  # a resource looked up (not expected to exist)
+
 MAX_BODY_BYTES = 1 << 20
 _STATUS = {
     Code.UNAUTHENTICATED: 401,
@@ -228,6 +231,18 @@ async def _audit(request: web.Request) -> web.StreamResponse:
     return web.json_response(result)
 
 
+async def _health(request: web.Request) -> web.StreamResponse:
+    """Readiness for load balancers and probes, unauthenticated: 200 once the store answers
+    a query, 503 while it does not (e.g. PostgreSQL unreachable). It reveals nothing else."""
+    service = _service(request)
+    try:
+        await asyncio.to_thread(service.store.resource_exists, HEALTH_PROBE_PATH)
+    except Exception as exc:  # whatever the store's driver raises: not ready
+        log.warning("health check: the store does not answer (%s)", type(exc).__name__)
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
 def create_app(service: KbsService) -> web.Application:
     """The KBS application (routes above)."""
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
@@ -243,6 +258,7 @@ def create_app(service: KbsService) -> web.Application:
     app.router.add_put("/kbs/v0/resource-policy/{path:.+}", _set_policy)
     app.router.add_get("/kbs/v0/resource-policy/{path:.+}", _get_policy)
     app.router.add_get("/kbs/v0/audit", _audit)
+    app.router.add_get(HEALTH_PATH, _health)
     return app
 
 
