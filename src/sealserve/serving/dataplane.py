@@ -150,7 +150,7 @@ class DataPlane:
         return encode(call, outputs)
 
     def _submit(
-        self, servable: Servable, call: PredictCall, wake_threads: bool = True
+        self, servable: Servable, call: PredictCall, wake_threads: bool
     ) -> tuple[Future[dict[str, np.ndarray]], Sequence[str]]:
         """Queue a request for batching, checked first (a bad one must not spoil a batch);
         returns the batch's future and the outputs this request asked for."""

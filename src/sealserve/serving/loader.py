@@ -34,8 +34,8 @@ from sealserve.protected_files.format import FILE_ID
 from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.keys import KeyProvider
 from sealserve.serving.memory_load import files_in_memory, tree_in_memory
-from sealserve.serving.servable import Servable
-from sealserve.serving.session_bundle import Runner, SessionBundle
+from sealserve.serving.servable import Runner, Servable
+from sealserve.serving.session_bundle import SessionBundle
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 
 if TYPE_CHECKING:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from sealserve.errors import FailedPrecondition, InvalidArgument, SealserveError
-from sealserve.serving.session_bundle import Runner
 from sealserve.serving.signatures import SignatureInfo, TensorInfo
 from sealserve.serving.tensor_proto import data_type_name, data_type_string, dtype_name
 from sealserve.serving.tensorflow_runtime import import_tensorflow
@@ -27,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # (the signature's method name, seconds inside TensorFlow including the outputs' copy to numpy)
 RunObserver = Callable[[str, float], None]
+# One signature's runner: inputs by alias -> outputs (numpy) by alias; the flag says the
+# signature's runs are quick (see `Servable.quick`)
+Runner = Callable[[Mapping[str, np.ndarray], bool], dict[str, np.ndarray]]
 QUICK_RUN_SECONDS = 200e-6  # see `quick`
 FAST_RUN_DRIFT = 1.05  # the fastest recent run rises 5% with each slower run
 

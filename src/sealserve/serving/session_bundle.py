@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 
 from sealserve.errors import InvalidArgument
+from sealserve.serving.servable import Runner
 from sealserve.serving.tensorflow_runtime import import_tensorflow
-
-# inputs by alias -> outputs by alias; the flag says the signature's runs are quick
-Runner = Callable[[Mapping[str, np.ndarray], bool], dict[str, np.ndarray]]
 
 
 class SessionBundle:
