@@ -10,16 +10,9 @@ from sealserve.errors import InvalidArgument
 from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.inference import run_inputs
 from sealserve.serving.tensorflow_runtime import import_tensorflow
+from tests.tf_examples import serialized_example
 
 tf = import_tensorflow()
-
-
-def _example(**features: list[float]) -> bytes:
-    feature = {
-        name: tf.train.Feature(float_list=tf.train.FloatList(value=values))
-        for name, values in features.items()
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def _assert_same_as_public(function, inputs: dict[str, np.ndarray]) -> None:
@@ -52,7 +45,7 @@ def test_predict_signature_matches_public_call(half_plus_two_signatures):
     "key", ["classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"]
 )
 def test_string_input_signatures_match_public_call(half_plus_two_signatures, key):
-    examples = [_example(x=[1.0], x2=[3.0]), _example(x=[4.0], x2=[-1.0])]
+    examples = [serialized_example(x=1.0, x2=3.0), serialized_example(x=4.0, x2=-1.0)]
     _assert_same_as_public(half_plus_two_signatures[key], run_inputs(examples))
 
 

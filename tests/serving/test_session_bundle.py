@@ -20,16 +20,9 @@ from sealserve.serving.servable import QUICK_RUN_SECONDS, Servable
 from sealserve.serving.server import MAX_BATCH_WAITERS, grpc_threads
 from sealserve.serving.session_bundle import SessionBundle
 from sealserve.serving.tensorflow_runtime import import_tensorflow
+from tests.tf_examples import serialized_example
 
 tf = import_tensorflow()
-
-
-def _example(**features: list[float]) -> bytes:
-    feature = {
-        name: tf.train.Feature(float_list=tf.train.FloatList(value=values))
-        for name, values in features.items()
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def _assert_same_as_tf_function(directory: Path, key: str, inputs: dict[str, np.ndarray]) -> None:
@@ -55,7 +48,7 @@ def test_half_plus_two_predicts_as_tensorflow(half_plus_two):
     "key", ["classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"]
 )
 def test_tf_example_signatures_answer_as_tensorflow(half_plus_two, key):
-    examples = [_example(x=[1.0], x2=[3.0]), _example(x=[4.0], x2=[-1.0])]
+    examples = [serialized_example(x=1.0, x2=3.0), serialized_example(x=4.0, x2=-1.0)]
     _assert_same_as_tf_function(half_plus_two, key, run_inputs(examples))
 
 
