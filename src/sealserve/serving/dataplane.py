@@ -1,9 +1,11 @@
 """The data plane: requests on plain values, shared by the REST and gRPC adapters.
 
 A request names a model (and optionally a version or label) and a signature; `resolve` turns
-that into a handle to one loaded version and its signature, `run` executes it on numpy arrays
-in the inference thread pool, so the event loop never blocks on TensorFlow. The adapters only
-convert their wire formats to and from these values. Thread and async safe.
+that into a handle to one loaded version and its signature, and `predict` runs it on numpy
+arrays: from the event loop (REST) in the inference thread pool, except small requests for
+quick signatures, which cost less than the trip to a thread; from a gRPC handler thread in
+that thread (`predict_blocking`). The adapters only convert their wire formats to and from
+these values. Thread and async safe.
 """
 
 from __future__ import annotations

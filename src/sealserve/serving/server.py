@@ -1,5 +1,6 @@
 """The composition root of `sealserve serve`: wires keys, loaders, manager, data plane, the
-gRPC and REST servers and TLS, and runs them on one asyncio loop.
+gRPC and REST servers and TLS. REST, polling and shutdown run on one asyncio loop; gRPC
+calls run in grpc's own handler threads.
 
 Start-up order follows TF Serving: every model's aspired versions are loaded (or have failed)
 before the ports open, so a client never meets a server that answers "not found" for a model
