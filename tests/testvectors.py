@@ -1,21 +1,15 @@
-"""Where the shared test vectors are. Importing this fails loudly when they are missing:
-vector-driven tests must never silently vanish or skip."""
+"""Where the test vectors are: `tests/vectors/`, kept in the repository (provenance in its
+README.md). Importing this fails loudly when they are missing: vector-driven tests must never
+silently vanish or skip."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TESTVECTORS = Path(
-    os.environ.get("SEALSERVE_TESTVECTORS", REPO_ROOT.parent / "shared" / "testvectors")
-)
+TESTVECTORS = Path(__file__).resolve().parent / "vectors"
 
-if not TESTVECTORS.is_dir():
-    raise RuntimeError(
-        f"test vectors not found at {TESTVECTORS}: the suite needs ../shared/testvectors "
-        "beside the repository (or SEALSERVE_TESTVECTORS)"
-    )
+if not (TESTVECTORS / "gramine-pf").is_dir() or not (TESTVECTORS / "dcap").is_dir():
+    raise RuntimeError(f"test vectors missing under {TESTVECTORS} (a partial checkout?)")
 
 
 def vector_cases(subset: str) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Verification of real Intel-signed quotes (`../shared/testvectors/dcap/`, from dcap-qvl's
+"""Verification of real Intel-signed quotes (`tests/vectors/dcap/`, from dcap-qvl's
 samples) at the times their README gives, both ways: the expected claims inside the window,
 the expected failures outside it and for tampered quotes."""
 

@@ -46,7 +46,7 @@ from sealserve.errors import InvalidArgument
 log = logging.getLogger(__name__)
 
 #: SHA-256 of the DER of Intel's SGX Provisioning Certification Root CA (the root dcap-qvl
-#: builds in: `src/TrustedRootCA.der`; also `testvectors/dcap/Intel_SGX_...RootCA.der`).
+#: builds in: `src/TrustedRootCA.der`; also `tests/vectors/dcap/Intel_SGX_...RootCA.der`).
 INTEL_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 
 # SGX ATTRIBUTES.FLAGS bit 1 (Intel SDM Vol. 3D, 34.7.1 "ATTRIBUTES"): the enclave is
