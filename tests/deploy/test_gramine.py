@@ -94,19 +94,38 @@ def _uris(entries: list[Any]) -> list[str]:
 
 
 def _covered(path: str, uris: list[str]) -> bool:
-    """Whether a trusted/allowed list covers `path` (a file entry, or a directory entry `d/`)."""
+    """Whether a trusted/allowed list covers the host `path` as Gramine decides it: the path and
+    the entries normalised (`.`, `..`, `//`; Gramine's get_norm_path), then compared as text,
+    an entry ending in `/` covering everything under it. Symbolic links are not resolved."""
+    path = os.path.normpath(path)
     for uri in uris:
         assert uri.startswith("file:"), uri
         entry = uri[len("file:") :]
-        if entry == path or (entry.endswith("/") and path.startswith(entry)):
+        directory = entry.endswith("/")
+        entry = os.path.normpath(entry)
+        if path == entry or (directory and path.startswith(entry.rstrip("/") + "/")):
             return True
     return False
 
 
+def host_path(manifest: dict[str, Any], path: str) -> str:
+    """The host file the enclave reaches when it opens `path`: Gramine mounts in order, a later
+    mount hiding earlier ones under its path, so the last mount containing `path` wins."""
+    found = None
+    for mount in manifest["fs"]["mounts"]:
+        top = mount["path"].rstrip("/") or "/"
+        if path == top or path.startswith(top.rstrip("/") + "/"):
+            found = mount
+    assert found is not None, f"{path} is on no mount"
+    assert found.get("type", "chroot") == "chroot", f"{path} is on a {found['type']} mount"
+    return found["uri"][len("file:") :] + path[len(found["path"].rstrip("/")) :]
+
+
 def _origin(module: str) -> str:
+    """Where Python opens the module from (as the enclave's Python will: no link resolved)."""
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin, module
-    return os.path.realpath(spec.origin)
+    return os.path.abspath(spec.origin)
 
 
 # --- the template and the Makefile agree -------------------------------------------------------
@@ -199,25 +218,81 @@ def test_environment_is_fixed(manifest: dict[str, Any]) -> None:
 # --- what is measured --------------------------------------------------------------------------
 
 
-def test_code_is_trusted(manifest: dict[str, Any]) -> None:
+def _must_be_trusted(manifest: dict[str, Any], origins: dict[str, str]) -> dict[str, str]:
+    """What the enclave opens (in-enclave paths) that no trusted-file entry covers."""
     trusted = _uris(manifest["sgx"]["trusted_files"])
     must = {
-        "libos": LIBOS,
-        "glibc": RUNTIME + "/libc.so.6",
-        "python": os.path.realpath(sys.executable),
+        "python": manifest["libos"]["entrypoint"],
         "sealserve script": manifest["loader"]["argv"][1],
-        "sealserve package": os.path.realpath(sealserve.__file__),
-        "sealserve cli": os.path.realpath(Path(sealserve.__file__).with_name("cli.py")),
-        "stdlib": os.path.realpath(os.__file__),
-        "stdlib extension": _origin("_ctypes"),
-        "tensorflow": _origin("tensorflow"),
-        "grpc": _origin("grpc"),
-        "cryptography": _origin("cryptography"),
+        **origins,
+    }
+    missing = {
+        what: path
+        for what, path in must.items()
+        if not _covered(host_path(manifest, path), trusted)
+    }
+    if not _covered(LIBOS, trusted):
+        missing["libos"] = LIBOS
+    if not _covered(host_path(manifest, "/lib/libc.so.6"), trusted):
+        missing["glibc"] = "/lib/libc.so.6"
+    return missing
+
+
+def _module_origins() -> dict[str, str]:
+    origins = {
+        "sealserve package": os.path.abspath(sealserve.__file__),
+        "sealserve cli": os.path.abspath(Path(sealserve.__file__).with_name("cli.py")),
+        "stdlib": os.path.abspath(os.__file__),
+        **{m: _origin(m) for m in _MODULES},
     }
     if sys.prefix != sys.base_prefix:
-        must["pyvenv.cfg"] = os.path.join(os.path.abspath(sys.prefix), "pyvenv.cfg")
-    missing = {what: path for what, path in must.items() if not _covered(path, trusted)}
-    assert missing == {}
+        origins["pyvenv.cfg"] = os.path.join(os.path.abspath(sys.prefix), "pyvenv.cfg")
+    return origins
+
+
+_MODULES = ("_ctypes", "tensorflow", "grpc", "cryptography")
+
+
+def test_code_is_trusted(manifest: dict[str, Any]) -> None:
+    assert _must_be_trusted(manifest, _module_origins()) == {}
+
+
+_ORIGINS_SCRIPT = """
+import importlib.util, json, os, sys
+out = {m: os.path.abspath(importlib.util.find_spec(m).origin) for m in sys.argv[1:]}
+out["stdlib"] = os.path.abspath(os.__file__)
+out["pyvenv.cfg"] = os.path.join(os.path.abspath(sys.prefix), "pyvenv.cfg")
+print(json.dumps(out))
+"""
+
+
+def test_code_is_trusted_when_the_environment_is_reached_through_a_symbolic_link(
+    tmp_path: Path,
+) -> None:
+    """`.venv` as a symbolic link: Python opens `.venv/lib/...` (the link, not its target), and
+    Gramine checks that path's URI as text, so the trusted entries must name it so too."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("needs the tests to run in a virtual environment")
+    link = tmp_path / "venv-link"
+    link.symlink_to(sys.prefix, target_is_directory=True)
+    python = link / "bin" / Path(sys.executable).name
+    helper_path = str(GRAMINE / "gramine_helper.py")
+    defines = subprocess.run(
+        [str(python), helper_path, "defines"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    values = dict(d[len("-D") :].split("=", 1) for d in defines)
+    assert values["venv"] == str(link)  # the link's path, as Python sees it
+    origins = json.loads(
+        subprocess.run(
+            [str(python), "-c", _ORIGINS_SCRIPT, *_MODULES],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert origins["grpc"].startswith(str(link))
+    manifest = render(**values)
+    assert _must_be_trusted(manifest, origins) == {}
 
 
 def test_configuration_is_trusted(manifest: dict[str, Any]) -> None:
@@ -235,6 +310,124 @@ def test_only_the_encrypted_models_are_unmeasured(manifest: dict[str, Any]) -> N
         assert not _covered(uri[len("file:") :].rstrip("/") + "/x", allowed), uri
     for uri in allowed:
         assert not _covered(uri[len("file:") :].rstrip("/") + "/x", trusted), uri
+
+
+def _hidden_mounts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """(earlier, later) pairs where the later mount hides the earlier (same path or a parent)."""
+    mounts = [m["path"].rstrip("/") or "/" for m in manifest["fs"]["mounts"]]
+    return [
+        (earlier, later)
+        for i, earlier in enumerate(mounts)
+        for later in mounts[i + 1 :]
+        if earlier == later or earlier.startswith(later.rstrip("/") + "/")
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"config_dir": "/tmp/sealserve-config"},  # under the tmpfs at /tmp
+        {"models_dir": "/tmp/models"},
+        {"config_dir": "/opt/sealserve", "venv": "/opt/sealserve/venv"},  # a parent of the venv
+        {"models_dir": "/usr/share/models"},  # under /usr
+    ],
+    ids=["defaults", "config-under-tmp", "models-under-tmp", "config-parent-of-venv", "under-usr"],
+)
+def test_no_mount_hides_another(overrides: dict[str, str]) -> None:
+    manifest = render(**overrides)
+    assert _hidden_mounts(manifest) == []
+    for name in ("config_dir", "models_dir", "venv"):
+        if name in overrides:  # each still reaches its own host directory
+            path = overrides[name]
+            assert host_path(manifest, path + "/x") == path + "/x"
+
+
+def test_the_hidden_mount_check_sees_a_tmpfs_mounted_last() -> None:
+    manifest = render(config_dir="/tmp/sealserve-config")
+    mounts = manifest["fs"]["mounts"]
+    tmpfs = next(m for m in mounts if m.get("type") == "tmpfs")
+    reordered = {**manifest, "fs": {"mounts": [m for m in mounts if m is not tmpfs] + [tmpfs]}}
+    assert ("/tmp/sealserve-config", "/tmp") in _hidden_mounts(reordered)
+
+
+def test_no_subprocesses(manifest: dict[str, Any]) -> None:
+    assert manifest["sys"]["disallow_subprocesses"] is True
+
+
+_NO_FORK = """
+import _posixsubprocess, os
+def refuse(*args, **kwargs):
+    raise BlockingIOError(11, "Resource temporarily unavailable")  # Gramine: -EAGAIN
+_posixsubprocess.fork_exec = refuse
+os.fork = os.posix_spawn = os.posix_spawnp = refuse
+import sealserve.fsio, sealserve.cli, sealserve.serving.server, sealserve.kbs.client
+assert sealserve.fsio._SYNC_FILE_RANGE is not None  # found without running ldconfig
+print("ok")
+"""
+
+
+def test_the_server_imports_and_starts_up_without_child_processes() -> None:
+    """What `sealserve serve` imports works where every fork fails, as in the enclave."""
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_FORK], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+# --- the keys Gramine documents for the version the image installs -----------------------------
+
+KEYS_FILE = GRAMINE / "manifest-keys-1.8.txt"
+
+
+def _documented_keys() -> tuple[list[re.Pattern[str]], set[str]]:
+    patterns, deprecated = [], set()
+    for line in KEYS_FILE.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("deprecated:"):
+            deprecated.add(line.split(":", 1)[1].strip())
+            continue
+        parts = [r"[^.]+" if p.startswith("[") else re.escape(p) for p in line.split(".")]
+        patterns.append(re.compile(r"\.".join(parts)))
+    return patterns, deprecated
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in node.items():
+        name = prefix + key
+        if isinstance(value, dict):
+            out.extend(_leaf_keys(value, name + "."))
+        else:
+            out.append(name)
+    return out
+
+
+def test_the_key_list_is_the_pinned_gramine_version() -> None:
+    version = re.search(r"^GRAMINE_VERSION \?= (\S+)$", (GRAMINE / "Makefile").read_text(), re.M)
+    assert version is not None and KEYS_FILE.name == f"manifest-keys-{version.group(1)}.txt"
+    assert "tag v" + version.group(1) in KEYS_FILE.read_text()  # its provenance
+
+
+@pytest.mark.parametrize("overrides", [{}, {"edmm": "1"}], ids=["default", "edmm"])
+def test_every_manifest_key_is_documented_for_the_pinned_gramine(
+    overrides: dict[str, str],
+) -> None:
+    patterns, deprecated = _documented_keys()
+    keys = _leaf_keys(render(**overrides))
+    assert len(keys) > 20
+    unknown = [k for k in keys if not any(p.fullmatch(k) for p in patterns)]
+    assert unknown == []
+    assert [k for k in keys if k in deprecated] == []
+
+
+def test_the_key_check_refuses_a_misspelt_or_deprecated_key(manifest: dict[str, Any]) -> None:
+    patterns, deprecated = _documented_keys()
+    for key in ("sgx.remote_atestation", "sys.disallow_subprocess", "loader.entrypoint"):
+        assert not any(p.fullmatch(key) for p in patterns) or key in deprecated, key
+    assert any(p.fullmatch("loader.env.ANYTHING") for p in patterns)
 
 
 def test_models_are_mounted_as_host_files_for_sealserve_to_decrypt(
@@ -271,6 +464,94 @@ def test_policy_pins_the_enclave() -> None:
     assert identity.min_isv_svn == 3
     assert policy.tee == ("sgx",)
     assert policy.allow_debug_insecure is False
+
+
+def test_policy_accepts_up_to_date_platforms_only_by_default() -> None:
+    text = helper.policy_toml(_sigstruct())
+    policy = Policy.from_toml(text, source="test")
+    assert policy.accepted_tcb_statuses == ("UpToDate",)
+    assert policy.denied_advisories == ()
+
+
+def _policy_fields() -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(Policy)}
+
+
+def test_policy_options_map_onto_the_kbs_policy_fields() -> None:
+    """Every option names a field; the ones this sealserve's policy has are accepted by it."""
+    assert set(helper.POLICY_FIELDS.values()) >= {"accepted_tcb_statuses", "denied_advisories"}
+    text = helper.policy_toml(
+        _sigstruct(),
+        accept_tcb_status=["UpToDate", "SWHardeningNeeded"],
+        deny_advisory=["intel-sa-00615"],
+        tcb_grace_period_seconds=86400,
+    )
+    policy = Policy.from_toml(text, source="test")
+    assert policy.accepted_tcb_statuses == ("UpToDate", "SWHardeningNeeded")
+    assert policy.denied_advisories == ("INTEL-SA-00615",)
+    assert policy.tcb_grace_period_seconds == 86400
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("accept_advisory", ["INTEL-SA-00615"]), ("max_collateral_age_seconds", 3600)],
+)
+def test_policy_options_for_newer_kbs_fields(option: str, value: Any) -> None:
+    """Written when the KBS policy has the field; refused by name (never dropped) when not."""
+    field = helper.POLICY_FIELDS[option]
+    text = helper.policy_toml(_sigstruct(), **{option: value})
+    assert tomllib.loads(text)[field] == value
+    if field in _policy_fields():
+        Policy.from_toml(text, source="test")
+    else:
+        with pytest.raises(SystemExit, match=field):
+            helper._check_with_sealserve(text)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"accept_tcb_status": ["UpToDate", "Revoked"]},
+        {"deny_advisory": ["SA-615"]},
+        {"accept_advisory": ["INTEL-SA-6"]},
+        {"tcb_grace_period_seconds": -1},
+    ],
+)
+def test_policy_refuses_bad_options(options: dict[str, Any]) -> None:
+    with pytest.raises(SystemExit):
+        helper.policy_toml(_sigstruct(), **options)
+
+
+def test_policy_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sigstruct = tmp_path / "sigstruct.json"
+    sigstruct.write_text(json.dumps(_sigstruct()))
+    helper.main(
+        [
+            "policy",
+            str(sigstruct),
+            "--accept-tcb-status",
+            "SWHardeningNeeded",
+            "--deny-advisory",
+            "INTEL-SA-00615",
+        ]
+    )
+    policy = Policy.from_toml(capsys.readouterr().out, source="test")
+    assert policy.accepted_tcb_statuses == ("UpToDate", "SWHardeningNeeded")
+    assert policy.denied_advisories == ("INTEL-SA-00615",)
+
+
+def test_compare_a_rebuilt_enclave(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sigstruct = tmp_path / "sigstruct.json"
+    sigstruct.write_text(json.dumps(_sigstruct()))
+    assert helper.main(["compare", str(sigstruct), "--mrenclave", MR_ENCLAVE.upper()]) == 0
+    assert "reproduced" in capsys.readouterr().out
+    assert helper.main(["compare", str(sigstruct), "--mrenclave", "00" * 32]) == 1
+    assert "NOT reproduced" in capsys.readouterr().out
+    policy = tmp_path / "policy.toml"
+    policy.write_text(helper.policy_toml(_sigstruct()))
+    assert helper.main(["compare", str(sigstruct), "--policy", str(policy)]) == 0
 
 
 @pytest.mark.parametrize(
@@ -416,3 +697,77 @@ def test_makefile_names_a_missing_config_file(
     result = _make(build_dir, gramine_tools, "all")
     assert result.returncode != 0
     assert "ssl.cfg is missing" in result.stderr
+
+
+def test_makefile_refuses_another_gramine_than_the_pinned_one(
+    build_dir: Path, gramine_tools: dict[str, str], tmp_path: Path
+) -> None:
+    bin_dir = Path(gramine_tools["PATH"].split(":")[0])
+    _stub(bin_dir, "dpkg-query", 'import sys\nprint("1.7", end="")\n')
+    result = _make(build_dir, gramine_tools, "all")
+    assert result.returncode != 0
+    assert "Gramine 1.7 is installed, the reference build uses 1.8" in result.stderr
+    _stub(bin_dir, "dpkg-query", 'import sys\nprint("1.8", end="")\n')
+    assert _make(build_dir, gramine_tools, "all").returncode == 0
+
+
+_STUB_BUILDER = """
+import json, os, sys
+args = sys.argv[1:]
+open(os.environ["BUILDER_LOG"], "w").write(json.dumps(args))
+dest = [a for a in args if a.startswith("type=local,dest=")][0].split("dest=", 1)[1]
+os.makedirs(dest, exist_ok=True)
+open(os.path.join(dest, "sigstruct.json"), "w").write(json.dumps({SIGSTRUCT}))
+"""
+
+
+@pytest.mark.parametrize("expected", [MR_ENCLAVE, "00" * 32], ids=["same", "different"])
+def test_makefile_reproduce_mrenclave_rebuilds_and_compares(
+    build_dir: Path, gramine_tools: dict[str, str], expected: str
+) -> None:
+    bin_dir = Path(gramine_tools["PATH"].split(":")[0])
+    _stub(bin_dir, "builder", _STUB_BUILDER.replace("{SIGSTRUCT}", repr(_sigstruct())))
+    log = build_dir.parent / "builder.json"
+    env = {**gramine_tools, "BUILDER_LOG": str(log)}
+    result = _make(
+        build_dir,
+        env,
+        "reproduce-mrenclave",
+        CONTAINER_BUILD="builder",
+        EXPECTED_MRENCLAVE=expected,
+        HOST_PYTHON=sys.executable,
+    )
+    args = json.loads(log.read_text())
+    assert args[args.index("--target") + 1] == "sgx-measurement"
+    assert args[args.index("-f") + 1] == "../docker/server.Dockerfile"
+    assert f"KEY_BROKER={KEY_BROKER}" in args and "SSL_CONFIG_KEY=half_plus_two" in args
+    assert f"sgx-config={build_dir.parent / 'config'}" in args
+    if expected == MR_ENCLAVE:
+        assert result.returncode == 0, result.stderr
+        assert "reproduced: MRENCLAVE" in result.stdout
+    else:
+        assert result.returncode != 0
+        assert "NOT reproduced" in result.stdout
+
+
+def test_makefile_reproduce_mrenclave_needs_the_expected_value(
+    build_dir: Path, gramine_tools: dict[str, str]
+) -> None:
+    result = _make(build_dir, gramine_tools, "reproduce-mrenclave")
+    assert result.returncode != 0 and "EXPECTED_MRENCLAVE" in result.stderr
+
+
+def test_makefile_policy_options_reach_the_policy(
+    build_dir: Path, gramine_tools: dict[str, str]
+) -> None:
+    result = _make(
+        build_dir,
+        gramine_tools,
+        "all",
+        "policy.toml",
+        POLICY_OPTIONS="--accept-tcb-status SWHardeningNeeded --deny-advisory INTEL-SA-00615",
+    )
+    assert result.returncode == 0, result.stderr
+    policy = Policy.load(build_dir / "policy.toml")
+    assert policy.accepted_tcb_statuses == ("UpToDate", "SWHardeningNeeded")
+    assert policy.denied_advisories == ("INTEL-SA-00615",)
