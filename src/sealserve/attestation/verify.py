@@ -37,6 +37,8 @@ import logging
 from typing import Any
 
 import dcap_qvl
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from sealserve.attestation.claims import TEE_TYPES, Claims
 from sealserve.attestation.collateral import Collateral
@@ -193,3 +195,18 @@ def _warn_non_intel_root(fingerprint: str) -> None:
         "marked tee=sim and prove no hardware protection (INSECURE outside tests/demos)",
         fingerprint,
     )
+
+
+def pck_root_der(quote: bytes) -> bytes | None:
+    """The DER of the root certificate at the end of the PCK chain a quote carries (its
+    certification data type 5: a PEM chain, leaf first), or None when there is none. Not a
+    verification: it tells which trust anchor to verify the quote against."""
+    start = quote.rfind(b"-----BEGIN CERTIFICATE-----")
+    end = quote.find(b"-----END CERTIFICATE-----", start)
+    if start < 0 or end < 0:
+        return None
+    try:
+        pem = quote[start : end + len(b"-----END CERTIFICATE-----")]
+        return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        return None

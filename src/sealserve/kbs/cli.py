@@ -2,7 +2,8 @@
 
 For the lead's `cli.py`: each command group has `add_*_arguments(parser)` and
 `run_*(args) -> int`; `add_arguments(parser)` / `run(args)` build and dispatch the whole
-`kbs` tree (`init`, `serve`, `secret put|list|delete`, `policy set|show`, `audit`). Runners
+`kbs` tree (`init`, `serve`, `secret put|list|delete`, `policy set|show|from-ra-config`,
+`audit`, `secret-prov map|show`). Runners
 raise `SealserveError` for the main CLI to print; they never print secrets.
 
 Admin commands talk to a running KBS over HTTPS with the admin token read from a file
@@ -90,6 +91,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", help="server certificate PEM")
     parser.add_argument("--tls-key", help="server private key PEM")
     parser.add_argument("--insecure-http", action="store_true", help="serve plain HTTP (INSECURE)")
+    parser.add_argument(
+        "--secret-prov-port",
+        type=int,
+        metavar="PORT",
+        help="also serve Gramine's secret provisioning (RA-TLS client certificates) on this "
+        "port (4433 by convention; 0 picks a free one), with the --tls-cert certificate",
+    )
     parser.set_defaults(kbs_run=run_serve)
 
 
@@ -152,6 +160,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.tls_cert and not args.insecure_http:
         raise InvalidArgument("the KBS serves HTTPS: give --tls-cert and --tls-key")
     context = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if args.secret_prov_port is not None and not args.tls_cert:
+        raise InvalidArgument("--secret-prov-port needs --tls-cert and --tls-key")
     service = build_service(args)
 
     async def serve() -> None:
@@ -167,6 +177,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         scheme = "https" if context else "http"
         print(f"KBS listening on {scheme}://{args.host}:{args.port}", flush=True)
+        secret_prov = _start_secret_prov(args, service)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -174,11 +185,28 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             await stop.wait()
         finally:
+            if secret_prov is not None:
+                secret_prov.stop()
             await runner.cleanup()
             service.store.close()
 
     asyncio.run(serve())
     return 0
+
+
+def _start_secret_prov(args: argparse.Namespace, service: Any) -> Any:
+    if args.secret_prov_port is None:
+        return None
+    from sealserve.kbs.secret_prov import SecretProvServer, server_context
+
+    server = SecretProvServer(
+        service,
+        server_context(args.tls_cert, args.tls_key),
+        host=args.host,
+        port=args.secret_prov_port,
+    ).start()
+    print(f"secret provisioning (Gramine RA-TLS) on {args.host}:{server.port}", flush=True)
+    return server
 
 
 # --- admin commands -------------------------------------------------------------------------
@@ -251,12 +279,55 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     show = sub.add_parser("show", help="print a resource's policy")
     show.add_argument("resource")
     _add_admin_connection(show)
+    convert = sub.add_parser(
+        "from-ra-config",
+        help="print the policy equivalent to a Gramine/CCZoo ra_config.json (JSON policy)",
+    )
+    convert.add_argument("ra_config", help="the seed's ra_config.json")
+    _add_tcb_relaxation(convert)
     parser.set_defaults(kbs_run=run_policy)
+
+
+def _add_tcb_relaxation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--accept-tcb-status",
+        action="append",
+        default=[],
+        metavar="STATUS",
+        help="also accept platforms with this TCB status (e.g. SWHardeningNeeded); strict "
+        "(UpToDate only) unless given: see docs/coming-from-gramine.md for what each costs",
+    )
+    parser.add_argument(
+        "--insecure-sim",
+        action="store_true",
+        help="accept the simulated TEE with these measurements instead of SGX (INSECURE: "
+        "tests and demos only)",
+    )
+
+
+def _policy_from_ra_config(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from sealserve.attestation import Policy
+
+    path = args.ra_config
+    policy = Policy.from_ra_config(read_user_file(path, "ra_config.json"), source=path)
+    changes: dict[str, Any] = {}
+    if args.accept_tcb_status:
+        statuses = (*policy.accepted_tcb_statuses, *args.accept_tcb_status)
+        changes["accepted_tcb_statuses"] = tuple(dict.fromkeys(statuses))
+    if args.insecure_sim:
+        changes.update(sim=policy.sgx, sgx=(), tee=("sim",))
+    return dataclasses.replace(policy, **changes) if changes else policy
 
 
 def run_policy(args: argparse.Namespace) -> int:
     from sealserve.attestation import Policy
 
+    if args.kbs_policy_command == "from-ra-config":
+        policy = _policy_from_ra_config(args)
+        print(json.dumps(policy.to_dict(), indent=2))
+        return 0
     if args.kbs_policy_command == "set":
         Policy.load(args.policy_file)  # fail here, with the file's name, before sending
         text = read_user_file(args.policy_file, "policy file").decode("utf-8")
@@ -303,6 +374,49 @@ def run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_secret_prov_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="kbs_secret_prov_command", required=True)
+    map_ = sub.add_parser(
+        "map",
+        help="the resources Gramine's secret provisioning may release (tried in order)",
+    )
+    map_.add_argument("resources", nargs="+", metavar="RESOURCE")
+    map_.add_argument(
+        "--ra-config",
+        help="also set each resource's policy from this ra_config.json (the seed's format)",
+    )
+    _add_tcb_relaxation(map_)
+    _add_admin_connection(map_)
+    show = sub.add_parser("show", help="print the mapped resources")
+    _add_admin_connection(show)
+    parser.set_defaults(kbs_run=run_secret_prov)
+
+
+def run_secret_prov(args: argparse.Namespace) -> int:
+    from sealserve.kbs.http import SECRET_PROV_MAP_PATH
+
+    if args.kbs_secret_prov_command == "show":
+        for resource in _admin_call(args, "GET", SECRET_PROV_MAP_PATH)["resources"]:
+            print(resource)
+        return 0
+    if (args.accept_tcb_status or args.insecure_sim) and not args.ra_config:
+        raise InvalidArgument("--accept-tcb-status and --insecure-sim go with --ra-config")
+    if args.ra_config:
+        policy = _policy_from_ra_config(args)
+        text = json.dumps(policy.to_dict())
+        for resource in args.resources:
+            _admin_call(
+                args,
+                "PUT",
+                f"/kbs/v0/resource-policy/{resource}",
+                json_body={"format": "json", "policy": text},
+            )
+            print(f"policy of {resource} set from {args.ra_config}")
+    _admin_call(args, "PUT", SECRET_PROV_MAP_PATH, json_body={"resources": args.resources})
+    print(f"secret provisioning releases: {', '.join(args.resources)}")
+    return 0
+
+
 # --- the whole tree --------------------------------------------------------------------------
 
 
@@ -314,6 +428,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_secret_arguments(sub.add_parser("secret", help="put|list|delete secrets"))
     add_policy_arguments(sub.add_parser("policy", help="set|show resource policies"))
     add_audit_arguments(sub.add_parser("audit", help="print and verify the audit log"))
+    add_secret_prov_arguments(
+        sub.add_parser("secret-prov", help="map|show what Gramine's secret provisioning releases")
+    )
 
 
 def run(args: argparse.Namespace) -> int:

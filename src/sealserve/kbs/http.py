@@ -40,6 +40,8 @@ from sealserve.kbs.service import KbsService
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/healthz"
+#: admin: the resources Gramine's secret provisioning may release (kbs.secret_prov)
+SECRET_PROV_MAP_PATH = "/kbs/v0/secret-prov"
 HEALTH_PROBE_PATH = "sealserve/health/probe"  # a resource looked up (not expected to exist)
 
 MAX_BODY_BYTES = 1 << 20
@@ -213,6 +215,24 @@ async def _get_policy(request: web.Request) -> web.StreamResponse:
     return web.json_response(result)
 
 
+async def _set_secret_prov_map(request: web.Request) -> web.StreamResponse:
+    service = _service(request)
+    service.check_admin(_bearer(request))
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise InvalidArgument('the body must be {"resources": ["<repository>/<type>/<tag>", ...]}')
+    await asyncio.to_thread(
+        service.admin_set_secret_prov_map, _bearer(request), body.get("resources")
+    )
+    return web.Response(status=204)
+
+
+async def _get_secret_prov_map(request: web.Request) -> web.StreamResponse:
+    service = _service(request)
+    result = await asyncio.to_thread(service.admin_get_secret_prov_map, _bearer(request))
+    return web.json_response(result)
+
+
 async def _audit(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     query = request.query
@@ -257,6 +277,8 @@ def create_app(service: KbsService) -> web.Application:
     app.router.add_get("/kbs/v0/resources", _list_resources)
     app.router.add_put("/kbs/v0/resource-policy/{path:.+}", _set_policy)
     app.router.add_get("/kbs/v0/resource-policy/{path:.+}", _get_policy)
+    app.router.add_put(SECRET_PROV_MAP_PATH, _set_secret_prov_map)
+    app.router.add_get(SECRET_PROV_MAP_PATH, _get_secret_prov_map)
     app.router.add_get("/kbs/v0/audit", _audit)
     app.router.add_get(HEALTH_PATH, _health)
     return app

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
 from joserfc import jwe, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
@@ -51,6 +52,8 @@ from sealserve.attestation import (
     Policy,
     verify_quote,
 )
+from sealserve.attestation.ratls import evidence_from_certificate
+from sealserve.attestation.verify import pck_root_der
 from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
 from sealserve.kbs.protocol import (
     JWE_ALG,
@@ -62,7 +65,8 @@ from sealserve.kbs.protocol import (
     check_resource_path,
     new_nonce,
 )
-from sealserve.kbs.store import DEFAULT_POLICY, KbsStore, check_policy_key
+from sealserve.kbs.secret_prov import SecretProvMap
+from sealserve.kbs.store import DEFAULT_POLICY, SECRET_PROV_MAP, KbsStore, check_policy_key
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,8 @@ SESSION_TTL_SECONDS = 300
 TOKEN_TTL_SECONDS = 300
 TOKEN_ISSUER = "sealserve-kbs"
 _MAX_SESSIONS = 100_000
+#: audit records of the secret-provisioning endpoint name the peer address, not a session
+SECRET_PROV_SESSION = "secret-prov "
 _MEASUREMENT_FIELDS = (
     "mr_enclave",
     "mr_signer",
@@ -120,8 +126,8 @@ def claims_from_json(data: dict[str, Any]) -> Claims:
 def session_ref(session_id: str) -> str:
     """What the audit log records of a session: a hash, since the id itself is a credential
     (the `kbs-session-id` cookie authorises resource requests)."""
-    if not session_id or session_id == "admin":
-        return session_id
+    if not session_id or session_id == "admin" or session_id.startswith(SECRET_PROV_SESSION):
+        return session_id  # not credentials
     return hashlib.sha256(session_id.encode()).hexdigest()[:16]
 
 
@@ -341,6 +347,70 @@ class KbsService:
         self._audit(sid, tee, claims, path, "release", "allowed", note, now)
         return sealed
 
+    # --- Gramine secret provisioning (kbs.secret_prov) ------------------------------------
+
+    def provision(self, certificate: x509.Certificate, *, peer: str) -> bytes:
+        """The secret for an enclave that showed this RA-TLS client certificate. The quote it
+        carries must be bound to the certificate's key and verify; then the first mapped
+        resource (`SecretProvMap`) whose policy admits the claims is released, as raw bytes
+        (the mutual-TLS session that showed the certificate protects them). Every outcome is
+        audited."""
+        now = self._now()
+        session = f"{SECRET_PROV_SESSION}{peer}"
+        claims: Claims | None = None
+        path = ""
+        try:
+            quote = evidence_from_certificate(certificate, now=now).quote
+            tee = "sim" if self._signed_by_sim_root(quote) else "sgx"
+            claims = self._verify(tee, quote, now)
+            resources = self.secret_prov_resources()
+            if not resources:
+                raise PolicyDenied(
+                    "no resource is mapped to secret provisioning "
+                    "(`sealserve kbs secret-prov map`)",
+                    reason="no resource mapped",
+                )
+            refusals = []
+            for candidate in resources:
+                path = candidate
+                if not self.store.resource_exists(candidate):
+                    refusals.append(f"{candidate}: not found")
+                    continue
+                decision = self._policy_for(candidate).decide(claims, now)
+                if decision.allowed:
+                    secret = self.store.get_resource(candidate)
+                    note = "; ".join(decision.notes) if decision.notes else "policy allowed"
+                    self._audit(
+                        session, tee, claims, candidate, "secret-prov", "allowed", note, now
+                    )
+                    return secret
+                refusals.append(f"{candidate}: {'; '.join(decision.reasons)}")
+            reason = " | ".join(refusals)
+            raise PolicyDenied(
+                f"no mapped resource's policy admits the enclave: {reason}", reason=reason
+            )
+        except AttestationFailed as err:
+            self._audit(session, "", claims, path, "secret-prov", "denied", err.reason, now)
+            raise
+        except SealserveError as err:
+            self._audit(session, "", claims, path, "secret-prov", "denied", err.message, now)
+            raise
+
+    def secret_prov_resources(self) -> tuple[str, ...]:
+        stored = self.store.get_policy(SECRET_PROV_MAP)
+        return () if stored is None else SecretProvMap.parse(stored[0]).resources
+
+    def refuse_provision(self, peer: str, reason: str) -> None:
+        """Audit a secret-provisioning connection refused before its evidence was judged."""
+        now = self._now()
+        self._audit(
+            f"{SECRET_PROV_SESSION}{peer}", "", None, "", "secret-prov", "denied", reason, now
+        )
+
+    def _signed_by_sim_root(self, quote: bytes) -> bool:
+        root = self.config.insecure_trust_sim_root
+        return root is not None and pck_root_der(quote) == root
+
     def _policy_for(self, path: str) -> Policy:
         stored = self.store.get_policy(path) or self.store.get_policy(DEFAULT_POLICY)
         if stored is None:
@@ -410,6 +480,8 @@ class KbsService:
     def admin_set_policy(self, token: str | None, path: str, text: str, fmt: str) -> None:
         self.check_admin(token)
         path = check_policy_key(path)
+        if path == SECRET_PROV_MAP:
+            raise InvalidArgument("set the secret-prov map with `sealserve kbs secret-prov map`")
         # Parse before storing: a policy that does not load must never be stored.
         if fmt == "json":
             Policy.from_json(text, source=f"policy of {path}")
@@ -419,6 +491,16 @@ class KbsService:
             raise InvalidArgument("policy format must be toml or json")
         self.store.set_policy(path, text, fmt)
         self._admin_audit("set policy", path)
+
+    def admin_set_secret_prov_map(self, token: str | None, resources: Any) -> None:
+        self.check_admin(token)
+        mapping = SecretProvMap.parse_json({"resources": resources})
+        self.store.set_policy(SECRET_PROV_MAP, mapping.to_text(), "json")
+        self._admin_audit("map to secret provisioning", ", ".join(mapping.resources))
+
+    def admin_get_secret_prov_map(self, token: str | None) -> dict[str, Any]:
+        self.check_admin(token)
+        return {"resources": list(self.secret_prov_resources())}
 
     def admin_get_policy(self, token: str | None, path: str) -> dict[str, Any]:
         self.check_admin(token)

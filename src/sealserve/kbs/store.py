@@ -62,6 +62,7 @@ MASTER_KEY_SIZE = 32
 GENESIS_HASH = "0" * 64
 #: The policy key that applies to resources without a policy of their own.
 DEFAULT_POLICY = "default"
+SECRET_PROV_MAP = "secret-prov"
 _AAD_PREFIX = b"sealserve-kbs-resource-v1\x00"
 _NONCE_SIZE = 12
 
@@ -302,7 +303,9 @@ _SCHEMA_VERSION = "1"
 
 
 def check_policy_key(path: str) -> str:
-    return DEFAULT_POLICY if path == DEFAULT_POLICY else check_resource_path(path)
+    """A resource path, or one of the reserved keys: `default` (the policy of resources
+    without one) and `secret-prov` (the resources Gramine's secret provisioning may release)."""
+    return path if path in (DEFAULT_POLICY, SECRET_PROV_MAP) else check_resource_path(path)
 
 
 class SqliteStore:
