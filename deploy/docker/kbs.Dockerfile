@@ -5,16 +5,20 @@
 #
 #   docker build -f deploy/docker/kbs.Dockerfile -t sealserve-kbs .
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# pinned by digest, and the Python packages by hash: see server.Dockerfile
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    SOURCE_DATE_EPOCH=0
 WORKDIR /src
+COPY deploy/docker/requirements.lock ./
+RUN python -m venv /opt/sealserve/venv \
+ && /opt/sealserve/venv/bin/pip install --no-deps --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN python -m venv /opt/sealserve/venv \
- && /opt/sealserve/venv/bin/pip install ".[postgres]"
+RUN /opt/sealserve/venv/bin/pip install --no-deps --no-build-isolation --no-index .
 
 FROM ${PYTHON_IMAGE} AS kbs
 RUN groupadd --system --gid 10001 sealserve \

