@@ -24,6 +24,9 @@ MRTD = (
     "de03ae6dc5f87f27428b2538873118b7"
 )
 RTMR = "44" * 48
+RTMR1 = "55" * 48
+RTMR2 = "66" * 48
+CONFIG_ID = "77" * 48
 
 SGX = Claims(
     tee="sgx",
@@ -34,6 +37,7 @@ SGX = Claims(
     debug=False,
     fmspc="00A067110000",
     tcb_date=NOW - 100 * DAY,
+    collateral_issued_at=NOW - DAY,
     mr_enclave=MRE,
     mr_signer=MRS,
     isv_prod_id=0,
@@ -48,17 +52,19 @@ TDX = Claims(
     debug=False,
     fmspc="B0C06F000000",
     tcb_date=NOW - 100 * DAY,
+    collateral_issued_at=NOW - DAY,
     mr_td=MRTD,
+    mr_config_id=CONFIG_ID,
     rtmr0=RTMR,
-    rtmr1="00" * 48,
-    rtmr2="00" * 48,
+    rtmr1=RTMR1,
+    rtmr2=RTMR2,
     rtmr3="00" * 48,
     td_attributes="0000001000000000",
 )
 SIM = dataclasses.replace(SGX, tee="sim")
 
 PIN_SGX = SgxIdentity(mr_enclave=(MRE,), mr_signer=None, isv_prod_id=None)
-PIN_TDX = TdxIdentity(mr_td=(MRTD,))
+PIN_TDX = TdxIdentity(mr_td=(MRTD,), rtmr0=(RTMR,), rtmr1=(RTMR1,), rtmr2=(RTMR2,))
 BASE = Policy(sgx=(PIN_SGX,), tdx=(PIN_TDX,))
 
 
@@ -200,18 +206,34 @@ CASES: list[tuple[str, Policy, Claims, int, bool, str]] = [
         False,
         "Revoked is not accepted",
     ),
-    # advisories
+    # advisories: strict by default, accepted one by one
     (
-        "advisory not denied",
-        policy(denied_advisories=("INTEL-SA-00615",)),
+        "any advisory denied by default",
+        BASE,
         claims(advisory_ids=("INTEL-SA-00289",)),
+        NOW,
+        False,
+        "advisories INTEL-SA-00289 are not in the policy's accepted_advisories",
+    ),
+    (
+        "an advisory accepted one by one",
+        policy(accepted_advisories=("INTEL-SA-00289",)),
+        claims(advisory_ids=("intel-sa-00289",)),
         NOW,
         True,
         "",
     ),
     (
+        "accepting one advisory does not accept another",
+        policy(accepted_advisories=("INTEL-SA-00289",)),
+        claims(advisory_ids=("INTEL-SA-00289", "INTEL-SA-00615")),
+        NOW,
+        False,
+        "advisories INTEL-SA-00615 are not in",
+    ),
+    (
         "advisory denied",
-        policy(denied_advisories=("INTEL-SA-00615",)),
+        policy(denied_advisories=("INTEL-SA-00615",), accepted_advisories=("INTEL-SA-00289",)),
         claims(advisory_ids=("INTEL-SA-00289", "intel-sa-00615")),
         NOW,
         False,
@@ -224,6 +246,47 @@ CASES: list[tuple[str, Policy, Claims, int, bool, str]] = [
         NOW,
         False,
         "INTEL-SA-01192",
+    ),
+    (
+        "a grace period does not accept an unassessed advisory",
+        policy(tcb_grace_period_seconds=365 * DAY),
+        claims(tcb_status="OutOfDate", advisory_ids=("INTEL-SA-01192",)),
+        NOW,
+        False,
+        "advisories INTEL-SA-01192 are not in",
+    ),
+    # collateral age
+    (
+        "collateral of the default maximum age",
+        BASE,
+        claims(collateral_issued_at=NOW - 30 * DAY),
+        NOW,
+        True,
+        "",
+    ),
+    (
+        "collateral one second too old",
+        BASE,
+        claims(collateral_issued_at=NOW - 30 * DAY - 1),
+        NOW,
+        False,
+        "more than the policy's max_collateral_age_seconds 2592000",
+    ),
+    (
+        "collateral age set by the policy",
+        policy(max_collateral_age_seconds=DAY // 2),
+        claims(collateral_issued_at=NOW - DAY),
+        NOW,
+        False,
+        "max_collateral_age_seconds 43200",
+    ),
+    (
+        "collateral of unknown age",
+        BASE,
+        claims(collateral_issued_at=None),
+        NOW,
+        False,
+        "issue date is unknown",
     ),
     # SGX identity
     (
@@ -244,7 +307,7 @@ CASES: list[tuple[str, Policy, Claims, int, bool, str]] = [
     ),
     (
         "mr_signer pinned, other signer",
-        policy(sgx=(SgxIdentity(mr_enclave=None, mr_signer=(MRS,), isv_prod_id=None),)),
+        policy(sgx=(SgxIdentity(mr_enclave=None, mr_signer=(MRS,), isv_prod_id=(0,)),)),
         claims(mr_signer=OTHER),
         NOW,
         False,
@@ -295,7 +358,7 @@ CASES: list[tuple[str, Policy, Claims, int, bool, str]] = [
         policy(
             sgx=(
                 SgxIdentity(mr_enclave=(OTHER,), mr_signer=None, isv_prod_id=None),
-                SgxIdentity(mr_enclave=None, mr_signer=(OTHER,), isv_prod_id=None),
+                SgxIdentity(mr_enclave=None, mr_signer=(OTHER,), isv_prod_id=(0,)),
             )
         ),
         SGX,
@@ -308,26 +371,42 @@ CASES: list[tuple[str, Policy, Claims, int, bool, str]] = [
     (
         "mr_td pinned, other TD",
         BASE,
-        claims(TDX, mr_td="00" * 48),
+        claims(TDX, mr_td="ab" * 48),
         NOW,
         False,
-        "mr_td 0000000000000000… not in",
+        "mr_td abababababababab… not in",
     ),
     (
-        "rtmr0 pinned",
-        policy(tdx=(TdxIdentity(mr_td=(MRTD,), rtmr0=(RTMR,)),)),
+        "rtmr0 pinned, other firmware configuration",
+        BASE,
+        claims(TDX, rtmr0="ab" * 48),
+        NOW,
+        False,
+        "rtmr0 abababababababab… not in",
+    ),
+    (
+        "rtmr2 pinned, other kernel command line",
+        BASE,
+        claims(TDX, rtmr2="00" * 48),
+        NOW,
+        False,
+        "rtmr2 0000000000000000… not in",
+    ),
+    (
+        "mr_td and mr_config_id pinned",
+        policy(tdx=(TdxIdentity(mr_td=(MRTD,), mr_config_id=(CONFIG_ID,)),)),
         TDX,
         NOW,
         True,
         "",
     ),
     (
-        "rtmr0 pinned, other firmware",
-        policy(tdx=(TdxIdentity(mr_td=(MRTD,), rtmr0=("00" * 48,)),)),
-        TDX,
+        "mr_config_id pinned, other workload",
+        policy(tdx=(TdxIdentity(mr_td=(MRTD,), mr_config_id=(CONFIG_ID,)),)),
+        claims(TDX, mr_config_id="00" * 48),
         NOW,
         False,
-        "rtmr0 4444444444444444… not in",
+        "mr_config_id 0000000000000000… not in",
     ),
     (
         "a TD has no mr_enclave",
@@ -386,6 +465,8 @@ def test_defaults() -> None:
     assert BASE.tee == ("sgx", "tdx")
     assert BASE.accepted_tcb_statuses == ("UpToDate",)
     assert BASE.tcb_grace_period_seconds == 0
+    assert BASE.accepted_advisories == ()
+    assert BASE.max_collateral_age_seconds == 30 * DAY
     assert BASE.allow_debug_insecure is False
 
 
@@ -393,11 +474,36 @@ def test_defaults() -> None:
     ("build", "fragment"),
     [
         (lambda: SgxIdentity(mr_enclave=None, mr_signer=None, isv_prod_id=(0,)), "neither"),
+        (
+            lambda: SgxIdentity(mr_enclave=None, mr_signer=(MRS,), isv_prod_id=None),
+            "every enclave that signer ever signed",
+        ),
+        (lambda: SgxIdentity(mr_enclave=("0" * 64,), mr_signer=None, isv_prod_id=None), "zero"),
+        (lambda: SgxIdentity(mr_enclave=None, mr_signer=("0" * 64,), isv_prod_id=(0,)), "zero"),
+        (lambda: TdxIdentity(mr_td=(MRTD,)), "any kernel"),
+        (lambda: TdxIdentity(mr_td=(MRTD,), rtmr0=(RTMR,), rtmr1=(RTMR1,)), "not rtmr2"),
+        (
+            lambda: TdxIdentity(mr_td=None, rtmr0=(RTMR,), rtmr1=(RTMR1,), rtmr2=(RTMR2,)),
+            "any firmware",
+        ),
+        (lambda: TdxIdentity(mr_td=None, rtmr3=("0" * 96,)), "any firmware"),
+        (lambda: TdxIdentity(mr_td=None, mr_config_id=(CONFIG_ID,)), "any firmware"),
+        (lambda: dataclasses.replace(PIN_TDX, rtmr3=("0" * 96,)), "all-zero"),
+        (lambda: dataclasses.replace(PIN_TDX, mr_td=("0" * 96,)), "all-zero"),
+        (lambda: TdxIdentity(mr_td=(MRTD,), mr_config_id=("0" * 96,)), "all-zero"),
+        (lambda: policy(accepted_advisories=("intel-sa-1",)), "upper-case"),
+        (lambda: policy(accepted_advisories=("ANY",)), "one by one"),
+        (
+            lambda: policy(accepted_advisories=("INTEL-SA-1",), denied_advisories=("INTEL-SA-1",)),
+            "both accepted and denied",
+        ),
+        (lambda: policy(max_collateral_age_seconds=0), "positive"),
+        (lambda: policy(max_collateral_age_seconds=True), "positive"),
         (lambda: SgxIdentity(mr_enclave=(), mr_signer=None, isv_prod_id=None), "non-empty"),
         (lambda: SgxIdentity(mr_enclave=("AB" * 32,), mr_signer=None, isv_prod_id=None), "hex"),
         (lambda: SgxIdentity(mr_enclave=(MRE,), mr_signer=None, isv_prod_id=(70000,)), "65535"),
-        (lambda: TdxIdentity(mr_td=None), "any TD"),
-        (lambda: TdxIdentity(mr_td=(MRE,)), "48 bytes"),
+        (lambda: TdxIdentity(mr_td=None), "any firmware"),
+        (lambda: dataclasses.replace(PIN_TDX, mr_td=(MRE,)), "48 bytes"),
         (lambda: Policy(), "would deny everything"),
         (lambda: Policy(sgx=(PIN_SGX,), tee=("tdx",)), "would deny everything"),
         (lambda: policy(tee=()), "tee must list"),
@@ -442,13 +548,13 @@ min_isv_svn = 1
 [[sgx]]
 mr_enclave = "any"
 mr_signer = ["{MRS}"]
-isv_prod_id = "any"
+isv_prod_id = [0]
 isv_svn = [2, 3]
 
 [[tdx]]
 mr_td = ["{MRTD}"]
-rtmr0 = "any"
-rtmr1 = ["{RTMR}"]
+mr_config_id = ["{CONFIG_ID}"]
+rtmr1 = ["{RTMR1}"]
 """
 
 
@@ -460,9 +566,9 @@ def test_toml_example_parses() -> None:
     assert parsed.denied_advisories == ("INTEL-SA-00615",)
     assert parsed.sgx == (
         SgxIdentity(mr_enclave=(MRE,), mr_signer=None, isv_prod_id=(0,), min_isv_svn=1),
-        SgxIdentity(mr_enclave=None, mr_signer=(MRS,), isv_prod_id=None, isv_svn=(2, 3)),
+        SgxIdentity(mr_enclave=None, mr_signer=(MRS,), isv_prod_id=(0,), isv_svn=(2, 3)),
     )
-    assert parsed.tdx == (TdxIdentity(mr_td=(MRTD,), rtmr1=(RTMR,)),)
+    assert parsed.tdx == (TdxIdentity(mr_td=(MRTD,), mr_config_id=(CONFIG_ID,), rtmr1=(RTMR1,)),)
     assert parsed.decide(SGX, NOW).allowed
     assert parsed.source == "policy.toml"
 
@@ -524,7 +630,24 @@ SGX_ENTRY = f'[[sgx]]\nmr_enclave = ["{MRE}"]\nmr_signer = "any"\nisv_prod_id = 
         (SGX_ENTRY + "min_isv_svn = -1\n", "sgx[0].min_isv_svn"),
         (SGX_ENTRY + "mrenclave = 1\n", "p.toml: sgx[0]: unknown setting 'mrenclave'"),
         ('[[tdx]]\nrtmr0 = "any"\n', "p.toml: tdx[0].mr_td is required"),
-        ('[[tdx]]\nmr_td = "any"\n', "p.toml: tdx[0]: pins none of mr_td"),
+        ('[[tdx]]\nmr_td = "any"\n', 'p.toml: tdx[0]: mr_td is "any"'),
+        (
+            f'[[tdx]]\nmr_td = ["{MRTD}"]\n',
+            "p.toml: tdx[0]: pins mr_td but not rtmr0, rtmr1, rtmr2",
+        ),
+        (
+            f'[[tdx]]\nmr_td = "any"\nrtmr3 = ["{"0" * 96}"]\n',
+            'p.toml: tdx[0]: mr_td is "any"',
+        ),
+        (
+            f'[[sgx]]\nmr_enclave = ["{"0" * 64}"]\nmr_signer = "any"\nisv_prod_id = 0\n',
+            "p.toml: sgx[0]: mr_enclave pins an all-zero value",
+        ),
+        (
+            'accepted_advisories = "INTEL-SA-00615"\n' + SGX_ENTRY,
+            "accepted_advisories must be a list",
+        ),
+        ("max_collateral_age_seconds = -5\n" + SGX_ENTRY, "max_collateral_age_seconds"),
         ("sgx = 3\n", "sgx must be a list of tables"),
         ("", "would deny everything"),
     ],

@@ -283,13 +283,26 @@ def test_policy_on_real_sgx_claims() -> None:
     decision = strict.decide(claims, SGX_NOW)
     assert decision.reasons == (
         "TCB status ConfigurationAndSWHardeningNeeded is not accepted (accepted: UpToDate)",
+        "advisories INTEL-SA-00289, INTEL-SA-00615 are not in the policy's accepted_advisories",
     )
-    lenient = dataclasses.replace(
+    status_only = dataclasses.replace(
         strict, accepted_tcb_statuses=("UpToDate", "ConfigurationAndSWHardeningNeeded")
     )
+    assert not status_only.decide(claims, SGX_NOW).allowed  # advisories: one by one
+    one = dataclasses.replace(status_only, accepted_advisories=("INTEL-SA-00289",))
+    assert one.decide(claims, SGX_NOW).reasons == (
+        "advisories INTEL-SA-00615 are not in the policy's accepted_advisories",
+    )
+    lenient = dataclasses.replace(one, accepted_advisories=("INTEL-SA-00289", "INTEL-SA-00615"))
     assert lenient.decide(claims, SGX_NOW).allowed
-    denying = dataclasses.replace(lenient, denied_advisories=("INTEL-SA-00289",))
+    denying = dataclasses.replace(
+        lenient, accepted_advisories=("INTEL-SA-00615",), denied_advisories=("INTEL-SA-00289",)
+    )
     assert not denying.decide(claims, SGX_NOW).allowed
+    # the vectors are verified on the last second of their collateral's 30 days
+    assert SGX_NOW - (claims.collateral_issued_at or 0) == 30 * 86400 - 1
+    younger = dataclasses.replace(lenient, max_collateral_age_seconds=29 * 86400)
+    assert "max_collateral_age_seconds" in younger.decide(claims, SGX_NOW).reasons[0]
 
 
 def test_grace_period_on_the_real_out_of_date_tdx_claims() -> None:
@@ -301,11 +314,49 @@ def test_grace_period_on_the_real_out_of_date_tdx_claims() -> None:
         now=TD15EX_NOW,
     )
     assert claims.tcb_date is not None
-    base = Policy(tdx=(TdxIdentity(mr_td=(claims.mr_td,)),))
+    assert claims.rtmr0 and claims.rtmr1 and claims.rtmr2
+    base = Policy(
+        tdx=(
+            TdxIdentity(
+                mr_td=(claims.mr_td,),
+                rtmr0=(claims.rtmr0,),
+                rtmr1=(claims.rtmr1,),
+                rtmr2=(claims.rtmr2,),
+            ),
+        ),
+        accepted_advisories=tuple(claims.advisory_ids),
+    )
     assert not base.decide(claims, TD15EX_NOW).allowed
     age = TD15EX_NOW - claims.tcb_date  # about 18 months
     assert (
         dataclasses.replace(base, tcb_grace_period_seconds=age).decide(claims, TD15EX_NOW).allowed
     )
     short = dataclasses.replace(base, tcb_grace_period_seconds=30 * 86400)
+    assert (
+        not dataclasses.replace(base, tcb_grace_period_seconds=age, accepted_advisories=())
+        .decide(claims, TD15EX_NOW)
+        .allowed
+    )  # a grace period admits an old TCB level, not its unassessed advisories
     assert "grace period ended 2025-06-13" in short.decide(claims, TD15EX_NOW).reasons[0]
+
+
+def test_td_policies_that_do_not_identify_a_workload_are_refused() -> None:
+    """Issue #13 §3: `mr_td` alone, or `mr_td = "any"` with the all-zero `rtmr3` this very
+    quote carries, admitted the real TDX vector; such policies no longer load."""
+    from sealserve.attestation import Policy
+    from sealserve.errors import InvalidArgument
+
+    claims = verify_quote(
+        quote("tdx_quote"),
+        collateral("tdx_quote_td15ex_collateral_nopckchain.json"),
+        now=TD15EX_NOW,
+    )
+    assert claims.rtmr3 == "00" * 48
+    for text in (
+        f'tee = ["tdx"]\n[[tdx]]\nmr_td = ["{claims.mr_td}"]\n',
+        f'tee = ["tdx"]\n[[tdx]]\nmr_td = "any"\nrtmr3 = ["{claims.rtmr3}"]\n',
+        f'tee = ["tdx"]\n[[tdx]]\nmr_td = ["{claims.mr_td}"]\nrtmr0 = ["{claims.rtmr0}"]\n'
+        f'rtmr1 = ["{claims.rtmr1}"]\nrtmr2 = ["{claims.rtmr2}"]\nrtmr3 = ["{claims.rtmr3}"]\n',
+    ):
+        with pytest.raises(InvalidArgument):
+            Policy.from_toml(text, source="p.toml")

@@ -45,6 +45,9 @@ class Claims:
     tcb_date: int | None = None
     #: the Quoting Enclave's own TCB status (QE Identity); None if unknown
     qe_tcb_status: str | None = None
+    #: when the collateral verified against was issued: the older of the TCB Info's and the
+    #: QE Identity's `issueDate` (unix seconds); None if unknown
+    collateral_issued_at: int | None = None
     # SGX enclave report (also the simulated TEE)
     mr_enclave: str | None = None
     mr_signer: str | None = None

@@ -13,7 +13,11 @@ accepted too, chosen by a `.json` suffix). Top-level keys come before the tables
                                                   #   only for tests/demos: INSECURE, warns
     accepted_tcb_statuses = ["UpToDate"]          # the default; dcap-qvl's status names
     tcb_grace_period_seconds = 0                  # OutOfDate accepted this long after its TCB date
-    denied_advisories = ["INTEL-SA-00615"]        # any of these in the quote: denied
+    accepted_advisories = []                      # the default: a quote naming any advisory is
+                                                  #   denied; list the ones you have assessed
+    denied_advisories = []                        # always denied (may not also be accepted)
+    max_collateral_age_seconds = 2592000          # the default (30 days): collateral issued
+                                                  #   longer ago than this is refused
     allow_debug_insecure = false                  # debug enclaves/TDs: never in production
 
     [[sgx]]                                       # one table per accepted enclave identity
@@ -24,10 +28,10 @@ accepted too, chosen by a `.json` suffix). Top-level keys come before the tables
     # isv_svn = [3]                               # optional exact list (default "any")
 
     [[tdx]]
-    mr_td = ["91eb2b44d141d4ec..."]               # 48-byte values; a list or "any"
-    rtmr0 = "any"                                 # optional, default "any"; also rtmr1..3,
-                                                  #   mr_config_id, mr_owner, mr_owner_config,
-                                                  #   mr_seam
+    mr_td = ["91eb2b44d141d4ec..."]               # 48-byte values; required, never "any"
+    rtmr0 = ["..."]                               # rtmr0..rtmr2 all pinned, or mr_config_id;
+    rtmr1 = ["..."]                               #   optional: rtmr3, mr_owner,
+    rtmr2 = ["..."]                               #   mr_owner_config, mr_seam
 
     [[sim]]                                       # the simulated TEE: SGX-shaped entries
     mr_enclave = ["<measurement hex>"]
@@ -41,24 +45,46 @@ Rules and secure defaults:
   none of its advisories is denied, and its identity matches at least one entry of its TEE's
   table array (`[[sgx]]`, `[[tdx]]` or `[[sim]]`; "sim" claims are matched against `[[sim]]`
   only, never against `[[sgx]]`).
-- No implicit "any": in an `[[sgx]]` / `[[sim]]` entry, `mr_enclave`, `mr_signer` and
-  `isv_prod_id` are required and "any" must be written out; at least one of `mr_enclave` and
-  `mr_signer` must be pinned (a list) — an entry accepting any enclave at all is refused. In a
-  `[[tdx]]` entry `mr_td` is required, and at least one of `mr_td`, `rtmr0`..`rtmr3` must be
-  pinned. Empty lists are refused (they would silently deny everything).
+- Every entry must identify a workload, or the policy does not load (a policy that admits
+  workloads nobody chose is worse than none):
+  - `[[sgx]]` / `[[sim]]`: `mr_enclave`, `mr_signer` and `isv_prod_id` are required and "any"
+    must be written out; either `mr_enclave` is pinned (one enclave build), or `mr_signer`
+    *and* `isv_prod_id` are (one product of one signer; SGX's own sealing identity). A signer
+    alone would admit every enclave that signer ever signed.
+  - `[[tdx]]`: `mr_td` (the TD's firmware) is pinned, and either `rtmr0`, `rtmr1` and `rtmr2`
+    all are (firmware configuration, kernel and command line, as measured boot extends them)
+    or `mr_config_id` is (the workload identity a host sets and the TD's firmware checks, as
+    CoCo peer pods use it). `mr_td` alone admits any kernel and any workload on that firmware.
+  - No pinned value may be all zeros: an all-zero measurement is what a register holds when
+    nothing was measured into it, so it identifies nothing (e.g. `mr_td = "any"` with an
+    all-zero `rtmr3` admitted the real TDX test vector).
+  Empty lists are refused (they would silently deny everything).
 - TCB status: only "UpToDate" by default. "Revoked" can never be accepted. dcap-qvl's overall
   status already folds in the Quoting Enclave's status.
+- Advisories: strict by default, as Intel's appraisal policies are: a quote whose TCB level
+  names any security advisory is denied unless every advisory it names is listed, one by
+  one, in `accepted_advisories` (after the operator has assessed it). `denied_advisories`
+  names advisories that are denied whatever else the policy says; listing one in both is an
+  error.
+- Collateral age: the TCB Info and QE Identity the quote was verified against must have been
+  issued at most `max_collateral_age_seconds` before the decision (default 30 days, the
+  interval at which Intel's PCS reissues them; lower it to demand fresher collateral). The
+  verifier already refuses collateral past its `nextUpdate`.
 - Grace period: a quote whose status is "OutOfDate" (or "OutOfDateConfigurationNeeded", if
   "ConfigurationNeeded" is accepted) is allowed while `now <= tcb_date +
   tcb_grace_period_seconds`, where `tcb_date` is the `tcbDate` of the TCB level the platform
   matched (Intel's "TCB level date tag", as dcap-qvl's own `platform_grace_period` uses it).
   That date is when that level was current, not when it went out of date, so the grace ends
-  early rather than late. Its advisories still go through `denied_advisories`.
+  early rather than late. Its advisories still go through the advisory rules: a grace period
+  admits an old TCB level, not an unassessed advisory.
 - Unknown keys are errors (a misspelt `allow_debug` must not be silently ignored). Parse
   errors are `InvalidArgument` naming the file and the field.
 
 `Policy.from_ra_config(...)` converts the seed's `ra_config.json` (Intel CCZoo's
 tensorflow-serving-cluster secret-provisioning format) — see its docstring.
+
+Denial reasons are for the operator (the KBS writes them to its audit log); the KBS tells the
+TEE only that the policy denied it.
 
 Immutable and thread-safe; `decide` is a pure function of (policy, claims, now).
 """
@@ -98,6 +124,8 @@ _TDX_HEX_FIELDS = (
     "mr_seam",
 )
 _TDX_MEASUREMENT_SIZE = 48
+#: Intel's PCS reissues TCB Info and QE Identity with a 30-day `nextUpdate`.
+DEFAULT_MAX_COLLATERAL_AGE_SECONDS = 30 * 86400
 
 HexPin = tuple[str, ...] | None  # None = "any"
 IntPin = tuple[int, ...] | None
@@ -128,7 +156,12 @@ class SgxIdentity:
         if self.mr_enclave is None and self.mr_signer is None:
             raise InvalidArgument(
                 "pins neither mr_enclave nor mr_signer, so it would accept any enclave: "
-                "list the accepted values of at least one of them"
+                "pin mr_enclave, or mr_signer and isv_prod_id"
+            )
+        if self.mr_enclave is None and self.isv_prod_id is None:
+            raise InvalidArgument(
+                "pins mr_signer but not isv_prod_id, so it would accept every enclave that "
+                "signer ever signed: pin mr_enclave, or isv_prod_id as well"
             )
         for name, size in _SGX_HEX_FIELDS.items():
             _check_hex_pin(getattr(self, name), name, size)
@@ -175,10 +208,17 @@ class TdxIdentity:
     mr_seam: HexPin = None
 
     def __post_init__(self) -> None:
-        if all(getattr(self, n) is None for n in ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3")):
+        if self.mr_td is None:
             raise InvalidArgument(
-                "pins none of mr_td and rtmr0..rtmr3, so it would accept any TD: list the "
-                "accepted values of at least one of them"
+                'mr_td is "any", so it would accept a TD on any firmware: list the accepted '
+                "mr_td values"
+            )
+        boot = ("rtmr0", "rtmr1", "rtmr2")
+        if self.mr_config_id is None and any(getattr(self, n) is None for n in boot):
+            missing = ", ".join(n for n in boot if getattr(self, n) is None)
+            raise InvalidArgument(
+                f"pins mr_td but not {missing}, so it would accept any kernel and workload on "
+                "that firmware: pin rtmr0, rtmr1 and rtmr2 (or mr_config_id)"
             )
         for name in _TDX_HEX_FIELDS:
             _check_hex_pin(getattr(self, name), name, _TDX_MEASUREMENT_SIZE)
@@ -214,6 +254,11 @@ def _check_hex_pin(pin: HexPin, name: str, size: int) -> None:
         if not isinstance(value, str) or not re.fullmatch(f"[0-9a-f]{{{2 * size}}}", value):
             raise InvalidArgument(
                 f"{name} value {value!r} is not {size} bytes of lower-case hex ({2 * size} digits)"
+            )
+        if not value.strip("0"):
+            raise InvalidArgument(
+                f"{name} pins an all-zero value, which is what the register holds when nothing "
+                "was measured into it: it identifies no workload"
             )
 
 
@@ -277,7 +322,9 @@ class Policy:
     tee: tuple[str, ...] = ("sgx", "tdx")
     accepted_tcb_statuses: tuple[str, ...] = ("UpToDate",)
     tcb_grace_period_seconds: int = 0
+    accepted_advisories: tuple[str, ...] = ()
     denied_advisories: tuple[str, ...] = ()
+    max_collateral_age_seconds: int = DEFAULT_MAX_COLLATERAL_AGE_SECONDS
     allow_debug_insecure: bool = False
     #: where the policy came from, for messages ("policy.toml")
     source: str = field(default="policy", compare=False)
@@ -299,12 +346,20 @@ class Policy:
         grace = self.tcb_grace_period_seconds
         if isinstance(grace, bool) or not isinstance(grace, int) or grace < 0:
             raise InvalidArgument("tcb_grace_period_seconds must be a non-negative integer")
-        for advisory in self.denied_advisories:
-            normal = advisory.strip().upper() if isinstance(advisory, str) else ""
-            if not normal or advisory != normal:
-                raise InvalidArgument(
-                    f"denied advisory {advisory!r} must be an upper-case id like INTEL-SA-00615"
-                )
+        for name in ("accepted_advisories", "denied_advisories"):
+            for advisory in getattr(self, name):
+                normal = advisory.strip().upper() if isinstance(advisory, str) else ""
+                if not normal or advisory != normal or normal == ANY.upper():
+                    raise InvalidArgument(
+                        f"{name}: {advisory!r} must be an upper-case advisory id like "
+                        "INTEL-SA-00615 (each advisory is accepted one by one)"
+                    )
+        both = sorted(set(self.accepted_advisories) & set(self.denied_advisories))
+        if both:
+            raise InvalidArgument(f"advisory {both[0]} is both accepted and denied")
+        age = self.max_collateral_age_seconds
+        if isinstance(age, bool) or not isinstance(age, int) or age <= 0:
+            raise InvalidArgument("max_collateral_age_seconds must be a positive integer")
         if not isinstance(self.allow_debug_insecure, bool):
             raise InvalidArgument("allow_debug_insecure must be true or false")
         if not any(self.identities(t) for t in self.tee):
@@ -347,9 +402,8 @@ class Policy:
         if claims.debug and not self.allow_debug_insecure:
             reasons.append("the TEE runs in debug mode (allow_debug_insecure is false)")
         self._check_tcb(claims, now, reasons, notes)
-        denied = sorted({a.upper() for a in claims.advisory_ids} & set(self.denied_advisories))
-        if denied:
-            reasons.append(f"advisories {', '.join(denied)} are denied by the policy")
+        self._check_advisories(claims, reasons)
+        self._check_collateral_age(claims, now, reasons)
         if tee_ok:
             self._check_identity(claims, reasons)
         return Decision(allowed=not reasons, reasons=tuple(reasons), notes=tuple(notes))
@@ -382,6 +436,29 @@ class Policy:
                 f"{format_time(until)} (TCB date {format_time(claims.tcb_date)} + {grace} s)"
             )
 
+    def _check_advisories(self, claims: Claims, reasons: list[str]) -> None:
+        named = sorted({a.strip().upper() for a in claims.advisory_ids})
+        denied = [a for a in named if a in self.denied_advisories]
+        if denied:
+            reasons.append(f"advisories {', '.join(denied)} are denied by the policy")
+        unassessed = [a for a in named if a not in self.accepted_advisories and a not in denied]
+        if unassessed:
+            reasons.append(
+                f"advisories {', '.join(unassessed)} are not in the policy's accepted_advisories"
+            )
+
+    def _check_collateral_age(self, claims: Claims, now: int, reasons: list[str]) -> None:
+        issued = claims.collateral_issued_at
+        if issued is None:
+            reasons.append("the collateral's issue date is unknown, so its age cannot be checked")
+            return
+        age = now - issued
+        if age > self.max_collateral_age_seconds:
+            reasons.append(
+                f"the collateral was issued {format_time(issued)}, {age} s ago, more than the "
+                f"policy's max_collateral_age_seconds {self.max_collateral_age_seconds}"
+            )
+
     def _check_identity(self, claims: Claims, reasons: list[str]) -> None:
         entries = self.identities(claims.tee)
         if not entries:
@@ -409,7 +486,9 @@ class Policy:
             "tee": list(self.tee),
             "accepted_tcb_statuses": list(self.accepted_tcb_statuses),
             "tcb_grace_period_seconds": self.tcb_grace_period_seconds,
+            "accepted_advisories": list(self.accepted_advisories),
             "denied_advisories": list(self.denied_advisories),
+            "max_collateral_age_seconds": self.max_collateral_age_seconds,
             "allow_debug_insecure": self.allow_debug_insecure,
         }
         for name in ("sgx", "tdx", "sim"):
@@ -470,11 +549,13 @@ class Policy:
                 )
             if "tcb_grace_period_seconds" in data:
                 kwargs["tcb_grace_period_seconds"] = data["tcb_grace_period_seconds"]
-            if "denied_advisories" in data:
-                kwargs["denied_advisories"] = tuple(
-                    a.strip().upper()
-                    for a in _strings(data["denied_advisories"], "denied_advisories", empty=True)
-                )
+            for name in ("accepted_advisories", "denied_advisories"):
+                if name in data:
+                    kwargs[name] = tuple(
+                        a.strip().upper() for a in _strings(data[name], name, empty=True)
+                    )
+            if "max_collateral_age_seconds" in data:
+                kwargs["max_collateral_age_seconds"] = data["max_collateral_age_seconds"]
             if "allow_debug_insecure" in data:
                 kwargs["allow_debug_insecure"] = data["allow_debug_insecure"]
             kwargs["sgx"] = _entries(data, "sgx", _sgx_entry)
@@ -504,7 +585,7 @@ class Policy:
         "any"; `isv_svn` an exact list, not a minimum). Differences, all deliberate:
 
         - CCZoo with every flag "off" accepts any enclave; here that (or pinning neither
-          mr_enclave nor mr_signer) is an error.
+          mr_enclave nor mr_signer, or mr_signer without isv_prod_id) is an error.
         - The flags must be "on" or "off" (CCZoo treats any other text as off).
         - ra_config has no TCB settings; the result accepts only UpToDate platforms and
           rejects debug enclaves (Gramine RA-TLS's defaults without its `*_INSECURE`
@@ -530,6 +611,11 @@ class Policy:
             raise InvalidArgument(
                 f"{source}: neither verify_mr_enclave nor verify_mr_signer is on, which would "
                 "accept any enclave; turn at least one of them on"
+            )
+        if not flags["mr_enclave"] and not flags["isv_prod_id"]:
+            raise InvalidArgument(
+                f"{source}: verify_mr_signer without verify_isv_prod_id would accept every "
+                "enclave that signer ever signed; turn on verify_mr_enclave or verify_isv_prod_id"
             )
         key = "mrs" if "mrs" in data else "sgx_mrs"
         measurements = data.get(key)

@@ -34,6 +34,7 @@ import functools
 import hashlib
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 import dcap_qvl
@@ -97,7 +98,7 @@ def verify_quote(
     except (ValueError, TypeError, OverflowError) as err:  # dcap-qvl raises ValueError
         reason = _failure_reason(err, raw, collateral, now, root)
         raise AttestationFailed(f"quote verification failed: {reason}", reason=reason) from None
-    claims = _normalise(data, sim=not intel)
+    claims = _normalise(data, sim=not intel, collateral_issued_at=_issued_at(collateral))
     if tee_hint is not None and tee_hint != claims.tee:
         reason = f"the evidence says tee {tee_hint} but the quote verified as {claims.tee}"
         raise AttestationFailed(f"quote verification failed: {reason}", reason=reason)
@@ -124,7 +125,20 @@ def _failure_reason(
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-def _normalise(data: dict[str, Any], *, sim: bool) -> Claims:
+def _issued_at(collateral: Collateral) -> int | None:
+    """The older `issueDate` of the TCB Info and QE Identity (authenticated: dcap-qvl has just
+    verified both signatures), for the policy's maximum collateral age."""
+    try:
+        dates = [
+            json.loads(text)["issueDate"]
+            for text in (collateral.dcap.tcb_info, collateral.dcap.qe_identity)
+        ]
+        return min(int(datetime.fromisoformat(d.replace("Z", "+00:00")).timestamp()) for d in dates)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None  # the policy then denies: an unknown age is not a young one
+
+
+def _normalise(data: dict[str, Any], *, sim: bool, collateral_issued_at: int | None) -> Claims:
     """dcap-qvl's `QuoteClaims` JSON → `Claims`. Field names follow dcap-qvl's serde output
     (`report: {SgxEnclave | TD10 | TD15 | TD15Ex: {...}}`, TD15 nesting its TD10 fields
     under `base`)."""
@@ -145,6 +159,7 @@ def _normalise(data: dict[str, Any], *, sim: bool) -> Claims:
             "fmspc": bytes(pck.get("fmspc", ())).hex().upper(),
             "tcb_date": int(tcb_date) if tcb_date is not None else None,
             "qe_tcb_status": qe_level.get("tcbStatus"),
+            "collateral_issued_at": collateral_issued_at,
         }
         if quote_tee == "sgx":
             attributes = bytes.fromhex(report["attributes"])
