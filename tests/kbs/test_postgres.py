@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from joserfc import jwe
 from joserfc.jwk import ECKey
 
 from sealserve.attestation.sim import SimAttester, SimTee
 from sealserve.errors import DataLoss, NotFound
+from sealserve.kbs.jwe import open_resource
 from sealserve.kbs.protocol import PROTOCOL_VERSION, b64encode, report_data_for, tee_pubkey_jwk
 from sealserve.kbs.service import KbsConfig, KbsService
 from sealserve.kbs.store import MasterKey, open_store
@@ -153,8 +153,7 @@ def test_release_flow_on_postgres(pg_store, sim: SimTee, attester: SimAttester) 
         },
     )
     sealed = service.resource(RESOURCE, session_id=sid)
-    algs = ["ECDH-ES+A256KW", "A256GCM"]
-    assert jwe.decrypt_compact(sealed, key, algorithms=algs).plaintext == SECRET
+    assert open_resource(sealed, key) == SECRET
     decisions = [(r.action, r.decision) for r in pg_store.audit_records()]
     assert decisions == [("attest", "verified"), ("release", "allowed")]
     assert pg_store.verify_chain().ok

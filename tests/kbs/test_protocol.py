@@ -80,7 +80,7 @@ def test_attestation_round_trip_and_errors() -> None:
         Attestation.parse({"tee-evidence": {"quote": "cQ=="}})
     with pytest.raises(InvalidArgument, match="base64"):
         body = attestation.to_json()
-        body["tee-evidence"]["quote"] = "!!"
+        body["tee-evidence"]["primary_evidence"]["quote"] = "!!"
         Attestation.parse(body)
 
 

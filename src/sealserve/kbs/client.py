@@ -1,27 +1,31 @@
-"""The KBS client a server in a TEE uses: attest, then fetch a model key (`KbsKeyProvider`).
+"""The KBS client a server in a TEE uses: attest once, then fetch every key it needs.
 
-For each key, `KbsKeyProvider.key_for(name)` runs the Trustee KBS v0.4.0 flow
-(`reference/attestation.md` §3) with a fresh ephemeral EC P-256 key:
-`POST /kbs/v0/auth` → nonce + `kbs-session-id` cookie; the attester quotes
-`report_data_for(nonce, tee-pubkey)`; `POST /kbs/v0/attest` → token;
-`GET /kbs/v0/resource/<path>` → a JWE to the ephemeral key, decrypted here. The ephemeral
-private key and the key bytes live in memory only and never appear in logs or `repr`.
+`AttestedSession` runs the Trustee KBS v0.4.0 flow (`reference/attestation.md` §3) once per
+session: `POST /kbs/v0/auth` → nonce + `kbs-session-id` cookie; a fresh ephemeral EC P-256
+key; the attester quotes `report_data_for(nonce, tee-pubkey)`; `POST /kbs/v0/attest` with
+Trustee's composite evidence → token. Every `GET /kbs/v0/resource/<path>` then carries the
+cookie and the token, and the answer (a flattened JSON JWE, or the compact JWE of older
+sealserve KBSs) is decrypted with the ephemeral key. A new attestation happens only when the
+token's lifetime runs out or the KBS answers a resource request with 401. `KbsKeyProvider`
+is the server's key provider over one such session. The ephemeral private key and the
+secrets live in memory only and never appear in logs or `repr`.
 
-Failures: 401/403 from the KBS → `KbsDenied` (PERMISSION_DENIED) carrying the KBS's reason;
-404 → `NotFound`; connection errors and 5xx → retried with exponential backoff (`sleep`
-injectable), then `SealserveError(UNAVAILABLE)`.
+Failures: 401/403 from the KBS → `KbsDenied` (PERMISSION_DENIED) carrying the KBS's words;
+404 → `NotFound`; connection errors, 5xx and 429 (the KBS is rate-limiting) → retried with
+exponential backoff (`Retry-After` honoured up to `max_backoff`; `sleep` injectable), then
+`SealserveError(UNAVAILABLE)`.
 
 Several KBS replicas: a session lives in the memory of the KBS process that answered `auth`.
-When a later step of the handshake had to go over a new connection (the KBS died, or closed
-the connection, and a load balancer may have picked another replica) and is refused with 401
-(unknown session, nonce already used), the handshake starts again from `auth` with a fresh
-ephemeral key, after the same backoff, up to `attempts` handshakes. A 401 over the connection
-that carried `auth` comes from the KBS that holds the session: final, never retried.
+When the attest step had to go over a new connection (the KBS died, or closed the
+connection, and a load balancer may have picked another replica) and is refused with 401
+(unknown session), the handshake starts again from `auth` with a fresh ephemeral key, after
+the same backoff, up to `attempts` handshakes. A 401 to attest over the connection that
+carried `auth` comes from the KBS that holds the session: final, never retried.
 
 HTTPS only unless the URL says `http://` (the KBS's `--insecure-http` counterpart); the KBS's
 certificate is checked against `ca_pem` (a PEM file path), or the system roots if None.
 
-Thread safety: `key_for` keeps no state between calls; safe from several threads.
+Thread safety: `KbsClient` keeps one connection per thread; `AttestedSession` is thread-safe.
 """
 
 from __future__ import annotations
@@ -36,16 +40,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
 
-from joserfc import jwe
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey
+from joserfc.jwk import ECKey, RSAKey
 
 from sealserve.attestation import Attester
 from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
+from sealserve.kbs.jwe import b64url_decode, open_resource
 from sealserve.kbs.protocol import (
     PROTOCOL_VERSION,
     SESSION_COOKIE,
@@ -61,8 +64,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RESOURCE_REPOSITORY = "sealserve"
 DEFAULT_RESOURCE_TYPE = "model-key"
-#: What the client accepts in the KBS's JWE (protocol §3; EC ephemeral key).
-_JWE_ALGS = ["ECDH-ES+A256KW", "A256GCM"]
 
 
 def default_resource_for_model(name: str) -> str:
@@ -87,7 +88,20 @@ class _Answer:
 
 
 class _Retryable(Exception):
-    pass
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(answer: _Answer) -> float | None:
+    """`Retry-After` in seconds (RFC 9110 §10.2.3; the HTTP-date form is not used by KBSs)."""
+    for name, value in answer.headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
 
 
 class _SessionLost(Exception):
@@ -160,6 +174,8 @@ class KbsClient:
                 self._drop_connection()
             if answer.status >= 500:
                 raise _Retryable(f"HTTP {answer.status}: {_detail(answer)}")
+            if answer.status == 429:  # rate-limited (e.g. during a flood): wait, then again
+                raise _Retryable(f"HTTP 429: {_detail(answer)}", _retry_after(answer))
             return answer
         raise _Retryable("the key broker closed the connection")
 
@@ -197,7 +213,7 @@ class KbsClient:
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> _Answer:
-        """One request, retried on connection errors and 5xx with exponential backoff."""
+        """One request, retried on connection errors, 5xx and 429 with exponential backoff."""
         hdrs = dict(headers or {})
         body = data
         if json_body is not None:
@@ -212,15 +228,18 @@ class KbsClient:
                 last = str(err)
                 if attempt == self.attempts:
                     break
+                wait = delay
+                if err.retry_after is not None:
+                    wait = min(max(delay, err.retry_after), self.max_backoff)
                 log.warning(
-                    "key broker %s unreachable (%s); retry %d/%d in %.1f s",
+                    "key broker %s unavailable (%s); retry %d/%d in %.1f s",
                     self.url,
                     last,
                     attempt,
                     self.attempts - 1,
-                    delay,
+                    wait,
                 )
-                self._sleep(delay)
+                self._sleep(wait)
                 delay = min(delay * 2, self.max_backoff)
         raise SealserveError(
             f"key broker {self.url} unavailable after {self.attempts} attempts: {last}",
@@ -228,71 +247,209 @@ class KbsClient:
         )
 
     def fetch_resource(self, attester: Attester, resource: str) -> bytes:
-        """The full flow for one resource; returns its plaintext."""
+        """One resource with an attestation of its own (`kbs get-resource`, debugging)."""
+        return AttestedSession(self, attester).get_resource(resource)
+
+
+@dataclass
+class _Attested:
+    """What one successful attestation left: the ephemeral key (private, memory only), the
+    session cookie, the token, and when to stop using them (monotonic clock)."""
+
+    key: ECKey | RSAKey = field(repr=False)
+    cookie: str = field(repr=False)
+    token: str = field(repr=False)
+    expires_at: float
+    lifetime: float
+
+    def headers(self) -> dict[str, str]:
+        # Both credentials, as Trustee's KBS reads them: the attested session named by the
+        # cookie first, else the token. The token alone is enough for any KBS that shares the
+        # signing key (a replica, or this KBS after a restart).
+        return {
+            "Cookie": f"{SESSION_COOKIE}={self.cookie}",
+            "Authorization": f"Bearer {self.token}",
+        }
+
+
+def token_lifetime(token: str, default: float = 60.0) -> float:
+    """Seconds a KBS token is valid, from its own `exp - iat` (read, not verified: the client
+    only schedules with it; the KBS verifies). Local time plus this lifetime is immune to
+    clock skew between the TEE and the KBS."""
+    try:
+        payload = json.loads(b64url_decode(token.split(".")[1], "token payload"))
+        exp, iat = payload["exp"], payload.get("iat")
+        if isinstance(exp, int | float) and isinstance(iat, int | float) and exp > iat:
+            return float(exp - iat)
+    except (IndexError, KeyError, TypeError, ValueError, SealserveError):
+        pass
+    return default
+
+
+class AttestedSession:
+    """One attestation with a KBS, reused for every resource until it runs out.
+
+    `get_resource(path)` attests first if there is no session yet or it is within
+    `refresh_margin` of its end, then asks for the resource with the session's cookie and
+    token. A 401 on a resource means the KBS no longer accepts them (expired, or the KBS that
+    held the session restarted or failed over and does not share the signing key): the
+    session is dropped and the request repeated once after a new attestation. So N resources
+    cost one attestation, not N (issue #13 §5).
+
+    Built to carry more over the same session (issue #16): `key_factory` chooses the TEE key
+    the evidence binds (e.g. the server's TLS key, so that a certificate can be issued for
+    it), `init_data` travels with the attestation, and a lease renewal is another
+    `get_resource` (re-attesting only when needed). `attestations` counts successful
+    attestations (tests, benchmarks).
+
+    Thread-safe: one attestation at a time (callers that need one wait for it); resource
+    requests run in parallel.
+    """
+
+    def __init__(
+        self,
+        client: KbsClient,
+        attester: Attester,
+        *,
+        key_factory: Callable[[], ECKey | RSAKey] = lambda: ECKey.generate_key("P-256"),
+        init_data: Any = None,
+        refresh_margin: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.attester = attester
+        self._key_factory = key_factory
+        self._init_data = init_data
+        self._refresh_margin = refresh_margin
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: _Attested | None = None
+        self.attestations = 0
+
+    def __repr__(self) -> str:
+        return f"AttestedSession({self.client.url!r}, tee={self.attester.tee!r})"
+
+    def get_resource(self, resource: str) -> bytes:
+        """The plaintext of `resource` (`<repository>/<type>/<tag>`)."""
         resource = check_resource_path(resource)
-        delay = self.backoff
-        for handshake in range(1, self.attempts + 1):
+        for attempt in (1, 2):
+            state = self._current(resource)
+            answer = self.client.call(
+                "GET", f"/kbs/v0/resource/{resource}", headers=state.headers()
+            )
+            if answer.status == 401 and attempt == 1:
+                log.info(
+                    "key broker %s no longer accepts this attestation (%s); attesting again",
+                    self.client.url,
+                    _detail(answer),
+                )
+                self.invalidate(state)
+                continue
+            _raise_for(answer, "release", resource)
             try:
-                return self._handshake(attester, resource)
+                return open_resource(answer.body, state.key)
+            except ValueError as err:
+                log.error("the KBS's JWE for %s does not decrypt: %s", resource, err)
+                raise SealserveError(
+                    f"the key broker's answer for {resource} cannot be decrypted",
+                    code=Code.DATA_LOSS,
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def invalidate(self, state: _Attested | None = None) -> None:
+        """Forget the session (the given one only, if it is still the current one)."""
+        with self._lock:
+            if state is None or self._state is state:
+                self._state = None
+
+    @property
+    def expires_in(self) -> float | None:
+        """Seconds until the current session ends (None: no session)."""
+        state = self._state
+        return None if state is None else state.expires_at - self._clock()
+
+    def _current(self, resource: str) -> _Attested:
+        with self._lock:
+            state = self._state
+            margin = min(self._refresh_margin, state.lifetime / 4) if state else 0.0
+            if state is None or self._clock() >= state.expires_at - margin:
+                self._state = state = self._attest(resource)
+            return state
+
+    def _attest(self, resource: str) -> _Attested:
+        """auth → attest with a fresh key, restarting from auth (with backoff) when the KBS
+        that answered auth is gone (see the module docstring)."""
+        client = self.client
+        delay = client.backoff
+        for handshake in range(1, client.attempts + 1):
+            try:
+                state = self._handshake(resource)
             except _SessionLost as lost:
-                if handshake == self.attempts:
+                if handshake == client.attempts:
                     raise lost.denied from None
                 log.warning(
                     "key broker %s no longer knows the session (%s); new handshake %d/%d in %.1f s",
-                    self.url,
+                    client.url,
                     lost.denied.reason,
                     handshake,
-                    self.attempts - 1,
+                    client.attempts - 1,
                     delay,
                 )
-                self._sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+                client._sleep(delay)
+                delay = min(delay * 2, client.max_backoff)
+                continue
+            self.attestations += 1
+            return state
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _handshake(self, attester: Attester, resource: str) -> bytes:
-        """auth → attest → resource with a fresh ephemeral key."""
-        key = ECKey.generate_key("P-256")
+    def _handshake(self, resource: str) -> _Attested:
+        client = self.client
+        key = self._key_factory()
         jwk = tee_pubkey_jwk(key)
-        answer = self.call(
+        answer = client.call(
             "POST",
             "/kbs/v0/auth",
-            json_body={"version": PROTOCOL_VERSION, "tee": attester.tee, "extra-params": ""},
+            json_body={"version": PROTOCOL_VERSION, "tee": self.attester.tee, "extra-params": ""},
         )
         _raise_for(answer, "auth", resource)
-        session_connection = self._connections_opened()
+        session_connection = client._connections_opened()
         cookie = _session_cookie(answer)
         challenge = Challenge.parse(answer.body)
-        evidence = attester.evidence(report_data_for(challenge.nonce, jwk))
+        evidence = self.attester.evidence(report_data_for(challenge.nonce, jwk))
         attestation = Attestation(
-            nonce=challenge.nonce, tee_pubkey=TeePubKey.from_jwk(jwk), quote=evidence.quote
+            nonce=challenge.nonce,
+            tee_pubkey=TeePubKey.from_jwk(jwk),
+            quote=evidence.quote,
+            init_data=self._init_data,
         )
-        cookie_header = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
-        answer = self.call(
-            "POST", "/kbs/v0/attest", json_body=attestation.to_json(), headers=cookie_header
+        answer = client.call(
+            "POST",
+            "/kbs/v0/attest",
+            json_body=attestation.to_json(),
+            headers={"Cookie": f"{SESSION_COOKIE}={cookie}"},
         )
-        self._raise_in_session(answer, "attestation", resource, session_connection)
-        answer = self.call("GET", f"/kbs/v0/resource/{resource}", headers=cookie_header)
-        self._raise_in_session(answer, "release", resource, session_connection)
         try:
-            return bytes(
-                jwe.decrypt_compact(answer.body, key, algorithms=_JWE_ALGS).plaintext or b""
-            )
-        except (JoseError, ValueError) as err:
-            log.error("the KBS's JWE for %s does not decrypt: %s", resource, err)
-            raise SealserveError(
-                f"the key broker's answer for {resource} cannot be decrypted",
-                code=Code.DATA_LOSS,
-            ) from None
-
-    def _raise_in_session(
-        self, answer: _Answer, step: str, resource: str, session_connection: int
-    ) -> None:
-        try:
-            _raise_for(answer, step, resource)
+            _raise_for(answer, "attestation", resource)
         except KbsDenied as denied:
-            if denied.status == 401 and self._connections_opened() != session_connection:
+            if denied.status == 401 and client._connections_opened() != session_connection:
                 raise _SessionLost(denied) from None
             raise
+        try:
+            token = json.loads(answer.body)["token"]
+            if not isinstance(token, str) or not token:
+                raise ValueError("no token")
+        except (ValueError, KeyError, TypeError):
+            raise SealserveError(
+                "the key broker's attestation answer has no token", code=Code.UNKNOWN
+            ) from None
+        lifetime = token_lifetime(token)
+        return _Attested(
+            key=key,
+            cookie=cookie,
+            token=token,
+            expires_at=self._clock() + lifetime,
+            lifetime=lifetime,
+        )
 
 
 def _detail(answer: _Answer) -> str:
@@ -334,7 +491,8 @@ def _session_cookie(answer: _Answer) -> str:
 
 
 class KbsKeyProvider:
-    """`serving.keys.KeyProvider` backed by a KBS: attests and fetches each model's key."""
+    """`serving.keys.KeyProvider` backed by a KBS: one attested session for every model key
+    (and the protected TLS configuration) this server needs."""
 
     def __init__(
         self,
@@ -353,11 +511,12 @@ class KbsKeyProvider:
         )
         self.attester = attester
         self.resource_for_model = resource_for_model
+        self.session = AttestedSession(self.client, attester)
 
     def key_for(self, name: str) -> bytes:
         # A refusal is reported once, by whoever asked: the model manager's load-failure
         # line, or `serve`'s start-up error for a protected ssl config.
-        return self.client.fetch_resource(self.attester, self.resource_for_model(name))
+        return self.session.get_resource(self.resource_for_model(name))
 
     def __repr__(self) -> str:
         return f"KbsKeyProvider({self.client.url!r}, tee={self.attester.tee!r})"

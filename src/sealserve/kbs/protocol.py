@@ -7,12 +7,20 @@ Trustee `kbs/docs/kbs_attestation_protocol.md`):
 - Challenge (its answer):           `{"nonce": base64(32 random bytes), "extra-params": ""}`
   plus the `kbs-session-id` cookie;
 - Attestation (`POST /kbs/v0/attest`): `{"runtime-data": {"nonce", "tee-pubkey": JWK},
-  "tee-evidence": {"quote": base64}, "init-data"?}` → `{"token": JWT}`;
-- Response: the resource as a compact JWE to `tee-pubkey`;
+  "tee-evidence": {"primary_evidence": {"quote": base64, ...}, "additional_evidence":
+  "<JSON string>"}, "init-data"?}` → `{"token": JWT}`. The evidence is Trustee's composite
+  form (kbs `attestation/backend.rs`); the primary evidence of SGX and of the simulated TEE is
+  `{"quote"}`, of TDX `{"quote", "cc_eventlog"?}` (Trustee's verifier `SgxEvidence` /
+  `TdxEvidence`). sealserve clients before this version sent `{"quote": base64}` directly
+  as `tee-evidence`; that shape is still read. Additional evidence (other devices, e.g. a
+  GPU) cannot be verified here and is refused unless empty (`""` or `"{}"`);
+- Response: the resource as a JWE in the flattened JSON serialization (`kbs.jwe`);
 - errors: RFC 7807 problem JSON.
 
 The binding (`report_data_for`): the TEE's 64-byte report_data is SHA-384 of the RFC 8785
-canonical JSON of `{"additional-evidence", "nonce", "tee-pubkey"}`, zero-padded to 64 bytes.
+canonical JSON of `{"additional-evidence", "nonce", "tee-pubkey"}`, zero-padded to 64 bytes,
+where `additional-evidence` is the composite evidence's `additional_evidence` string (what
+Trustee's KBS hands its attestation service as the primary evidence's runtime data).
 A quote is therefore only good for the one nonce (one session) and the one ephemeral key the
 resource is encrypted to: a quote replayed with another key does not match.
 
@@ -234,16 +242,21 @@ class Challenge:
 
 @dataclass(frozen=True)
 class Attestation:
-    """`POST /kbs/v0/attest` body. `quote` is the decoded `tee-evidence.quote` (public data)."""
+    """`POST /kbs/v0/attest` body. `quote` is the decoded primary evidence's quote (public
+    data); `cc_eventlog` the TDX CCEL, carried along but not verified (the policy pins RTMRs,
+    not event logs)."""
 
     nonce: str
     tee_pubkey: TeePubKey
     quote: bytes = field(repr=False)
     additional_evidence: str = ""
     init_data: Any = None
+    cc_eventlog: str | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, body: Any) -> Attestation:
+    def parse(cls, body: Any, *, tee: str | None = None) -> Attestation:
+        """Either evidence shape (see the module docstring). `tee`: the session's TEE type,
+        for messages."""
         data = _object(body, "attestation")
         runtime = data.get("runtime-data")
         if not isinstance(runtime, dict):
@@ -251,32 +264,73 @@ class Attestation:
         nonce = runtime.get("nonce")
         if not isinstance(nonce, str) or not nonce:
             raise InvalidArgument("runtime-data has no nonce")
-        additional = runtime.get("additional-evidence", "")
-        if not isinstance(additional, str):
-            raise InvalidArgument("runtime-data additional-evidence must be a string")
         evidence = _object(data.get("tee-evidence"), "tee-evidence")
-        quote = b64decode(evidence.get("quote"), "tee-evidence quote")
+        if "primary_evidence" in evidence:  # Trustee's composite evidence (0.4.0)
+            primary = _object(evidence["primary_evidence"], "tee-evidence primary_evidence")
+            additional = evidence.get("additional_evidence", "")
+            if not isinstance(additional, str):
+                raise InvalidArgument(
+                    "tee-evidence additional_evidence must be a JSON string (possibly empty)"
+                )
+            _refuse_additional_evidence(additional)
+        else:  # sealserve's earlier shape: the primary evidence itself
+            primary = evidence
+            additional = runtime.get("additional-evidence", "")
+            if not isinstance(additional, str):
+                raise InvalidArgument("runtime-data additional-evidence must be a string")
+            _refuse_additional_evidence(additional)
+        if "quote" not in primary:
+            kind = f"{tee} " if tee else ""
+            raise InvalidArgument(
+                f'the {kind}primary evidence has no quote (expected {{"quote": base64}}, as '
+                "SGX and TDX attesters send; other evidence formats are not supported)"
+            )
+        quote = b64decode(primary.get("quote"), "tee-evidence quote")
+        eventlog = primary.get("cc_eventlog")
+        if eventlog is not None and not isinstance(eventlog, str):
+            raise InvalidArgument("tee-evidence cc_eventlog must be a base64 string")
         return cls(
             nonce=nonce,
             tee_pubkey=TeePubKey.from_jwk(runtime.get("tee-pubkey")),
             quote=quote,
             additional_evidence=additional,
             init_data=data.get("init-data"),
+            cc_eventlog=eventlog,
         )
 
     def to_json(self) -> dict[str, Any]:
+        """Trustee's composite form."""
+        primary: dict[str, Any] = {"quote": b64encode(self.quote)}
+        if self.cc_eventlog is not None:
+            primary["cc_eventlog"] = self.cc_eventlog
         out: dict[str, Any] = {
             "runtime-data": {"nonce": self.nonce, "tee-pubkey": self.tee_pubkey.jwk},
-            "tee-evidence": {"quote": b64encode(self.quote)},
+            "tee-evidence": {
+                "primary_evidence": primary,
+                "additional_evidence": self.additional_evidence,
+            },
         }
-        if self.additional_evidence:
-            out["runtime-data"]["additional-evidence"] = self.additional_evidence
         if self.init_data is not None:
             out["init-data"] = self.init_data
         return out
 
     def report_data(self) -> bytes:
         return report_data_for(self.nonce, self.tee_pubkey.jwk, self.additional_evidence)
+
+
+def _refuse_additional_evidence(additional: str) -> None:
+    """Only empty additional evidence: this KBS verifies DCAP quotes, nothing else, and a
+    policy cannot speak about devices it never saw verified."""
+    if additional.strip() in ("", "{}"):
+        return
+    try:
+        kinds = sorted(json.loads(additional))
+    except (json.JSONDecodeError, TypeError):
+        raise InvalidArgument("tee-evidence additional_evidence is not a JSON object") from None
+    raise InvalidArgument(
+        f"additional evidence ({', '.join(map(str, kinds)) or 'unknown'}) cannot be verified "
+        "by this KBS: send only the primary TEE's evidence"
+    )
 
 
 #: RFC 7807 `type` prefix Trustee uses for its errors.

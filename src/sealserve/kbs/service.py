@@ -8,13 +8,22 @@ v0.4.0 (`reference/attestation.md` §3):
 2. `attest(session_id, body)` → the nonce is *consumed* first (one attempt per challenge,
    whatever the outcome: a replayed nonce is refused), the quote is verified with
    `attestation.verify_quote` against the configured collateral at `clock()`, and the quote's
-   report_data must equal `protocol.report_data_for(nonce, tee-pubkey)`. Success yields an
-   ES256 JWT (the attestation token) carrying the claims and the tee-pubkey, valid
-   `token_ttl` seconds (never past the session's end).
-3. `resource(path, session_id | bearer token)` → the resource's policy (its own, or the
-   `default` one; none → denied) decides on the token's claims (`Policy.decide`); the secret
-   is returned as a compact JWE to the attested tee-pubkey (ECDH-ES+A256KW / RSA-OAEP-256,
-   A256GCM), so only the key whose hash the TEE quoted can read it.
+   report_data must equal `protocol.report_data_for(nonce, tee-pubkey, additional-evidence)`.
+   Success yields an ES256 JWT (the attestation token) carrying the claims and the
+   tee-pubkey, valid `token_ttl` seconds (never past the session's end).
+3. `resource(path, session_id, bearer)` → the attested session named by the cookie, or else
+   the bearer token (Trustee's order), gives the claims and the tee-pubkey; the resource's
+   policy (its own, or the `default` one; none → denied) decides (`Policy.decide`, at the
+   time of the release, so a token does not outlive a TCB grace period or a collateral age);
+   the secret is returned as a JWE in the flattened JSON serialization (`kbs.jwe`) to the
+   attested tee-pubkey, so only the key whose hash the TEE quoted can read it.
+
+One attestation serves many releases: a server attests once and fetches every key it needs
+with the cookie or the token until they expire; the token is signed by this KBS's signing
+key, so a replica sharing that key (or this KBS after a restart) accepts it without a new
+attestation. A denial tells the TEE only *that* the policy denied it; which pin or rule
+failed goes to the audit log and the KBS log (the host that runs the TEE must not learn how
+to tune its next attempt). Policies are parsed once per stored text, not per release.
 
 Trust anchors: Intel's root always; a simulated TEE's root only if the operator passes it as
 `insecure_trust_sim_root` (logs a warning), and then only for evidence whose tee is "sim".
@@ -32,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import threading
@@ -41,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from joserfc import jwe, jwt
+from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
@@ -55,9 +65,8 @@ from sealserve.attestation import (
 from sealserve.attestation.ratls import evidence_from_certificate
 from sealserve.attestation.verify import pck_root_der
 from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
+from sealserve.kbs.jwe import seal_resource
 from sealserve.kbs.protocol import (
-    JWE_ALG,
-    JWE_ENC,
     Attestation,
     Challenge,
     Request,
@@ -76,6 +85,7 @@ TOKEN_ISSUER = "sealserve-kbs"
 _MAX_SESSIONS = 100_000
 #: audit records of the secret-provisioning endpoint name the peer address, not a session
 SECRET_PROV_SESSION = "secret-prov "
+_MAX_CACHED_POLICIES = 1024
 _MEASUREMENT_FIELDS = (
     "mr_enclave",
     "mr_signer",
@@ -96,7 +106,8 @@ class Unauthenticated(SealserveError):
 
 
 class PolicyDenied(PermissionDenied):
-    """The resource policy refused the attested TEE (HTTP 403); `reason` is shown to it."""
+    """The resource policy refused the attested TEE (HTTP 403). The message (what the TEE is
+    told) names the resource only; `reason` (the failed rules) is for the audit log."""
 
     def __init__(self, message: str, *, reason: str = "") -> None:
         super().__init__(message)
@@ -162,6 +173,7 @@ class KbsService:
         self._next_purge = 0
         #: parsed policies by (format, text): parsing is not free and logs warnings
         self._policies: dict[tuple[str, str], Policy] = {}
+        self._policies_lock = threading.Lock()
         key = config.signing_key
         if not isinstance(key, ECKey) or key.as_dict().get("crv") != "P-256":
             raise InvalidArgument("the KBS signing key must be an EC P-256 private key")
@@ -235,7 +247,7 @@ class KbsService:
                         "this challenge's nonce was already used: start again with /kbs/v0/auth"
                     )
                 session.nonce_used = True
-            attestation = Attestation.parse(body)
+            attestation = Attestation.parse(body, tee=session.tee)
             if not hmac.compare_digest(attestation.nonce.encode(), session.nonce.encode()):
                 raise Unauthenticated("the nonce is not this session's challenge")
             claims = self._verify(session.tee, attestation.quote, now)
@@ -243,7 +255,8 @@ class KbsService:
             if not hmac.compare_digest(claims.report_data, expected):
                 raise Unauthenticated(
                     "the evidence's report_data does not bind this nonce and tee-pubkey "
-                    "(expected SHA-384 of canonical {additional-evidence, nonce, tee-pubkey})"
+                    "(expected SHA-384 of canonical {additional-evidence, nonce, tee-pubkey}, "
+                    "zero-padded to 64 bytes)"
                 )
             with self._lock:
                 session.claims = claims
@@ -312,36 +325,31 @@ class KbsService:
     def resource(
         self, path: str, *, session_id: str | None = None, bearer: str | None = None
     ) -> str:
-        """The resource `path` as a compact JWE to the attested tee-pubkey."""
+        """The resource `path` as a flattened JSON JWE (its JSON text) to the attested
+        tee-pubkey. Authorised by an attested session (cookie) or else a bearer token."""
         now = self._now()
         sid = session_id or ""
         claims: Claims | None = None
         tee = ""
         try:
             path = check_resource_path(path)
-            if bearer:
-                sid, claims, key = self._token_claims(bearer, now)
-            else:
-                session = self._session(session_id, now)
-                if session.claims is None or session.tee_pubkey is None:
-                    raise Unauthenticated("the session has not attested: POST /kbs/v0/attest")
-                claims, key = session.claims, session.tee_pubkey
+            sid, claims, key = self._credentials(session_id, bearer, now)
             tee = claims.tee
             if not self.store.resource_exists(path):
                 raise NotFound(f"resource {path} not found")
             policy = self._policy_for(path)
             decision = policy.decide(claims, now)
             if not decision.allowed:
-                reason = "; ".join(decision.reasons)
-                raise PolicyDenied(f"resource policy denied {path}: {reason}", reason=reason)
+                raise PolicyDenied(
+                    f"the resource policy of {path} denied this TEE (the KBS's audit log says why)",
+                    reason="; ".join(decision.reasons),
+                )
             secret = self.store.get_resource(path)
-            protected = {"alg": JWE_ALG[key.kty], "enc": JWE_ENC}
-            sealed = jwe.encrypt_compact(
-                protected, secret, key.jose_key(), algorithms=[protected["alg"], JWE_ENC]
-            )
+            sealed = json.dumps(seal_resource(secret, key.jwk))
             del secret
         except SealserveError as err:
-            self._audit(sid, tee, claims, path, "release", "denied", err.message, now)
+            detail = err.reason if isinstance(err, PolicyDenied) else err.message
+            self._audit(sid, tee, claims, path, "release", "denied", detail, now)
             raise
         note = "; ".join(decision.notes) if decision.notes else "policy allowed"
         self._audit(sid, tee, claims, path, "release", "allowed", note, now)
@@ -411,20 +419,53 @@ class KbsService:
         root = self.config.insecure_trust_sim_root
         return root is not None and pck_root_der(quote) == root
 
+    def _credentials(
+        self, session_id: str | None, bearer: str | None, now: int
+    ) -> tuple[str, Claims, TeePubKey]:
+        """Claims and key of the attested session named by the cookie, else of the bearer
+        token (Trustee's `get_attestation_token` order). An unknown session with a valid token
+        is the normal case after a KBS restart or on another replica."""
+        problem = "no kbs-session-id cookie or bearer token: start with /kbs/v0/auth"
+        if session_id:
+            with self._lock:
+                session = self._sessions.get(session_id)
+            if session is None:
+                problem = "unknown session: start with /kbs/v0/auth"
+            elif session.expires_at < now:
+                problem = "the session has expired: start again with /kbs/v0/auth"
+            elif session.claims is None or session.tee_pubkey is None:
+                problem = "the session has not attested: POST /kbs/v0/attest"
+            else:
+                return session.id, session.claims, session.tee_pubkey
+        if bearer:
+            return self._token_claims(bearer, now)
+        raise Unauthenticated(problem)
+
     def _policy_for(self, path: str) -> Policy:
         stored = self.store.get_policy(path) or self.store.get_policy(DEFAULT_POLICY)
         if stored is None:
             raise PolicyDenied(
-                f"no policy allows {path} (set one with `sealserve kbs policy set`)",
-                reason="no policy for the resource",
+                f"the resource policy of {path} denied this TEE (the KBS's audit log says why)",
+                reason=f"no policy allows {path} (set one with `sealserve kbs policy set`)",
             )
-        text, fmt = stored
-        source = f"policy of {path}"
-        return (
-            Policy.from_json(text, source=source)
+        return self._parsed(*stored)
+
+    def _parsed(self, text: str, fmt: str) -> Policy:
+        """The policy of a stored text, parsed once (warnings are logged once per change)."""
+        with self._policies_lock:
+            policy = self._policies.get((fmt, text))
+        if policy is not None:
+            return policy
+        policy = (
+            Policy.from_json(text, source="stored policy")
             if fmt == "json"
-            else Policy.from_toml(text, source=source)
+            else Policy.from_toml(text, source="stored policy")
         )
+        with self._policies_lock:
+            if len(self._policies) >= _MAX_CACHED_POLICIES:
+                self._policies.clear()  # a crude bound; policies change rarely
+            self._policies[(fmt, text)] = policy
+        return policy
 
     def _audit(
         self,
@@ -484,12 +525,14 @@ class KbsService:
             raise InvalidArgument("set the secret-prov map with `sealserve kbs secret-prov map`")
         # Parse before storing: a policy that does not load must never be stored.
         if fmt == "json":
-            Policy.from_json(text, source=f"policy of {path}")
+            policy = Policy.from_json(text, source=f"policy of {path}")
         elif fmt == "toml":
-            Policy.from_toml(text, source=f"policy of {path}")
+            policy = Policy.from_toml(text, source=f"policy of {path}")
         else:
             raise InvalidArgument("policy format must be toml or json")
         self.store.set_policy(path, text, fmt)
+        with self._policies_lock:  # releases use this parse (its warnings are logged once)
+            self._policies[(fmt, text)] = policy
         self._admin_audit("set policy", path)
 
     def admin_set_secret_prov_map(self, token: str | None, resources: Any) -> None:
