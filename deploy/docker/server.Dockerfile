@@ -63,6 +63,24 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
 ENTRYPOINT ["sealserve", "serve"]
 CMD ["--help"]
 
+# --- Confidential Containers (TDX): the configuration in the image ------------------------
+# The pod's TD is attested by the Attestation Agent (--attestation=coco); the Kata agent
+# policy in its init-data pins this image's digest and the whole command line (this
+# entrypoint and the pod's args: --key_broker, --ssl_config_key), see deploy/coco.
+#   docker build -f deploy/docker/server.Dockerfile --target coco -t sealserve-server-coco \
+#       --build-context coco-config=DIR_WITH_models.config_ssl.cfg_kbs-ca.pem .
+FROM server AS coco
+# (coco-config is a named build context, `--build-context coco-config=DIR`, not a stage)
+# hadolint ignore=DL3022
+COPY --from=coco-config models.config ssl.cfg kbs-ca.pem /etc/sealserve/
+# user site-packages never (a venv ignores them already; the agent policy checks it is set)
+ENV PYTHONNOUSERSITE=1
+ENTRYPOINT ["/opt/sealserve/venv/bin/sealserve", "serve", "--attestation=coco", \
+            "--key_broker_ca=/etc/sealserve/kbs-ca.pem", \
+            "--model_config_file=/etc/sealserve/models.config", \
+            "--ssl_config_file=/etc/sealserve/ssl.cfg", "--port=8500", "--rest_api_port=8501"]
+CMD []
+
 # --- SGX: Gramine, and the manifest rendered from the measured configuration --------------
 FROM server AS sgx-unsigned
 # root to install Gramine; every stage that is run as an image goes back to user 10001
