@@ -4,6 +4,7 @@ to a server whose (simulated) measurement is the one the owner pinned in the KBS
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -157,6 +158,118 @@ def test_the_key_goes_only_to_the_measured_server(broker):
 
     audit = sealserve("kbs", "audit", "--resource", "sealserve/model-key/hpt", *broker["admin"])
     assert "allowed" in audit and "denied" in audit and "mr_enclave" in audit
+
+
+def pin_measurement(broker, flags: list[str], env: dict[str, str] | None = None) -> str:
+    """Measure `sealserve serve` with these flags and make it the only one the KBS serves."""
+    mr_enclave = sealserve("measure", *flags).strip()
+    policy = broker["root"] / "policy.toml"
+    policy.write_text(
+        f'tee = ["sim"]\n[[sim]]\nmr_enclave = ["{mr_enclave}"]\n'
+        'mr_signer = "any"\nisv_prod_id = [0]\n'
+    )
+    sealserve("kbs", "policy", "set", "sealserve/model-key/hpt", policy, *broker["admin"])
+    return mr_enclave
+
+
+# Code the host puts first on PYTHONPATH: it runs before sealserve (Python imports
+# sitecustomize at start-up) and writes down every model key the server is given.
+SPY = """
+import importlib.machinery, os, sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+open(os.path.join(HERE, "ran"), "w").close()
+
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name != "sealserve.serving.keys":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            for provider in vars(module).values():
+                key_for = getattr(provider, "key_for", None)
+                if isinstance(provider, type) and key_for is not None:
+                    def spy(self, name, _key_for=key_for):
+                        key = _key_for(self, name)
+                        with open(os.path.join(HERE, "leaked"), "a") as f:
+                            f.write(name + "=" + bytes(key).hex() + "\\n")
+                        return key
+                    provider.key_for = spy
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, Spy())
+"""
+
+
+def test_code_on_pythonpath_is_refused_before_any_key(broker, tmp_path):
+    """#12 §3: a sitecustomize.py on PYTHONPATH ran inside the measured server, with an
+    unchanged measurement, and saw the released key. Now it changes the measurement and
+    the attested server refuses to start before asking for a key."""
+    rest_port = free_port()
+    flags = serve_flags(broker, rest_port)
+    clean = pin_measurement(broker, flags)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SPY)
+    env = {**os.environ, "PYTHONPATH": str(hook)}
+
+    measured = subprocess.run(
+        [SEALSERVE, "measure", *flags], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert measured.returncode == 0 and measured.stdout.strip() != clean
+    assert "refuses to start in this environment: environment variable PYTHONPATH" in (
+        measured.stderr
+    )
+    (hook / "ran").unlink()
+
+    server = subprocess.Popen(
+        [SEALSERVE, "serve", *flags], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while server.poll() is None and not (hook / "leaked").exists():
+            assert time.monotonic() < deadline, "the server neither refused nor got a key"
+            time.sleep(0.2)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        _, stderr = server.communicate(timeout=60)
+    assert (hook / "ran").exists()  # the planted code did run: Python starts it first
+    assert not (hook / "leaked").exists(), "the planted code saw a model key"
+    assert server.returncode != 0
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith(
+        "sealserve: error: an attested server runs only measured code, and environment "
+        f"variable PYTHONPATH is set; sys.path entry {hook} is outside the measured installation"
+    ), stderr
+    assert "Traceback" not in stderr
+
+
+def test_an_attested_server_cannot_dump_core(broker):
+    """#12 §5: RLIMIT_CORE 0 (soft and hard) and not dumpable, on the running server."""
+    rest_port = free_port()
+    flags = serve_flags(broker, rest_port)
+    pin_measurement(broker, flags)
+    server = subprocess.Popen([SEALSERVE, "serve", *flags], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_status(rest_port, "hpt")["state"] == "AVAILABLE"
+        limits = Path(f"/proc/{server.pid}/limits").read_text()
+        core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+        assert core.split()[4:6] == ["0", "0"], core
+        if os.geteuid() != 0:  # a non-dumpable process's /proc files belong to root
+            assert Path(f"/proc/{server.pid}/status").stat().st_uid == 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=60)
+    # what prctl(PR_GET_DUMPABLE) said inside the server once it was set up
+    assert "attested: core dumps off (RLIMIT_CORE 0/0, dumpable False)" in stderr
 
 
 def test_attest_tools_from_the_shell(broker, tmp_path):

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sealserve import __version__
-from sealserve.errors import InvalidArgument, NotFound, SealserveError
+from sealserve.errors import FailedPrecondition, InvalidArgument, NotFound, SealserveError
 
 if TYPE_CHECKING:
     from sealserve.serving.keys import KeyProvider
+    from sealserve.serving.model_config import ModelConfig
+    from sealserve.serving.model_management import ModelManagementPolicy
     from sealserve.serving.server import ServerOptions
+    from sealserve.serving.tls import SSLConfig
     from sealserve.tools.certs import CertificateSet
 
 log = logging.getLogger("sealserve")
@@ -173,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--encrypt-ssl-cfg",
             metavar="KEY",
             help="write ssl.cfg as a protected file under this wrap key",
+        )
+        command.add_argument(
+            "--ssl-cfg-bound-path",
+            metavar="PATH",
+            help="with --encrypt-ssl-cfg: the path the server will read ssl.cfg from (bound "
+            "into the file; default: where it is written)",
         )
         command.set_defaults(run=run)
 
@@ -335,6 +344,29 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         help="--model_key entry that decrypts a protected --ssl_config_file "
         "(default: the only one given)",
     )
+    own.add_argument(
+        "--require_client_cert",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="refuse to start unless --ssl_config_file has client_verify: true (measured, "
+        "so a swapped one-way ssl.cfg cannot turn mutual TLS off)",
+    )
+    own.add_argument(
+        "--admin_client_cert_sha256",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="SHA-256 fingerprint of a client certificate allowed to call "
+        "HandleReloadConfigRequest (repeatable; default: nobody may)",
+    )
+    own.add_argument(
+        "--admin_base_path_root",
+        metavar="DIR",
+        help="absolute directory that every base_path of a reload must lie under",
+    )
     own.add_argument("--bind_address", default="0.0.0.0", help="address to listen on")
     own.add_argument(
         "--rest_api_max_body_bytes",
@@ -490,7 +522,12 @@ def _verify(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import asyncio
 
+    from sealserve.serving import hardening
     from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
+
+    if args.attestation:  # before any secret exists in this process
+        _refuse_unmeasured_code()
+        hardening.forbid_core_dumps()
 
     # First: TensorFlow's thread pools are fixed when it starts, and TF Serving's protos
     # import it, so it must start here, quietly, before anything else touches it.
@@ -502,6 +539,14 @@ def _serve(args: argparse.Namespace) -> None:
     keys = _key_provider(args)
     options = _server_options(args, keys)
     logging.getLogger("sealserve").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    if args.attestation:
+        soft, hard = hardening.core_limit()
+        log.info(
+            "attested: core dumps off (RLIMIT_CORE %d/%d, dumpable %s)",
+            soft,
+            hard,
+            hardening.dumpable(),
+        )
     asyncio.run(ModelServer(options, keys).serve_until_signalled())
 
 
@@ -519,8 +564,30 @@ def _launch_config(args: argparse.Namespace) -> dict[str, object]:
 
 def _measure(args: argparse.Namespace) -> None:
     from sealserve.attestation import measurement
+    from sealserve.attestation.measurement import unmeasured_python_inputs
 
+    reasons = unmeasured_python_inputs()
+    if reasons:
+        log.warning(
+            "an attested `sealserve serve` refuses to start in this environment: %s",
+            "; ".join(reasons),
+        )
     print(measurement(_launch_config(args)).hex())
+
+
+def _refuse_unmeasured_code() -> None:
+    """An attested server runs only code its measurement covers: anything that could put
+    other code into the process first (PYTHONPATH, a directory outside the installation on
+    sys.path) stops the start-up, before a key is fetched."""
+    from sealserve.attestation.measurement import unmeasured_python_inputs
+
+    reasons = unmeasured_python_inputs()
+    if reasons:
+        raise FailedPrecondition(
+            "an attested server runs only measured code, and "
+            + "; ".join(reasons)
+            + " (run the installed `sealserve` with a clean environment)"
+        )
 
 
 def _key_provider(args: argparse.Namespace) -> KeyProvider:
@@ -577,7 +644,14 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
             log.warning("metrics are served on the REST port, and --rest_api_port is 0")
     ssl = None
     if args.ssl_config_file:
-        ssl = load_ssl_config(args.ssl_config_file, _ssl_config_key(args, keys))
+        ssl = load_ssl_config(
+            args.ssl_config_file,
+            _ssl_config_key(args, keys),
+            require_client_verify=args.require_client_cert,
+            require_protected=bool(args.attestation),
+        )
+    elif args.require_client_cert:
+        raise InvalidArgument("--require_client_cert needs --ssl_config_file")
     tags = tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     return ServerOptions(
         models=models,
@@ -607,6 +681,28 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         model_config_file=args.model_config_file,
         model_config_poll_seconds=args.model_config_file_poll_wait_seconds,
         monitoring=monitoring,
+        model_management=_model_management(args, models, ssl),
+    )
+
+
+def _model_management(
+    args: argparse.Namespace, models: list[ModelConfig], ssl: SSLConfig | None
+) -> ModelManagementPolicy:
+    from sealserve.serving.model_management import ModelManagementPolicy, parse_fingerprint
+
+    pins = frozenset(parse_fingerprint(pin) for pin in args.admin_client_cert_sha256)
+    root = args.admin_base_path_root
+    if root is not None and not root.startswith("/"):
+        raise InvalidArgument("--admin_base_path_root must be an absolute path")
+    if pins and (ssl is None or not ssl.client_verify):
+        raise InvalidArgument(
+            "--admin_client_cert_sha256 needs mutual TLS (--ssl_config_file with "
+            "client_verify: true): the admin is known by its client certificate"
+        )
+    return ModelManagementPolicy(
+        admin_fingerprints=pins,
+        base_path_root=root,
+        started_with={m.name: m.base_path for m in models},
     )
 
 
@@ -631,6 +727,7 @@ def _certs_twoway(args: argparse.Namespace) -> None:
         rsa_bits=args.rsa,
         valid_days=args.days,
         encrypt_ssl_cfg_key=_ssl_cfg_key(args),
+        ssl_cfg_bound_path=args.ssl_cfg_bound_path,
     )
     _print_certs(made, "mutual TLS")
 
@@ -645,6 +742,7 @@ def _certs_oneway(args: argparse.Namespace) -> None:
         rsa_bits=args.rsa,
         valid_days=args.days,
         encrypt_ssl_cfg_key=_ssl_cfg_key(args),
+        ssl_cfg_bound_path=args.ssl_cfg_bound_path,
     )
     _print_certs(made, "server-only TLS")
 

@@ -14,6 +14,7 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from sealserve.serving.grpc_service import SERVICES
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.model_management import ModelManagementPolicy
 from sealserve.serving.rest import LIVE_PATH, READY_PATH
 from tests.serving.conftest import server_options
 from tests.serving.harness import RunningServer
@@ -93,7 +94,10 @@ def test_not_ready_while_a_model_has_no_available_version(broken):
 
 def test_grpc_health_and_readiness_follow_reloads(model_root):
     path = model_root / "half_plus_two"
-    server = RunningServer(server_options([ModelConfig("a", str(path))]), StaticKeyProvider({}))
+    # reloads from any client: this test is about health, not who may reload
+    anyone = ModelManagementPolicy(insecure_any_client=True, started_with={"a": str(path)})
+    options = server_options([ModelConfig("a", str(path))], model_management=anyone)
+    server = RunningServer(options, StaticKeyProvider({}))
     try:
         assert set(grpc_health(server).values()) == {SERVING}
         # a policy naming a version that does not exist: every version of `a` unloads

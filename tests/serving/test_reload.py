@@ -12,6 +12,7 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.model_management import ModelManagementPolicy
 from tests.serving.conftest import SECRET_KEY, server_options
 from tests.serving.harness import RunningServer
 
@@ -39,9 +40,12 @@ def paths(model_root):
     return {"a": str(model_root / "half_plus_two"), "b": str(model_root / "secret_h2")}
 
 
-def test_grpc_reload_adds_and_drops_models(paths):
+def test_grpc_reload_adds_and_drops_models(paths, model_root):
+    # from any client, under the models' root: who may reload is test_model_management's
+    anyone = ModelManagementPolicy(insecure_any_client=True, base_path_root=str(model_root))
     server = RunningServer(
-        server_options([ModelConfig("a", paths["a"])]), StaticKeyProvider({"b": SECRET_KEY})
+        server_options([ModelConfig("a", paths["a"])], model_management=anyone),
+        StaticKeyProvider({"b": SECRET_KEY}),
     )
     try:
         stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
@@ -53,7 +57,9 @@ def test_grpc_reload_adds_and_drops_models(paths):
         assert predict_status(server, "b") == 200
 
         with pytest.raises(grpc.RpcError) as raised:
-            stub.HandleReloadConfigRequest(reload_request({"c": "/nonexistent"}), timeout=60)
+            stub.HandleReloadConfigRequest(
+                reload_request({"c": str(model_root / "missing")}), timeout=60
+            )
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
         assert predict_status(server, "b") == 200  # a failed reload changes nothing
     finally:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -24,11 +25,19 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.protobuf import text_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from sealserve.errors import DataLoss, InvalidArgument, NotFound
+from sealserve.errors import (
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from sealserve.protected_files import BoundPathMismatch
 from sealserve.protected_files.format import FILE_ID
-from sealserve.serving import tls
+from sealserve.serving import config_protos, tls
 from sealserve.serving.tls import (
     SSLConfig,
     format_ssl_config,
@@ -106,7 +115,7 @@ def test_parses_the_seed_scripts_output(pki: PKI) -> None:
     )
 
 
-def test_parses_escapes_comments_any_order_and_optional_colons(pki: PKI) -> None:
+def test_parses_escapes_comments_and_any_order(pki: PKI) -> None:
     ca = _text(pki.twoway.ca_cert).replace("\n", "\\012")  # octal escape
     cert = _text(pki.twoway.server_cert).replace("\n", "\\x0a")  # hex escape
     key_lines = _text(pki.twoway.server_key).splitlines()
@@ -117,7 +126,7 @@ def test_parses_escapes_comments_any_order_and_optional_colons(pki: PKI) -> None
     )
     text = (
         "# TF Serving ssl config\n"
-        "client_verify true  # no colon before a scalar\n"
+        "client_verify: true  # a 'quote' in a comment\n"
         f'custom_ca: "{ca}",\n'
         f"server_cert: '{cert}'\n"
         f"server_key:\n{key};\n"
@@ -127,16 +136,19 @@ def test_parses_escapes_comments_any_order_and_optional_colons(pki: PKI) -> None
 
 
 def test_string_escapes() -> None:
-    # the syntax layer on its own: PEM text cannot show every escape
-    fields = tls._parse_fields(
-        r"""server_key: 'a\'b\"c\\d\101\x41\u00e9\t\r\a\b\f\v\?' "x" 'y'"""
-        "\nserver_cert: '\\0\\1777'  custom_ca: \"caf\\303\\251\""
+    # protobuf's own string escapes, beside a raw newline (read as \n)
+    text = (
+        r"""server_key: 'a\'b\"c\\d\101\x41\t\r\a\b\f\v' "x" 'y'"""
+        "\nserver_cert: '\\0\\1777'  custom_ca: \"caf\\303\\251\nline\""
     )
-    assert fields == {
-        "server_key": "a'b\"c\\dAAé\t\r\a\b\f\v?xy",
-        "server_cert": "\x00\x7f7",
-        "custom_ca": "café",
-    }
+    message = config_protos.message("SSLConfig")
+    text_format.Parse(tls._with_escaped_newlines(text), message)
+    assert message.server_key == "a'b\"c\\dAA\t\r\a\b\f\vxy"
+    assert message.server_cert == "\x00\x7f7"
+    assert message.custom_ca == "café\nline"
+
+
+COLON = "line 1: expected ':' after the field name (as in server_key: \"...\")"
 
 
 @pytest.mark.parametrize(
@@ -153,16 +165,13 @@ def test_string_escapes() -> None:
         ),
         ("client_verify: yes", "line 1: field 'client_verify' must be true or false"),
         ("\n\nserver_key: 'abc\n\n", "line 3: unterminated string"),
-        ("server_key: 'a\\qb'", "line 1: unknown escape '\\q'"),
-        ("server_key: '\\x'", "line 1: '\\x' escape without hex digits"),
-        ("server_key: '\\400'", "line 1: octal escape '\\400' is larger than one byte"),
-        (
-            "server_key: MIIEvQIBADANBgkq",
-            "line 1: field 'server_key' needs a quoted string, found a value without quotes",
-        ),
-        ("server_key { }", "line 1: field 'server_key' needs a quoted string, found '{'"),
-        ("'abc'", "line 1: expected a field name, found '''"),
-        ("server_key: '\\377'", "line 1: field 'server_key' is not UTF-8 text"),
+        ("server_key: '\\x'", "line 1: invalid string (a bad escape, or not UTF-8 text)"),
+        ("server_key: '\\400'", "line 1: invalid string (a bad escape, or not UTF-8 text)"),
+        ("server_key: MIIEvQIBADANBgkq", "line 1: field 'server_key' needs a quoted string"),
+        ("server_key { }", COLON),
+        ("client_verify true", COLON),
+        ("'abc'", "line 1: expected a field name"),
+        ("server_key: '\\377'", "line 1: invalid string (a bad escape, or not UTF-8 text)"),
         ("server_cert: 'x'", "server_key is missing or empty"),
         ("server_key: ''  server_cert: 'x'", "server_key is missing or empty"),
         ("server_key: 'x'", "server_cert is missing or empty"),
@@ -266,11 +275,6 @@ def test_format_round_trips_and_protobuf_reads_it(pki: PKI) -> None:
         assert parsed.client_verify is config.client_verify
         written = text_format.MessageToString(parsed)
         assert parse_ssl_config(written, "x") == config
-
-    odd = message_class(server_key="a'b\"c\\d\x00\x7f\té€\n", server_cert="x")
-    for as_utf8 in (False, True):
-        fields = tls._parse_fields(text_format.MessageToString(odd, as_utf8=as_utf8))
-        assert fields == {"server_key": odd.server_key, "server_cert": "x"}
 
 
 # -- the file ------------------------------------------------------------------------------
@@ -583,3 +587,55 @@ def test_tls_below_1_2_is_refused_on_both_ports(pki: PKI) -> None:
 def test_encrypted_ssl_config_serves(pki: PKI) -> None:
     config = load_ssl_config(pki.encrypted.ssl_config, WRAP_KEY)
     asyncio.run(_expect_success(config, _client(pki.encrypted.server_cert), None))
+
+
+# -- #12 §3: a protected ssl.cfg the host swaps -------------------------------------------
+
+
+def test_a_protected_ssl_config_opens_only_at_its_bound_path(pki: PKI, tmp_path: Path) -> None:
+    """Another protected file under the same key (made for another path) is refused."""
+    elsewhere = tmp_path / "deployed" / "ssl.cfg"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(pki.encrypted.ssl_config.read_bytes())
+    with pytest.raises(BoundPathMismatch) as raised:
+        load_ssl_config(elsewhere, WRAP_KEY)
+    assert str(raised.value).startswith(
+        f"ssl config {elsewhere} was encrypted for '{pki.encrypted.ssl_config}', not for this path"
+    )
+    # made for the path it is deployed at (sealserve certs --ssl-cfg-bound-path): accepted,
+    # also when the server is given a relative path to it
+    made = make_oneway(
+        "localhost",
+        tmp_path / "made",
+        encrypt_ssl_cfg_key=WRAP_KEY,
+        ssl_cfg_bound_path=str(elsewhere),
+    )
+    elsewhere.write_bytes(made.ssl_config.read_bytes())
+    assert load_ssl_config(elsewhere, WRAP_KEY).client_verify is False
+    relative = os.path.relpath(elsewhere)
+    assert load_ssl_config(relative, WRAP_KEY).client_verify is False
+
+
+def test_an_older_one_way_ssl_config_cannot_turn_mutual_tls_off(pki: PKI, tmp_path: Path) -> None:
+    """Same key, same path, client_verify false: refused when client certificates are
+    required (the measured --require_client_cert)."""
+    path = tmp_path / "ssl.cfg"
+    older = make_oneway(
+        "localhost", tmp_path / "older", encrypt_ssl_cfg_key=WRAP_KEY, ssl_cfg_bound_path=str(path)
+    )
+    path.write_bytes(older.ssl_config.read_bytes())
+    assert load_ssl_config(path, WRAP_KEY).client_verify is False  # not required: served
+    with pytest.raises(PermissionDenied) as raised:
+        load_ssl_config(path, WRAP_KEY, require_client_verify=True)
+    assert str(raised.value) == (
+        f"ssl config {path} does not require client certificates (client_verify is false), "
+        "but --require_client_cert is set: refusing to serve without mutual TLS"
+    )
+    assert load_ssl_config(pki.twoway.ssl_config, None, require_client_verify=True).client_verify
+
+
+def test_an_attested_server_takes_no_plain_ssl_config(pki: PKI) -> None:
+    """A plain ssl.cfg's key and CA are whoever wrote the file: the host."""
+    with pytest.raises(FailedPrecondition, match="is a plain file, so its key and CA are"):
+        load_ssl_config(pki.twoway.ssl_config, None, require_protected=True)
+    assert load_ssl_config(pki.encrypted.ssl_config, WRAP_KEY, require_protected=True)

@@ -1,10 +1,12 @@
-"""TF Serving's batching and monitoring config messages, for reading users' text protos.
+"""TF Serving's batching, monitoring and TLS config messages, for reading users' text protos.
 
 The `tensorflow-serving-api` wheel ships neither `session_bundle_config.proto`'s
-`BatchingParameters` nor `monitoring_config.proto`'s `MonitoringConfig`, so they are declared
-here, field for field (names, numbers, types), and parsed with protobuf's own `text_format`:
-users' `--batching_parameters_file` and `--monitoring_config_file` mean exactly what they mean
-to TF Serving, and a typo is a parse error, not a silently ignored field. Thread safe.
+`BatchingParameters`, `monitoring_config.proto`'s `MonitoringConfig` nor
+`ssl_config.proto`'s `SSLConfig`, so they are declared here, field for field (names,
+numbers, types), and parsed with protobuf's own `text_format`: users'
+`--batching_parameters_file`, `--monitoring_config_file` and `--ssl_config_file` mean exactly
+what they mean to TF Serving, and a typo is a parse error, not a silently ignored field.
+Thread safe.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ def _messages() -> dict[str, type[Any]]:
         ],
     )
     message(
+        "SSLConfig",
+        [  # ssl_config.proto
+            ("server_key", 1, _T.TYPE_STRING, "", False),
+            ("server_cert", 2, _T.TYPE_STRING, "", False),
+            ("custom_ca", 3, _T.TYPE_STRING, "", False),
+            ("client_verify", 4, _T.TYPE_BOOL, "", False),
+        ],
+    )
+    message(
         "PrometheusConfig",
         [  # monitoring_config.proto
             ("enable", 1, _T.TYPE_BOOL, "", False),
@@ -83,9 +94,14 @@ def _messages() -> dict[str, type[Any]]:
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.AddSerializedFile(file.SerializeToString())
-    names = ("BatchingParameters", "MonitoringConfig")
+    names = ("BatchingParameters", "MonitoringConfig", "SSLConfig")
     found = {name: pool.FindMessageTypeByName(f"tensorflow.serving.{name}") for name in names}
     return {name: message_factory.GetMessageClass(found[name]) for name in names}
+
+
+def message(kind: str) -> Any:
+    """An empty `BatchingParameters`, `MonitoringConfig` or `SSLConfig` message."""
+    return _messages()[kind]()
 
 
 def parse(kind: str, text: str, source: str) -> Any:

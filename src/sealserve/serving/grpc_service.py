@@ -1,5 +1,8 @@
 """TF Serving's gRPC API: PredictionService, ModelService, grpc.health.v1.
 
+HandleReloadConfigRequest is refused unless `ModelManagementPolicy` allows the caller (by
+the fingerprint of its verified client certificate) and every base path it names.
+
 Thin: convert the request protos, call the data plane, convert the result, and map a
 `SealserveError` to its gRPC status code with TF Serving's message. With metrics, every
 PredictionService and GetModelStatus call is counted with its final status and timed, with
@@ -32,11 +35,16 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from sealserve.errors import Code, InvalidArgument, SealserveError
+from sealserve.errors import Code, InvalidArgument, PermissionDenied, SealserveError
 from sealserve.serving import api_protos, model_config, tensor_proto
 from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall
 from sealserve.serving.inference import examples_from_input
 from sealserve.serving.metrics import Metrics
+from sealserve.serving.model_management import (
+    NOT_ALLOWED,
+    ModelManagementPolicy,
+    certificate_fingerprint,
+)
 from sealserve.serving.signatures import CLASSIFY_METHOD, REGRESS_METHOD
 
 log = logging.getLogger(__name__)
@@ -203,9 +211,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, dataplane: DataPlane, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: Metrics | None = None,
+        management: ModelManagementPolicy | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
+        self.management = management or ModelManagementPolicy()  # default: refuse reloads
 
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def status() -> Any:
@@ -221,11 +235,34 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self, request: Any, context: grpc.ServicerContext
     ) -> Any:
         def reload() -> Any:
+            # who asks is checked before the request is even parsed, and the base paths
+            # before anything looks at the file system
+            if not self.management.enabled:
+                raise PermissionDenied(NOT_ALLOWED)
+            client = _client_fingerprint(context)
+            if not self.management.insecure_any_client and client is None:
+                raise PermissionDenied(NOT_ALLOWED)
             configs = model_config.from_proto(request.config, "ReloadConfigRequest")
+            self.management.authorize(client, ((c.name, c.base_path) for c in configs))
             self.dataplane.manager.reload(configs)
             return model_management_pb2.ReloadConfigResponse()  # status OK
 
         return _guarded(context, reload)
+
+
+def _client_fingerprint(context: grpc.ServicerContext) -> str | None:
+    """SHA-256 of the client certificate the mTLS handshake verified, if any."""
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        der = x509.load_pem_x509_certificate(pems[0]).public_bytes(Encoding.DER)
+    except ValueError:
+        return None
+    return certificate_fingerprint(der)
 
 
 def _fill_spec(spec: Any, resolved: Any) -> None:
@@ -247,6 +284,7 @@ def add_services(
     *,
     health_check: bool,
     metrics: Metrics | None = None,
+    management: ModelManagementPolicy | None = None,
 ) -> health.HealthServicer | None:
     """Add TF Serving's services (and grpc.health.v1 if asked, returned so that the caller
     keeps it in step with readiness: see `set_health`)."""
@@ -254,7 +292,7 @@ def add_services(
         PredictionService(dataplane, metrics), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelService(dataplane, metrics), server
+        ModelService(dataplane, metrics, management), server
     )
     if not health_check:
         return None

@@ -37,6 +37,7 @@ from sealserve.serving.keys import KeyProvider
 from sealserve.serving.manager import ManagerOptions, ModelManager, loader_factory
 from sealserve.serving.metrics import Metrics, MonitoringConfig
 from sealserve.serving.model_config import ModelConfig, parse_model_config_text
+from sealserve.serving.model_management import ModelManagementPolicy
 from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
 from sealserve.serving.tls import SSLConfig, grpc_server_credentials, server_ssl_context
 
@@ -65,6 +66,8 @@ class ServerOptions:
     model_config_poll_seconds: float = 0  # --model_config_file_poll_wait_seconds; 0: never
     monitoring: MonitoringConfig = MonitoringConfig()  # --monitoring_config_file; off
     batching: BatchingOptions | None = None  # --enable_batching; None: each request alone
+    # who may call HandleReloadConfigRequest; the default: nobody
+    model_management: ModelManagementPolicy = ModelManagementPolicy()
 
 
 class ModelServer:
@@ -137,6 +140,7 @@ class ModelServer:
             self.dataplane,
             health_check=self.options.grpc_health_check,
             metrics=self.metrics,
+            management=self.options.model_management,
         )
         if self._health is not None:
             self._health_watch = asyncio.create_task(self._follow_readiness(self._health))

@@ -3,13 +3,18 @@ contexts built from it.
 
 Owns:
 - `parse_ssl_config`: TF Serving's `SSLConfig` text proto (`config/ssl_config.proto`:
-  `server_key`, `server_cert`, `custom_ca`, `client_verify`, PEM text inline), parsed by hand
-  because `tensorflow-serving-api` ships no `ssl_config_pb2`. It follows protobuf's text
-  format (quoted strings with C escapes, adjacent literals concatenated, `#` comments, any
-  field order) and is more lenient in two places real files need: raw newlines inside quoted
-  strings (hand-written configs paste PEM text between quotes) and an optional `:`.
+  `server_key`, `server_cert`, `custom_ca`, `client_verify`, PEM text inline), parsed by
+  protobuf's own `text_format` from a descriptor (`config_protos`: `tensorflow-serving-api`
+  ships no `ssl_config_pb2`), so a file means what it means to TF Serving. One leniency real
+  files need: raw newlines inside quoted strings (hand-written configs paste PEM text
+  between quotes) are read as `\n`. Parse errors are one line with the line number, and
+  never echo a value (it could be a piece of a key).
 - `load_ssl_config`: the same, from a file that may be a Gramine protected file, decrypted in
-  memory with the wrap key given by `--ssl_config_key`.
+  memory with the wrap key given by `--ssl_config_key`; a protected file must be bound to
+  the path it is read from (as Gramine checks), so another protected file under the same key
+  cannot stand in for it. `require_client_verify` (`--require_client_cert`, part of the
+  measured command line) refuses a config without `client_verify`: an older one-way
+  `ssl.cfg` under the same key cannot turn mutual TLS off.
 - `server_ssl_context` (aiohttp) and `grpc_server_credentials` (grpc).
 - `format_ssl_config`: the text proto written back, in a form protobuf's own parser (and so
   TF Serving) accepts; `tools/certs.py` writes `ssl.cfg` with it.
@@ -36,6 +41,7 @@ import datetime
 import io
 import logging
 import os
+import re
 import shutil
 import ssl
 import stat
@@ -49,11 +55,13 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from google.protobuf import text_format
 
-from sealserve.errors import InvalidArgument
+from sealserve.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from sealserve.fsio import read_user_file
-from sealserve.protected_files import ProtectedFileReader
-from sealserve.protected_files.format import FILE_ID
+from sealserve.protected_files import BoundPathMismatch, ProtectedFileReader
+from sealserve.protected_files.format import FILE_ID, display_path, normalize_path
+from sealserve.serving import config_protos
 
 if TYPE_CHECKING:
     import grpc
@@ -95,190 +103,89 @@ def _count_pem(text: str) -> int:
 # -- the text proto ----------------------------------------------------------------------
 
 _STRING_FIELDS = ("server_key", "server_cert", "custom_ca")
-_BOOL_FIELDS = ("client_verify",)
-_FIELD_NAMES = ", ".join(_STRING_FIELDS + _BOOL_FIELDS)
-# protobuf's text format accepts these spellings for bool fields
-_TRUE = frozenset({"true", "True", "t", "1"})
-_FALSE = frozenset({"false", "False", "f", "0"})
-_SIMPLE_ESCAPES = {
-    "a": b"\a",
-    "b": b"\b",
-    "f": b"\f",
-    "n": b"\n",
-    "r": b"\r",
-    "t": b"\t",
-    "v": b"\v",
-    "\\": b"\\",
-    "'": b"'",
-    '"': b'"',
-    "?": b"?",
-}
-_OCTAL = "01234567"
-_HEX = "0123456789abcdefABCDEF"
 
 
-class _TextProtoError(Exception):
-    def __init__(self, line: int, what: str) -> None:
-        super().__init__(what)
-        self.line = line
-        self.what = what
-
-
-class _Scanner:
-    """A cursor over the text that skips blanks and `#` comments and knows its line."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-        self.line = 1
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.text)
-
-    def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else ""
-
-    def advance(self) -> str:
-        char = self.text[self.pos]
-        self.pos += 1
-        if char == "\n":
-            self.line += 1
-        return char
-
-    def skip_blanks(self) -> None:
-        while not self.at_end():
-            char = self.peek()
-            if char == "#":
-                while not self.at_end() and self.peek() != "\n":
-                    self.advance()
-            elif char.isspace():
-                self.advance()
-            else:
-                return
-
-    def word(self) -> str:
-        start = self.pos
-        while not self.at_end() and (self.peek().isalnum() or self.peek() == "_"):
-            self.advance()
-        return self.text[start : self.pos]
-
-    def error(self, what: str) -> _TextProtoError:
-        return _TextProtoError(self.line, what)
-
-
-def _describe(char: str) -> str:
-    # only punctuation is echoed: anything longer could be a piece of a pasted key
-    if not char:
-        return "the end of the file"
-    if char.isalnum():
-        return "a value without quotes"
-    return f"'{char}'" if char.isprintable() else f"character U+{ord(char):04X}"
-
-
-def _string_literal(scanner: _Scanner) -> bytes:
-    """One quoted literal; the opening quote is the next character. Protobuf strings are
-    bytes: plain characters are UTF-8 encoded, octal and hex escapes give single bytes."""
-    quote = scanner.advance()
-    start_line = scanner.line
-    out = bytearray()
-    while True:
-        if scanner.at_end():
-            raise _TextProtoError(start_line, "unterminated string")
-        char = scanner.advance()
-        if char == quote:
-            return bytes(out)
-        if char != "\\":
-            # raw newlines are kept: protobuf refuses them, but PEM pasted between quotes
-            # spans lines and TF Serving users write such files by hand
-            out += char.encode("utf-8", "surrogatepass")
+def _with_escaped_newlines(text: str) -> str:
+    """Raw newlines inside quoted strings written as `\\n`: protobuf refuses them, but PEM
+    pasted between quotes spans lines and TF Serving users write such files by hand. Quotes
+    inside `#` comments and escaped quotes inside strings are respected."""
+    out: list[str] = []
+    quote = ""  # the open string's quote character, "" outside strings
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            if char == "\\" and i + 1 < len(text):
+                out.append(text[i : i + 2])
+                i += 2
+                continue
+            if char == quote:
+                quote = ""
+            out.append("\\n" if char == "\n" else char)
+        elif char == "#":
+            end = text.find("\n", i)
+            end = len(text) if end < 0 else end
+            out.append(text[i:end])
+            i = end
             continue
-        if scanner.at_end():
-            raise _TextProtoError(start_line, "unterminated string")
-        escape = scanner.advance()
-        if escape in _SIMPLE_ESCAPES:
-            out += _SIMPLE_ESCAPES[escape]
-        elif escape in _OCTAL:
-            digits = escape
-            while len(digits) < 3 and scanner.peek() and scanner.peek() in _OCTAL:
-                digits += scanner.advance()
-            value = int(digits, 8)
-            if value > 0xFF:
-                raise scanner.error(f"octal escape '\\{digits}' is larger than one byte")
-            out.append(value)
-        elif escape in "xX":
-            digits = ""
-            while len(digits) < 2 and scanner.peek() and scanner.peek() in _HEX:
-                digits += scanner.advance()
-            if not digits:
-                raise scanner.error("'\\x' escape without hex digits")
-            out.append(int(digits, 16))
-        elif escape in "uU":
-            width = 4 if escape == "u" else 8
-            digits = ""
-            while len(digits) < width and scanner.peek() and scanner.peek() in _HEX:
-                digits += scanner.advance()
-            if len(digits) != width or int(digits, 16) > 0x10FFFF:
-                raise scanner.error(f"'\\{escape}' escape needs {width} hex digits")
-            out += chr(int(digits, 16)).encode("utf-8", "surrogatepass")
         else:
-            shown = escape if escape.isprintable() else f"U+{ord(escape):04X}"
-            raise scanner.error(f"unknown escape '\\{shown}'")
+            if char in "'\"":
+                quote = char
+            out.append(char)
+        i += 1
+    return "".join(out)
 
 
-def _parse_fields(text: str) -> dict[str, str | bool]:
-    """The fields set in an SSLConfig text proto, checked for syntax only."""
-    scanner = _Scanner(text)
-    values: dict[str, str | bool] = {}
-    while True:
-        scanner.skip_blanks()
-        if scanner.at_end():
-            return values
-        if not (scanner.peek().isalpha() or scanner.peek() == "_"):
-            raise scanner.error(f"expected a field name, found {_describe(scanner.peek())}")
-        name = scanner.word()
-        if name not in _STRING_FIELDS and name not in _BOOL_FIELDS:
-            raise scanner.error(f"unknown field '{name[:64]}' (SSLConfig has {_FIELD_NAMES})")
-        if name in values:
-            raise scanner.error(f"field '{name}' is set more than once")
-        scanner.skip_blanks()
-        if scanner.peek() == ":":  # required by protobuf for scalars; tolerated missing
-            scanner.advance()
-            scanner.skip_blanks()
-        if name in _STRING_FIELDS:
-            if scanner.peek() not in ("'", '"'):
-                raise scanner.error(
-                    f"field '{name}' needs a quoted string, found {_describe(scanner.peek())}"
-                )
-            raw = bytearray()
-            while scanner.peek() in ("'", '"'):  # adjacent literals are one string
-                raw += _string_literal(scanner)
-                scanner.skip_blanks()
-            try:
-                values[name] = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise scanner.error(f"field '{name}' is not UTF-8 text") from None
-        else:
-            word = scanner.word()
-            if word in _TRUE:
-                values[name] = True
-            elif word in _FALSE:
-                values[name] = False
-            else:
-                raise scanner.error(f"field '{name}' must be true or false")
-            scanner.skip_blanks()
-        if scanner.peek() in (",", ";"):  # optional field separators in the text format
-            scanner.advance()
+# What protobuf's parse errors mean, said without protobuf's echo of the offending line
+# (which could be a line of a pasted key): (pattern in protobuf's message, our text).
+_PARSE_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), text)
+    for pattern, text in (
+        (
+            r'has no field named "(\w{1,64})',
+            "unknown field '{0}' (SSLConfig has server_key, server_cert, custom_ca, client_verify)",
+        ),
+        (r'should not have multiple "(\w+)" fields', "field '{0}' is set more than once"),
+        (r'Expected "true" or "false"', "field 'client_verify' must be true or false"),
+        (r"Expected string", "field '{field}' needs a quoted string"),
+        (r"String missing ending quote", "unterminated string"),
+        (r"parse string|codec|escape", "invalid string (a bad escape, or not UTF-8 text)"),
+        (r'Expected ":"', "expected ':' after the field name (as in server_key: \"...\")"),
+        (r"Expected identifier", "expected a field name"),
+    )
+)
+_LINE_FIELD = re.compile(r"^\d+:\d+ : '\s*(server_key|server_cert|custom_ca|client_verify)\b")
+
+
+def _parse_error_text(exc: Exception) -> str:
+    raw = str(exc)
+    what = "not an SSLConfig text proto"
+    for pattern, text in _PARSE_ERRORS:
+        found = pattern.search(raw)
+        if found:
+            field = _LINE_FIELD.match(raw)
+            what = text.format(*found.groups(), field=field.group(1) if field else "?")
+            break
+    line = exc.GetLine() if isinstance(exc, text_format.ParseError) else None
+    return f"line {line}: {what}" if line else what
 
 
 def parse_ssl_config(text: str, source: str) -> SSLConfig:
     """Parse and validate an SSLConfig text proto; `source` names it in error messages."""
+    message = config_protos.message("SSLConfig")
     try:
-        values = _parse_fields(text)
-    except _TextProtoError as error:
-        raise InvalidArgument(
-            f"invalid ssl config {source}: line {error.line}: {error.what}"
-        ) from None
-    return _validated(values, source)
+        text_format.Parse(_with_escaped_newlines(text), message)
+    except (text_format.ParseError, ValueError) as exc:  # ValueError: bad UTF-8 in a string
+        raise InvalidArgument(f"invalid ssl config {source}: {_parse_error_text(exc)}") from None
+    return _validated(
+        {
+            "server_key": message.server_key,
+            "server_cert": message.server_cert,
+            "custom_ca": message.custom_ca,
+            "client_verify": message.client_verify,
+        },
+        source,
+    )
 
 
 def _validated(values: dict[str, str | bool], source: str) -> SSLConfig:
@@ -401,9 +308,19 @@ def _escape(text: str) -> str:
 # -- the file ------------------------------------------------------------------------------
 
 
-def load_ssl_config(path: str | os.PathLike[str], key: bytes | None) -> SSLConfig:
+def load_ssl_config(
+    path: str | os.PathLike[str],
+    key: bytes | None,
+    *,
+    require_client_verify: bool = False,
+    require_protected: bool = False,
+) -> SSLConfig:
     """Read `--ssl_config_file`: plain text, or a Gramine protected file decrypted in memory
-    with `key` (the plaintext is never written anywhere)."""
+    with `key` (the plaintext is never written anywhere) and bound to `path`.
+
+    `require_client_verify`: refuse a config that does not ask for client certificates.
+    `require_protected`: refuse a plain file (an attested server: a plain file's key and CA
+    are the host's to choose)."""
     path = Path(path)
     raw = read_user_file(path, "ssl config file")  # read once: what is checked is decrypted
 
@@ -413,12 +330,16 @@ def load_ssl_config(path: str | os.PathLike[str], key: bytes | None) -> SSLConfi
                 f"ssl config {path} is encrypted (a Gramine protected file); "
                 f"give its wrap key with {SSL_CONFIG_KEY_FLAG}"
             )
-        # The bound path is not checked: the file is usually made on the owner's machine
-        # under another path than the one the server reads it from. Authentication with the
-        # wrap key is what makes it trustworthy.
         with ProtectedFileReader(io.BytesIO(raw), key, name=str(path)) as reader:
+            _check_bound_path(path, reader.bound_path)
             raw = reader.read_all()
     else:
+        if require_protected:
+            raise FailedPrecondition(
+                f"ssl config {path} is a plain file, so its key and CA are whoever wrote it; "
+                "an attested server needs it encrypted (sealserve certs ... --encrypt-ssl-cfg) "
+                f"and its key named by {SSL_CONFIG_KEY_FLAG}"
+            )
         # a key given for a plain file is not an error: callers may pass a default key
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -431,7 +352,25 @@ def load_ssl_config(path: str | os.PathLike[str], key: bytes | None) -> SSLConfi
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidArgument(f"invalid ssl config {path}: not UTF-8 text") from None
-    return parse_ssl_config(text, str(path))
+    config = parse_ssl_config(text, str(path))
+    if require_client_verify and not config.client_verify:
+        raise PermissionDenied(
+            f"ssl config {path} does not require client certificates (client_verify is "
+            "false), but --require_client_cert is set: refusing to serve without mutual TLS"
+        )
+    return config
+
+
+def _check_bound_path(path: Path, bound: bytes) -> None:
+    """As Gramine: a protected file opens only at the path bound into it (given as is, or
+    made absolute), so another file under the same key cannot be swapped in."""
+    accepted = {normalize_path(os.fspath(path)), normalize_path(os.path.abspath(path))}
+    if bound not in accepted:
+        raise BoundPathMismatch(
+            f"ssl config {path} was encrypted for '{display_path(bound)}', not for this path "
+            "(another protected file under the same key?); encrypt it for the path the "
+            "server reads it from"
+        )
 
 
 # -- contexts ------------------------------------------------------------------------------

@@ -37,9 +37,11 @@ Decisions:
   exist; everything appears at once or not at all (`fsio.atomic_output_dir`).
 - With `encrypt_ssl_cfg_key`, `ssl.cfg` is a Gramine protected file bound to
   `<out_dir>/ssl.cfg` exactly as `out_dir` was given (what `gramine-sgx-pf-crypt encrypt -o`
-  and `model_tree.encrypt_file` bind), so it can be mounted encrypted in an enclave or read
-  by `sealserve serve --ssl_config_key`. The plaintext is encrypted from memory; it is never
-  written to a file (the same key is still in `server/key.pem`, which the owner keeps).
+  and `model_tree.encrypt_file` bind), or to `ssl_cfg_bound_path`, the path the server will
+  read it from (the server checks the bound path, as Gramine does), so it can be mounted
+  encrypted in an enclave or read by `sealserve serve --ssl_config_key`. The plaintext is
+  encrypted from memory; it is never written to a file (the same key is still in
+  `server/key.pem`, which the owner keeps).
 
 Functions are safe to call from several threads on different `out_dir`s.
 """
@@ -69,7 +71,7 @@ from sealserve.fsio import (
     read_user_file,
 )
 from sealserve.model_tree import bound_path_in
-from sealserve.protected_files import KEY_SIZE, write_protected
+from sealserve.protected_files import KEY_SIZE, normalize_path, write_protected
 from sealserve.serving.tls import SSLConfig, format_ssl_config
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -114,6 +116,7 @@ def make_twoway(
     rsa_bits: int | None = None,
     valid_days: int = LEAF_VALID_DAYS,
     encrypt_ssl_cfg_key: bytes | None = None,
+    ssl_cfg_bound_path: str | None = None,
     now: datetime.datetime | None = None,
 ) -> CertificateSet:
     """A private CA, a server and a client certificate signed by it, and an `ssl.cfg` that
@@ -164,7 +167,9 @@ def make_twoway(
         _write(tmp / "ca_key.pem", _key_pem(ca_key), PRIVATE_FILE_MODE)
         _write_pair(tmp / "server", server_key, server_cert)
         _write_pair(tmp / "client", client_key, client_cert)
-        _write_ssl_config(tmp, out_dir, config, encrypt_ssl_cfg_key, server_name, client_name)
+        _write_ssl_config(
+            tmp, out_dir, config, encrypt_ssl_cfg_key, server_name, client_name, ssl_cfg_bound_path
+        )
     return CertificateSet(
         root=out,
         server_key=out / "server" / "key.pem",
@@ -185,6 +190,7 @@ def make_oneway(
     rsa_bits: int | None = None,
     valid_days: int = LEAF_VALID_DAYS,
     encrypt_ssl_cfg_key: bytes | None = None,
+    ssl_cfg_bound_path: str | None = None,
     now: datetime.datetime | None = None,
 ) -> CertificateSet:
     """A self-signed server certificate (clients trust `server/cert.pem` itself) and an
@@ -215,7 +221,9 @@ def make_oneway(
     out = Path(out_dir)
     with atomic_output_dir(out, mode=PRIVATE_DIR_MODE) as tmp:
         _write_pair(tmp / "server", server_key, server_cert)
-        _write_ssl_config(tmp, out_dir, config, encrypt_ssl_cfg_key, server_name, None)
+        _write_ssl_config(
+            tmp, out_dir, config, encrypt_ssl_cfg_key, server_name, None, ssl_cfg_bound_path
+        )
     return CertificateSet(
         root=out,
         server_key=out / "server" / "key.pem",
@@ -412,6 +420,7 @@ def _write_ssl_config(
     wrap_key: bytes | None,
     server_name: str,
     client_name: str | None,
+    bound_path: str | None,
 ) -> None:
     mode = "two-way TLS: clients need a certificate signed by ca_cert.pem"
     if client_name is None:
@@ -424,7 +433,11 @@ def _write_ssl_config(
     if wrap_key is None:
         _write(tmp / SSL_CONFIG_NAME, text, PRIVATE_FILE_MODE)
         return
-    bound = bound_path_in(os.fspath(out_dir), SSL_CONFIG_NAME)
+    bound = (
+        normalize_path(bound_path)
+        if bound_path
+        else bound_path_in(os.fspath(out_dir), SSL_CONFIG_NAME)
+    )
     with atomic_output_file(tmp / SSL_CONFIG_NAME, mode=PRIVATE_FILE_MODE) as out:
         write_protected(io.BytesIO(text), len(text), out, wrap_key, bound)
     os.chmod(tmp / SSL_CONFIG_NAME, PRIVATE_FILE_MODE)
