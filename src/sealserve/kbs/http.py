@@ -4,7 +4,7 @@ Attestation paths (protocol §3):
 - `POST /kbs/v0/auth`                          → Challenge, sets the `kbs-session-id` cookie
 - `POST /kbs/v0/attest`  (cookie)              → `{"token": JWT}`
 - `GET  /kbs/v0/resource/<repo>/<type>/<tag>`  (cookie, or `Authorization: Bearer <token>`)
-                                               → the resource as a compact JWE (`text/plain`)
+                                               → the resource as a flattened JSON JWE
 
 Admin paths (`Authorization: Bearer <admin token>`; anything else is 401):
 - `PUT|POST /kbs/v0/resource/<repo>/<type>/<tag>`  body: the raw secret → its info (JSON)
@@ -161,7 +161,8 @@ async def _get_resource(request: web.Request) -> web.StreamResponse:
         session_id=request.cookies.get(SESSION_COOKIE),
         bearer=_bearer(request),
     )
-    return web.Response(text=sealed, content_type="application/jose")
+    # JSON, as Trustee's KBS answers it (`HttpResponse::Ok().json(jwe)`)
+    return web.Response(text=sealed, content_type="application/json")
 
 
 async def _put_resource(request: web.Request) -> web.StreamResponse:

@@ -130,6 +130,13 @@ class TeePubKey:
                     raise InvalidArgument(f"tee-pubkey curve must be one of {_EC_CURVES}")
                 ECKey.import_key(dict(value))
             elif kty == "RSA":
+                if value.get("alg") == "RSA1_5":
+                    # Trustee still answers it (deprecated); a PKCS#1 v1.5 key-wrap invites
+                    # padding-oracle attacks, and the client would fail to read our OAEP answer
+                    raise InvalidArgument(
+                        "tee-pubkey alg RSA1_5 is not supported (deprecated): use RSA-OAEP-256 "
+                        "or an EC key (ECDH-ES+A256KW)"
+                    )
                 key = RSAKey.import_key(dict(value))
                 n = int.from_bytes(b64decode(value["n"], "tee-pubkey n"), "big")
                 if n.bit_length() < _MIN_RSA_BITS:
