@@ -3,7 +3,7 @@
 For the lead's `cli.py`: each command group has `add_*_arguments(parser)` and
 `run_*(args) -> int`; `add_arguments(parser)` / `run(args)` build and dispatch the whole
 `kbs` tree (`init`, `serve`, `secret put|list|delete`, `policy set|show|from-ra-config`,
-`audit`, `secret-prov map|show`). Runners
+`audit`, `secret-prov map|show`, `get-resource` from `kbs.get_resource`). Runners
 raise `SealserveError` for the main CLI to print; they never print secrets.
 
 Admin commands talk to a running KBS over HTTPS with the admin token read from a file
@@ -430,6 +430,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_audit_arguments(sub.add_parser("audit", help="print and verify the audit log"))
     add_secret_prov_arguments(
         sub.add_parser("secret-prov", help="map|show what Gramine's secret provisioning releases")
+    )
+    from sealserve.kbs import get_resource
+
+    get_resource.add_arguments(
+        sub.add_parser("get-resource", help="attest and fetch one resource (debugging, in a TEE)")
     )
 
 
