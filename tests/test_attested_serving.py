@@ -272,6 +272,47 @@ def test_an_attested_server_cannot_dump_core(broker):
     assert "attested: core dumps off (RLIMIT_CORE 0/0, dumpable False)" in stderr
 
 
+def test_the_files_the_flags_name_are_measured(broker, tmp_path):
+    """The model list and the KBS's CA are measured by content, not only by path: a host that
+    rewrites them in place gets another measurement (so no key)."""
+    root = broker["root"]
+    models, ca = tmp_path / "models.config", tmp_path / "kbs-ca.pem"
+    models.write_text(
+        f"model_config_list {{ config {{ name: 'hpt' base_path: '{root / 'models' / 'hpt'}' }} }}"
+    )
+    ca.write_bytes(Path(broker["ca"]).read_bytes())
+    flags = [
+        f"--model_config_file={models}",
+        f"--key_broker={broker['url']}",
+        f"--key_broker_ca={ca}",
+        "--attestation=sim",
+        f"--sim_dir={root / 'sim'}",
+    ]
+    first = sealserve("measure", *flags)
+    assert sealserve("measure", *flags) == first
+    models.write_text(models.read_text().replace("'hpt'", "'other'", 1))
+    second = sealserve("measure", *flags)
+    assert second != first
+    ca.write_bytes(make_oneway("evil", tmp_path / "evil").server_cert.read_bytes())
+    assert sealserve("measure", *flags) not in (first, second)
+
+
+def test_an_attested_server_does_not_poll_its_measured_model_config(broker):
+    result = subprocess.run(
+        [
+            SEALSERVE,
+            "serve",
+            *serve_flags(broker, free_port()),
+            "--model_config_file_poll_wait_seconds=5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--model_config_file is measured, so it is not polled" in result.stderr
+
+
 def test_attest_tools_from_the_shell(broker, tmp_path):
     root = broker["root"]
     quote = tmp_path / "quote.bin"

@@ -527,6 +527,12 @@ def _serve(args: argparse.Namespace) -> None:
 
     if args.attestation:  # before any secret exists in this process
         _refuse_unmeasured_code()
+        if args.model_config_file_poll_wait_seconds > 0:
+            raise InvalidArgument(
+                "an attested server's --model_config_file is measured, so it is not polled "
+                "(--model_config_file_poll_wait_seconds must be 0); change models with "
+                "HandleReloadConfigRequest as the admin (--admin_client_cert_sha256)"
+            )
         hardening.forbid_core_dumps()
 
     # First: TensorFlow's thread pools are fixed when it starts, and TF Serving's protos
@@ -550,16 +556,39 @@ def _serve(args: argparse.Namespace) -> None:
     asyncio.run(ModelServer(options, keys).serve_until_signalled())
 
 
+#: serve flags naming files whose content the simulated measurement covers, as Gramine's
+#: trusted files do: the host may not swap the model list, the KBS's CA (a CA of its own would
+#: let its own broker hand out keys to its own models), the TLS config or the tuning files
+MEASURED_FILE_FLAGS = (
+    "model_config_file",
+    "key_broker_ca",
+    "ssl_config_file",
+    "batching_parameters_file",
+    "monitoring_config_file",
+)
+
+
 def _launch_config(args: argparse.Namespace) -> dict[str, object]:
     """What the simulated measurement covers: every serve flag as given (as Gramine fixes a
-    server's arguments in its manifest, so that the host cannot change them)."""
+    server's arguments in its manifest, so that the host cannot change them) and the SHA-256
+    of each file in `MEASURED_FILE_FLAGS`."""
+    import hashlib
+
+    from sealserve.fsio import read_user_file
+
     skip = {"run", "debug"}
     # canonical JSON has no floats (their text is not unique): render them as text
-    return {
+    config: dict[str, object] = {
         k: repr(v) if isinstance(v, float) else v
         for k, v in sorted(vars(args).items())
         if k not in skip
     }
+    config["file_sha256"] = {
+        flag: hashlib.sha256(read_user_file(path, flag.replace("_", " "))).hexdigest()
+        for flag in MEASURED_FILE_FLAGS
+        if (path := getattr(args, flag, None))
+    }
+    return config
 
 
 def _measure(args: argparse.Namespace) -> None:

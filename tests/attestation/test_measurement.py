@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from sealserve.attestation.measurement import (
+    HARMLESS_PYTHON_VARIABLES,
     code_manifest,
     installed_code_digest,
     measurement,
+    python_environment,
+    unmeasured_python_inputs,
 )
 from sealserve.errors import InvalidArgument, NotFound
 
@@ -95,3 +98,92 @@ def test_non_canonical_launch_configs_are_refused(code: Path, config: dict) -> N
 def test_missing_code_root(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         installed_code_digest(tmp_path / "missing")
+
+
+# -- the Python environment (#12 §3) ------------------------------------------------------
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """This interpreter with only its installation on sys.path (pytest adds the checkout)
+    and no code-changing PYTHON* variable."""
+    import os
+    import sys
+
+    for name in list(os.environ):
+        if name.startswith("PYTHON") and name not in HARMLESS_PYTHON_VARIABLES:
+            monkeypatch.delenv(name)
+    roots = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)]
+    installed = [
+        entry
+        for entry in sys.path
+        if entry and any(os.path.realpath(entry).startswith(root) for root in roots)
+    ]
+    monkeypatch.setattr(sys, "path", installed)
+    return installed
+
+
+def test_a_clean_installation_has_nothing_unmeasured(clean_environment: list[str]) -> None:
+    assert unmeasured_python_inputs() == []
+    environment = python_environment()
+    assert environment["path"] == clean_environment
+    assert environment["environment"] == {}
+    assert python_environment() == environment  # deterministic
+
+
+def test_code_changing_variables_are_measured_and_refused(
+    clean_environment: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = measurement(LAUNCH)
+    for name in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONWARNINGS", "PYTHONINSPECT"):
+        with monkeypatch.context() as patch:
+            patch.setenv(name, "/somewhere")
+            assert measurement(LAUNCH) != before
+            assert unmeasured_python_inputs() == [f"environment variable {name} is set"]
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # changes no code
+    assert measurement(LAUNCH) == before and unmeasured_python_inputs() == []
+
+
+def test_a_path_entry_outside_the_installation_is_refused(
+    clean_environment: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    before = measurement(LAUNCH)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *clean_environment])
+    assert unmeasured_python_inputs() == [
+        f"sys.path entry {tmp_path} is outside the measured installation"
+    ]
+    assert measurement(LAUNCH) != before
+    monkeypatch.setattr(sys, "path", ["", *clean_environment])
+    assert "the current directory is on sys.path" in unmeasured_python_inputs()[0]
+
+
+def test_startup_files_are_measured_by_content(
+    clean_environment: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """.pth files and sitecustomize/usercustomize run before any of our code."""
+    import sys
+
+    monkeypatch.setattr(sys, "path", [*clean_environment, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "sitecustomize", raising=False)
+    monkeypatch.delitem(sys.modules, "usercustomize", raising=False)
+    before = measurement(LAUNCH)
+    for name in ("extra.pth", "usercustomize.py"):
+        (tmp_path / name).write_text("import os\n")
+        with_file = measurement(LAUNCH)
+        assert with_file != before
+        (tmp_path / name).write_text("import sys\n")
+        assert measurement(LAUNCH) not in (before, with_file)
+        (tmp_path / name).unlink()
+        assert measurement(LAUNCH) == before
+    listed = [path for path, _ in python_environment()["startup_files"]]
+    assert not any(path.startswith(str(tmp_path)) for path in listed)
+
+
+def test_the_interpreter_binary_is_measured(clean_environment: list[str]) -> None:
+    import os
+    import sys
+
+    files = [path for path, _ in python_environment()["interpreter"]]
+    assert files[0] == os.path.realpath(sys.executable)
