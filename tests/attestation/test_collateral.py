@@ -228,3 +228,51 @@ def test_cache_with_a_malformed_quote() -> None:
 def test_cache_configuration_errors(kwargs: dict) -> None:
     with pytest.raises(InvalidArgument):
         CollateralCache(**kwargs)
+
+
+def test_failed_fetches_are_remembered_briefly() -> None:
+    """20 attests while the PCCS is down cost one fetch, not 20; after the failure window the
+    next quote tries again."""
+    clock = Clock(SGX_START + 10)
+    pccs = FakePccs(OSError("connection refused"))
+    cache = CollateralCache("https://pccs.test", fetch=pccs, clock=clock, failure_ttl_seconds=30)
+
+    async def scenario() -> None:
+        for _ in range(20):
+            with pytest.raises(AttestationUnavailable, match="connection refused"):
+                await cache.get(SGX_QUOTE)
+        assert len(pccs.calls) == 1
+        clock.now += 31
+        pccs.answer = dcap_qvl.QuoteCollateralV3.from_json(SGX_COLLATERAL)
+        assert (await cache.get(SGX_QUOTE)).key == SGX_KEY
+        assert len(pccs.calls) == 2
+
+    run(scenario())
+
+
+def test_quote_whose_pck_chain_does_not_verify_fetches_nothing() -> None:
+    """The PCK chain embedded in a quote is checked against the trusted root before any
+    fetch: a quote with a forged chain, or a chain to another root, costs no PCCS call."""
+    pem_start = SGX_QUOTE.index(b"-----BEGIN CERTIFICATE-----")
+    forged = bytearray(SGX_QUOTE)
+    body = forged.index(b"\n", pem_start) + 200  # inside the leaf certificate's base64
+    forged[body] = ord("A") if forged[body] != ord("A") else ord("B")
+    pccs = FakePccs(dcap_qvl.QuoteCollateralV3.from_json(SGX_COLLATERAL))
+    cache = CollateralCache("https://pccs.test", fetch=pccs, clock=Clock(SGX_START + 10))
+    other_root = CollateralCache(
+        "https://pccs.test",
+        fetch=pccs,
+        clock=Clock(SGX_START + 10),
+        trusted_root_sha256=frozenset({"00" * 32}),
+    )
+
+    async def scenario() -> None:
+        for _ in range(20):
+            with pytest.raises(AttestationFailed):
+                await cache.get(bytes(forged))
+            with pytest.raises(AttestationFailed, match="trusted root"):
+                await other_root.get(SGX_QUOTE)
+        assert pccs.calls == []
+        assert (await cache.get(SGX_QUOTE)).key == SGX_KEY  # the genuine chain passes
+
+    run(scenario())

@@ -15,6 +15,7 @@ from joserfc.jwk import ECKey
 
 from sealserve.attestation.sim import SIM_MR_SIGNER, SimAttester, SimTee, init_sim, load_sim
 from sealserve.kbs.http import bound_port, server_ssl_context, start_kbs
+from sealserve.kbs.limits import AnonymousBudget
 from sealserve.kbs.service import KbsConfig, KbsService
 from sealserve.kbs.store import MasterKey, SqliteStore
 from sealserve.tools.certs import make_oneway
@@ -92,13 +93,16 @@ def make_service(
 class ServerThread:
     """A KBS served by aiohttp on its own event loop in a background thread."""
 
-    def __init__(self, service: KbsService, cert: Path, key: Path) -> None:
+    def __init__(
+        self, service: KbsService, cert: Path, key: Path, budget: AnonymousBudget | None = None
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         context = server_ssl_context(str(cert), str(key))
         self.runner = asyncio.run_coroutine_threadsafe(
-            start_kbs(service, host="127.0.0.1", port=0, ssl_context=context), self.loop
+            start_kbs(service, host="127.0.0.1", port=0, ssl_context=context, budget=budget),
+            self.loop,
         ).result(timeout=30)
         self.port = bound_port(self.runner)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def test_cached_collateral_fetches_once_on_the_loop(
             directory=tmp_path,
             clock=lambda: SIM_NOW + 60,
             fetch=fetch,
+            trusted_root_sha256=frozenset({hashlib.sha256(sim.root_ca_der).hexdigest()}),
         )
         source = CachedCollateral(cache, loop)
         quote = attester.evidence(bytes(64)).quote

@@ -95,6 +95,25 @@ def assert_refused_attest(kbs: Kbs, answer: Any, words: str) -> None:
     assert words in record["reason"]
 
 
+def audit_size(kbs: Kbs) -> int:
+    return len(kbs.store.audit_records(since_seq=0, limit=100_000))
+
+
+def unauthenticated_count(kbs: Kbs, endpoint: str) -> float:
+    return kbs.service.metrics.unauthenticated.labels(endpoint)._value.get()
+
+
+def assert_counted_not_audited(kbs: Kbs, call: Any, status: int, words: str, endpoint: str) -> None:
+    """A refusal without credentials (anyone can send it): the right status and reason,
+    counted in the metrics, and no audit record."""
+    records, counted = audit_size(kbs), unauthenticated_count(kbs, endpoint)
+    answer = call()
+    assert answer.status == status, answer.body
+    assert words in detail(answer)
+    assert audit_size(kbs) == records
+    assert unauthenticated_count(kbs, endpoint) == counted + 1
+
+
 def assert_refused_release(kbs: Kbs, answer: Any, status: int, words: str) -> None:
     assert answer.status == status, answer.body
     told = detail(answer)
@@ -182,10 +201,12 @@ def test_replayed_nonce_is_refused(kbs: Kbs, attester: SimAttester) -> None:
     flow = Flow(kbs)
     quote = attester.evidence(flow.report_data()).quote
     assert flow.attest(quote).status == 200
-    assert_refused_attest(kbs, flow.attest(quote), "already used")
+    assert_counted_not_audited(kbs, lambda: flow.attest(quote), 401, "already used", "attest")
     # the old nonce and quote in a fresh session: not that session's challenge
     other = Flow(kbs)
-    assert_refused_attest(kbs, other.attest(quote, nonce=flow.nonce), "not this session")
+    assert_counted_not_audited(
+        kbs, lambda: other.attest(quote, nonce=flow.nonce), 401, "not this session", "attest"
+    )
 
 
 def test_evidence_bound_to_another_public_key_is_refused(kbs: Kbs, attester: SimAttester) -> None:
@@ -199,21 +220,27 @@ def test_expired_session_is_refused(kbs: Kbs, attester: SimAttester) -> None:
     flow = Flow(kbs)
     quote = attester.evidence(flow.report_data()).quote
     kbs.clock.now += 301
-    assert_refused_attest(kbs, flow.attest(quote), "expired")
+    assert_counted_not_audited(kbs, lambda: flow.attest(quote), 401, "expired", "attest")
+
+
+def test_pending_session_expires_fast(kbs: Kbs, attester: SimAttester) -> None:
+    flow = Flow(kbs)
+    quote = attester.evidence(flow.report_data()).quote
+    kbs.clock.now += kbs.service.config.pending_session_ttl + 1
+    assert_counted_not_audited(kbs, lambda: flow.attest(quote), 401, "expired", "attest")
 
 
 def test_unknown_session_is_refused(kbs: Kbs, attester: SimAttester) -> None:
     flow = Flow(kbs)
     flow.cookie = "not-a-session"
-    assert_refused_attest(
-        kbs, flow.attest(attester.evidence(flow.report_data()).quote), "unknown session"
-    )
+    quote = attester.evidence(flow.report_data()).quote
+    assert_counted_not_audited(kbs, lambda: flow.attest(quote), 401, "unknown session", "attest")
     flow.cookie = "also-unknown"
-    assert_refused_release(kbs, flow.resource(), 401, "unknown session")
+    assert_counted_not_audited(kbs, flow.resource, 401, "unknown session", "resource")
 
 
 def test_session_that_did_not_attest_gets_nothing(kbs: Kbs) -> None:
-    assert_refused_release(kbs, Flow(kbs).resource(), 401, "has not attested")
+    assert_counted_not_audited(kbs, Flow(kbs).resource, 401, "has not attested", "resource")
 
 
 @pytest.mark.parametrize(
@@ -238,10 +265,9 @@ def test_wrong_identity_is_refused_by_policy(
 def test_debug_enclave_is_refused(kbs: Kbs, attester: SimAttester) -> None:
     flow = Flow(kbs)
     quote = attester.quote(flow.report_data(), MR_ENCLAVE, debug=True)
-    answer = flow.attest(quote)
-    assert answer.status == 401
-    record = last_audit(kbs)
-    assert record["decision"] == "denied" and "quote verification failed" in record["reason"]
+    assert_counted_not_audited(
+        kbs, lambda: flow.attest(quote), 401, "quote verification failed", "attest"
+    )
     assert flow.resource().status == 401
 
 
@@ -261,22 +287,24 @@ def test_tcb_status_not_accepted_is_refused(kbs: Kbs, attester: SimAttester) -> 
 def test_expired_collateral_is_refused(kbs: Kbs, sim: SimTee, attester: SimAttester) -> None:
     kbs.clock.now = sim.expires_at + 1
     flow = Flow(kbs)
-    answer = flow.attest(attester.evidence(flow.report_data()).quote)
-    assert_refused_attest(kbs, answer, "quote verification failed")
-    assert "xpired" in detail(answer)
+    quote = attester.evidence(flow.report_data()).quote
+    assert_counted_not_audited(kbs, lambda: flow.attest(quote), 401, "xpired", "attest")
 
 
 def test_tampered_quote_is_refused(kbs: Kbs, attester: SimAttester) -> None:
     flow = Flow(kbs)
     quote = bytearray(attester.evidence(flow.report_data()).quote)
     quote[48 + 64] ^= 1  # one bit of MRENCLAVE (header 48 bytes, MRENCLAVE at body offset 64)
-    assert_refused_attest(kbs, flow.attest(bytes(quote)), "quote verification failed")
+    assert_counted_not_audited(
+        kbs, lambda: flow.attest(bytes(quote)), 401, "quote verification failed", "attest"
+    )
 
 
 def test_sim_evidence_claimed_as_sgx_is_refused(kbs: Kbs, attester: SimAttester) -> None:
     flow = Flow(kbs, tee="sgx")  # Intel's root is used for "sgx": the sim chain fails
-    assert_refused_attest(
-        kbs, flow.attest(attester.evidence(flow.report_data()).quote), "quote verification failed"
+    quote = attester.evidence(flow.report_data()).quote
+    assert_counted_not_audited(
+        kbs, lambda: flow.attest(quote), 401, "quote verification failed", "attest"
     )
 
 
@@ -294,8 +322,8 @@ def test_sim_evidence_is_refused_when_sim_is_not_trusted(
     with pytest.raises(SealserveError, match="not trusted") as err:
         service.attest(sid, body)
     assert err.value.code == Code.UNAUTHENTICATED
-    (record,) = service.store.audit_records()
-    assert record.decision == "denied" and "not trusted" in record.reason
+    assert service.store.audit_records() == []  # nothing verified: counted, not audited
+    assert service.metrics.attestations.labels("sim", "rejected")._value.get() == 1
     service.store.close()
 
 
@@ -330,8 +358,13 @@ def test_unknown_resource_is_refused(kbs: Kbs, attester: SimAttester) -> None:
 
 def test_missing_token_is_refused(kbs: Kbs) -> None:
     client = KbsClient(kbs.url, ca_pem=kbs.ca, attempts=1)
-    answer = client.call("GET", f"/kbs/v0/resource/{RESOURCE}")
-    assert_refused_release(kbs, answer, 401, "no kbs-session-id")
+    assert_counted_not_audited(
+        kbs,
+        lambda: client.call("GET", f"/kbs/v0/resource/{RESOURCE}"),
+        401,
+        "no kbs-session-id",
+        "resource",
+    )
 
 
 def test_forged_and_expired_tokens_are_refused(kbs: Kbs, attester: SimAttester) -> None:
@@ -342,16 +375,16 @@ def test_forged_and_expired_tokens_are_refused(kbs: Kbs, attester: SimAttester) 
     payload["claims"]["mr_enclave"] = MR_ENCLAVE.hex()
     forged = jwt.encode({"alg": "ES256"}, payload, ECKey.generate_key("P-256"))
     client = KbsClient(kbs.url, ca_pem=kbs.ca, attempts=1)
-    for bad in (forged, token[:-4] + "AAAA", "not.a.jwt"):
-        answer = client.call(
-            "GET", f"/kbs/v0/resource/{RESOURCE}", headers={"Authorization": f"Bearer {bad}"}
+
+    def fetch_with(bearer: str) -> Any:
+        return lambda: client.call(
+            "GET", f"/kbs/v0/resource/{RESOURCE}", headers={"Authorization": f"Bearer {bearer}"}
         )
-        assert_refused_release(kbs, answer, 401, "token is invalid")
+
+    for bad in (forged, token[:-4] + "AAAA", "not.a.jwt"):
+        assert_counted_not_audited(kbs, fetch_with(bad), 401, "token is invalid", "resource")
     kbs.clock.now += 301
-    answer = client.call(
-        "GET", f"/kbs/v0/resource/{RESOURCE}", headers={"Authorization": f"Bearer {token}"}
-    )
-    assert_refused_release(kbs, answer, 401, "expired")
+    assert_counted_not_audited(kbs, fetch_with(token), 401, "expired", "resource")
 
 
 def test_denied_client_is_not_told_which_pin_failed(kbs: Kbs, sim_dir: Path) -> None:

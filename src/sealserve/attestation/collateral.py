@@ -20,6 +20,12 @@ certificate chain (`pck_certificate_chain`); that is per machine, not per FMSPC,
 drops it: every quote must then embed its PCK chain (certification data type 5), which is
 what Gramine, configfs-tsm and the simulated TEE produce.
 
+Abuse: a fetch is the one thing an anonymous quote can make the verifier do on the network,
+so `CollateralCache` fetches only for a quote whose embedded PCK certificate chain verifies
+up to a trusted root (Intel's, or a root the caller adds) — `check_pck_chain` — and caches
+failures per key for `failure_ttl_seconds` (30 s), so a stream of bogus or unlucky quotes
+costs at most one fetch per platform family per failure window.
+
 Thread safety: `Collateral` is immutable. `CollateralCache` is for one asyncio event loop (it
 serialises fetches per key with asyncio locks); it is not thread-safe.
 """
@@ -27,6 +33,7 @@ serialises fetches per key with asyncio locks); it is not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -40,6 +47,8 @@ from typing import Any
 
 import dcap_qvl
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from sealserve.attestation.errors import AttestationFailed, AttestationUnavailable, one_line
 from sealserve.errors import FailedPrecondition, InvalidArgument
@@ -199,6 +208,30 @@ def quote_collateral_key(quote: bytes) -> CollateralKey:
         ) from None
 
 
+#: SHA-256 of the DER of Intel's SGX Provisioning Certification Root CA (also in verify.py).
+INTEL_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+
+
+def check_pck_chain(quote: bytes, trusted_root_sha256: frozenset[str]) -> None:
+    """Refuse (AttestationFailed) a quote whose embedded PCK chain (leaf → PCK CA → root) is
+    not signed link by link up to a root whose DER hashes to one of `trusted_root_sha256`.
+    A cheap pre-check before any network fetch; dcap-qvl verifies everything again."""
+    try:
+        pem = dcap_qvl.parse_quote(quote).cert_chain_pem_bytes()
+        chain = x509.load_pem_x509_certificates(bytes(pem))
+        if len(chain) < 2:
+            raise ValueError("the quote carries no PCK certificate chain")
+        for cert, issuer in zip(chain, chain[1:], strict=False):
+            cert.verify_directly_issued_by(issuer)
+        root = chain[-1]
+        root.verify_directly_issued_by(root)
+        if hashlib.sha256(root.public_bytes(Encoding.DER)).hexdigest() not in trusted_root_sha256:
+            raise ValueError("the quote's PCK chain does not end at a trusted root")
+    except (ValueError, TypeError, InvalidSignature) as err:
+        reason = one_line(err) or "the quote's PCK certificate chain does not verify"
+        raise AttestationFailed(f"quote verification failed: {reason}", reason=reason) from None
+
+
 #: Fetches collateral for a raw quote from a PCCS / PCS base URL. dcap-qvl's
 #: `get_collateral(url, quote)` has this shape; tests inject a fake.
 Fetcher = Callable[[str, bytes], Awaitable["dcap_qvl.QuoteCollateralV3 | str | Collateral"]]
@@ -222,6 +255,9 @@ class CollateralCache:
       collateral that expires during a handshake.
     - `clock`: unix seconds; injectable for tests. `fetch`: injectable fetcher (defaults to
       `dcap_qvl.get_collateral`).
+    - `trusted_root_sha256`: roots a quote's PCK chain must end at before anything is
+      fetched for it (default: Intel's). `failure_ttl_seconds`: how long a failed fetch is
+      remembered (and answered from memory) per platform family.
     """
 
     def __init__(
@@ -233,6 +269,8 @@ class CollateralCache:
         refresh_margin_seconds: int = 3600,
         clock: Callable[[], float] = time.time,
         fetch: Fetcher | None = None,
+        trusted_root_sha256: frozenset[str] = frozenset({INTEL_ROOT_CA_SHA256}),
+        failure_ttl_seconds: int = 30,
     ) -> None:
         if not offline and not pccs_url:
             raise InvalidArgument("collateral cache needs a PCCS / PCS URL unless it is offline")
@@ -248,6 +286,12 @@ class CollateralCache:
         self._fetch: Fetcher = fetch or _dcap_fetch
         self._entries: dict[CollateralKey, Collateral] = {}
         self._locks: dict[CollateralKey, asyncio.Lock] = {}
+        self._roots = trusted_root_sha256
+        self._failure_ttl = failure_ttl_seconds
+        #: key → (until, message) of the last failed fetch
+        self._failures: dict[CollateralKey, tuple[int, str]] = {}
+        #: how many fetches were attempted (tests and metrics read it)
+        self.fetches = 0
 
     def _now(self) -> int:
         return int(self._clock())
@@ -290,12 +334,24 @@ class CollateralCache:
                 )
             if quote is None:
                 raise InvalidArgument(f"no cached collateral for {key} and no quote to fetch it")
-            fetched = await self._fetch_checked(key, quote, now)
+            failed = self._failures.get(key)
+            if failed is not None and now < failed[0]:
+                raise AttestationUnavailable(f"{failed[1]} (not retried before {failed[0]})")
+            check_pck_chain(quote, self._roots)
+            try:
+                fetched = await self._fetch_checked(key, quote, now)
+            except (AttestationUnavailable, InvalidArgument) as err:
+                self._failures[key] = (now + self._failure_ttl, err.message)
+                if len(self._failures) > 1024:  # bounded: forget the oldest
+                    self._failures.pop(next(iter(self._failures)))
+                raise
+            self._failures.pop(key, None)
             self._entries[key] = fetched
             self._store(key, fetched)
             return fetched
 
     async def _fetch_checked(self, key: CollateralKey, quote: bytes, now: int) -> Collateral:
+        self.fetches += 1
         try:
             answer = await self._fetch(self._url, quote)
         except (ValueError, RuntimeError, OSError) as err:

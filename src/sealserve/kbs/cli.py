@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -98,6 +99,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="also serve Gramine's secret provisioning (RA-TLS client certificates) on this "
         "port (4433 by convention; 0 picks a free one), with the --tls-cert certificate",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="also serve GET /metrics without a token on this port (plain HTTP; on the main "
+        "port /metrics needs the admin token)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (a private one)"
+    )
     parser.set_defaults(kbs_run=run_serve)
 
 
@@ -152,8 +162,9 @@ def _no_collateral_yet(quote: bytes) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     from sealserve.attestation import CollateralCache
+    from sealserve.attestation.collateral import INTEL_ROOT_CA_SHA256
     from sealserve.kbs.collateral import CachedCollateral
-    from sealserve.kbs.http import server_ssl_context, start_kbs
+    from sealserve.kbs.http import server_ssl_context, start_kbs, start_metrics
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InvalidArgument("give both --tls-cert and --tls-key")
@@ -166,7 +177,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         if args.pccs_url:
-            cache = CollateralCache(args.pccs_url, directory=args.collateral_dir)
+            roots = {INTEL_ROOT_CA_SHA256}
+            if service.config.insecure_trust_sim_root is not None:
+                roots.add(hashlib.sha256(service.config.insecure_trust_sim_root).hexdigest())
+            cache = CollateralCache(
+                args.pccs_url, directory=args.collateral_dir, trusted_root_sha256=frozenset(roots)
+            )
             service.config.collateral = CachedCollateral(cache, asyncio.get_running_loop())
         runner = await start_kbs(
             service,
@@ -175,6 +191,11 @@ def run_serve(args: argparse.Namespace) -> int:
             ssl_context=context,
             insecure_http=args.insecure_http,
         )
+        runners = [runner]
+        if args.metrics_port is not None:
+            runners.append(
+                await start_metrics(service, host=args.metrics_host, port=args.metrics_port)
+            )
         scheme = "https" if context else "http"
         print(f"KBS listening on {scheme}://{args.host}:{args.port}", flush=True)
         secret_prov = _start_secret_prov(args, service)
@@ -187,7 +208,8 @@ def run_serve(args: argparse.Namespace) -> int:
         finally:
             if secret_prov is not None:
                 secret_prov.stop()
-            await runner.cleanup()
+            for each in reversed(runners):
+                await each.cleanup()
             service.store.close()
 
     asyncio.run(serve())

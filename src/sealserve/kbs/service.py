@@ -3,8 +3,12 @@
 `KbsService` is framework-free (the HTTP adapter is `kbs.http`). Protocol: Trustee KBS
 v0.4.0 (`reference/attestation.md` §3):
 
-1. `auth(body)` → a session (random id, the `kbs-session-id` cookie) holding a one-time
-   nonce; sessions expire after `session_ttl` seconds (5 min).
+1. `auth(body, client=...)` → a session (random id, the `kbs-session-id` cookie) holding a
+   one-time nonce; sessions expire after `session_ttl` seconds (5 min). A session that has
+   not attested is *pending*: it expires after `pending_session_ttl` (30 s), each client
+   (`limits.client_key`) holds at most `max_pending_per_client` of them and the whole KBS
+   `max_sessions`, the oldest evicted first — so anonymous `/auth` floods cannot lock a
+   legitimate server out.
 2. `attest(session_id, body)` → the nonce is *consumed* first (one attempt per challenge,
    whatever the outcome: a replayed nonce is refused), the quote is verified with
    `attestation.verify_quote` against the configured collateral at `clock()`, and the quote's
@@ -28,8 +32,12 @@ to tune its next attempt). Policies are parsed once per stored text, not per rel
 Trust anchors: Intel's root always; a simulated TEE's root only if the operator passes it as
 `insecure_trust_sim_root` (logs a warning), and then only for evidence whose tee is "sim".
 
-Every attest and every release decision — allowed or denied, with the reason — is appended to
-the store's hash-chained audit log. Admin calls need the bearer admin token (constant-time
+What is audited: every decision about a party that showed verified evidence or an
+attestation token (attest verified, or denied after its evidence verified; every release
+allowed or denied) and every admin change, in the store's keyed audit chain. Failures
+without credentials (no or unknown session, bad token, evidence that does not verify,
+malformed requests) are counted in `metrics` and logged bounded and escaped (`logtext`), not
+stored one row each: anyone can send them. Admin calls need the bearer admin token (constant-time
 comparison); with no admin token configured every admin call is refused (deny-all).
 
 Secrets never appear in logs, exceptions or `repr`. Thread-safe: sessions are guarded by a
@@ -46,7 +54,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +76,8 @@ from sealserve.attestation.ratls import evidence_from_certificate
 from sealserve.attestation.verify import pck_root_der
 from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
 from sealserve.kbs.jwe import seal_resource
+from sealserve.kbs.logtext import LogThrottle, shown
+from sealserve.kbs.metrics import KbsMetrics
 from sealserve.kbs.protocol import (
     Attestation,
     Challenge,
@@ -80,9 +92,11 @@ from sealserve.kbs.store import DEFAULT_POLICY, SECRET_PROV_MAP, KbsStore, check
 log = logging.getLogger(__name__)
 
 SESSION_TTL_SECONDS = 300
+PENDING_SESSION_TTL_SECONDS = 30
+MAX_PENDING_PER_CLIENT = 32
+MAX_SESSIONS = 100_000
 TOKEN_TTL_SECONDS = 300
 TOKEN_ISSUER = "sealserve-kbs"
-_MAX_SESSIONS = 100_000
 #: audit records of the secret-provisioning endpoint name the peer address, not a session
 SECRET_PROV_SESSION = "secret-prov "
 _MAX_CACHED_POLICIES = 1024
@@ -120,6 +134,8 @@ class _Session:
     tee: str
     nonce: str
     expires_at: int
+    client: str = ""
+    pending_until: int = 0
     nonce_used: bool = False
     claims: Claims | None = None
     tee_pubkey: TeePubKey | None = None
@@ -160,6 +176,9 @@ class KbsConfig:
     admin_token: str | None = field(default=None, repr=False)
     insecure_trust_sim_root: bytes | None = field(default=None, repr=False)
     session_ttl: int = SESSION_TTL_SECONDS
+    pending_session_ttl: int = PENDING_SESSION_TTL_SECONDS
+    max_pending_per_client: int = MAX_PENDING_PER_CLIENT
+    max_sessions: int = MAX_SESSIONS
     token_ttl: int = TOKEN_TTL_SECONDS
     clock: Callable[[], float] = time.time
 
@@ -169,7 +188,15 @@ class KbsService:
         self.store = store
         self.config = config
         self._sessions: dict[str, _Session] = {}
+        # Pending (not yet attested) session ids, oldest first: all, and per client.
+        self._pending: OrderedDict[str, None] = OrderedDict()
+        self._pending_by_client: dict[str, OrderedDict[str, None]] = {}
         self._lock = threading.Lock()
+        self.metrics = KbsMetrics()
+        self._log_throttle = LogThrottle()
+        self.metrics.track_sessions(
+            lambda: len(self._pending), lambda: len(self._sessions) - len(self._pending)
+        )
         self._next_purge = 0
         #: parsed policies by (format, text): parsing is not free and logs warnings
         self._policies: dict[tuple[str, str], Policy] = {}
@@ -193,8 +220,9 @@ class KbsService:
 
     # --- 1. auth --------------------------------------------------------------------------
 
-    def auth(self, body: Any) -> tuple[str, dict[str, Any]]:
-        """A new session and its challenge (protocol §3 Request → Challenge)."""
+    def auth(self, body: Any, *, client: str = "") -> tuple[str, dict[str, Any]]:
+        """A new session and its challenge (protocol §3 Request → Challenge). `client` is the
+        caller's `limits.client_key`: its pending sessions are capped, oldest evicted."""
         request = Request.parse(body)
         now = self._now()
         session = _Session(
@@ -202,28 +230,64 @@ class KbsService:
             tee=request.tee,
             nonce=new_nonce(),
             expires_at=now + self.config.session_ttl,
+            client=client,
+            pending_until=now + self.config.pending_session_ttl,
         )
         with self._lock:
             self._expire(now)
-            if len(self._sessions) >= _MAX_SESSIONS:
+            mine = self._pending_by_client.setdefault(client, OrderedDict())
+            while len(mine) >= self.config.max_pending_per_client:
+                self._drop(next(iter(mine)))
+            while len(self._sessions) >= self.config.max_sessions and self._pending:
+                self._drop(next(iter(self._pending)))
+            if len(self._sessions) >= self.config.max_sessions:
                 raise SealserveError("too many open sessions", code=Code.RESOURCE_EXHAUSTED)
             self._sessions[session.id] = session
+            self._pending[session.id] = None
+            mine[session.id] = None
         return session.id, Challenge(nonce=session.nonce).to_json()
 
+    def _drop(self, sid: str) -> None:
+        """Forget a session (caller holds the lock)."""
+        session = self._sessions.pop(sid, None)
+        self._pending.pop(sid, None)
+        if session is not None:
+            self._settle(session)
+
+    def _settle(self, session: _Session) -> None:
+        """Take `session` off the pending lists (attested or gone; caller holds the lock)."""
+        self._pending.pop(session.id, None)
+        mine = self._pending_by_client.get(session.client)
+        if mine is not None:
+            mine.pop(session.id, None)
+            if not mine:
+                del self._pending_by_client[session.client]
+
     def _expire(self, now: int) -> None:
+        # Pending sessions share one lifetime, so the oldest are at the front: cheap.
+        while self._pending:
+            oldest = self._sessions.get(next(iter(self._pending)))
+            if oldest is not None and oldest.pending_until >= now:
+                break
+            self._drop(next(iter(self._pending)))
         if now < self._next_purge:
             return
-        self._next_purge = now + 1  # at most one sweep per second
+        self._next_purge = now + 1  # at most one sweep of attested sessions per second
         for sid in [s.id for s in self._sessions.values() if s.expires_at < now]:
-            del self._sessions[sid]
+            self._drop(sid)
+
+    def session_count(self) -> int:
+        return len(self._sessions)
 
     def _session(self, session_id: str | None, now: int) -> _Session:
         if not session_id:
             raise Unauthenticated("no kbs-session-id cookie: start with /kbs/v0/auth")
         with self._lock:
             session = self._sessions.get(session_id)
-            if session is not None and session.expires_at < now:
-                del self._sessions[session_id]
+            if session is not None and (
+                session.expires_at < now or (session.claims is None and session.pending_until < now)
+            ):
+                self._drop(session_id)
                 raise Unauthenticated("the session has expired: start again with /kbs/v0/auth")
         if session is None:
             raise Unauthenticated("unknown session: start with /kbs/v0/auth")
@@ -261,10 +325,18 @@ class KbsService:
             with self._lock:
                 session.claims = claims
                 session.tee_pubkey = attestation.tee_pubkey
+                self._settle(session)
             token = self._issue_token(session, claims, attestation.tee_pubkey, now)
         except SealserveError as err:
-            self._audit(sid, tee, claims, "", "attest", "denied", err.message, now)
+            if claims is None:  # nothing verified: anyone can send this
+                result = "error" if err.code == Code.UNAVAILABLE else "rejected"
+                self.metrics.attestations.labels(tee or "none", result).inc()
+                self._unauthenticated("attest", err)
+            else:
+                self.metrics.attestations.labels(tee, "rejected").inc()
+                self._audit(sid, tee, claims, "", "attest", "denied", err.message, now)
             raise
+        self.metrics.attestations.labels(tee, "verified").inc()
         self._audit(sid, tee, claims, "", "attest", "verified", "evidence verified", now)
         return {"token": token}
 
@@ -285,7 +357,23 @@ class KbsService:
                     "KBS (no insecure_trust_sim_root)",
                     reason="simulated TEE evidence is not trusted",
                 )
-        return verify_quote(quote, collateral, now=now, root_ca_der=root, tee_hint=tee)
+        with self._timed(self.metrics.verification_seconds.labels(tee)):
+            return verify_quote(quote, collateral, now=now, root_ca_der=root, tee_hint=tee)
+
+    @staticmethod
+    @contextmanager
+    def _timed(histogram: Any) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            histogram.observe(time.perf_counter() - started)
+
+    def _unauthenticated(self, endpoint: str, err: SealserveError) -> None:
+        """A failure without credentials: counted and logged (bounded, throttled), no audit."""
+        self.metrics.unauthenticated.labels(endpoint).inc()
+        if self._log_throttle.allow():
+            log.info("kbs %s refused (no credentials): %s", endpoint, shown(err.message))
 
     def _issue_token(self, session: _Session, claims: Claims, key: TeePubKey, now: int) -> str:
         exp = min(now + self.config.token_ttl, session.expires_at)
@@ -317,7 +405,7 @@ class KbsService:
         except Unauthenticated:
             raise
         except (JoseError, ValueError, KeyError, TypeError, SealserveError):
-            log.info("refused an attestation token that does not verify")
+            log.debug("refused an attestation token that does not verify")
             raise Unauthenticated("the attestation token is invalid") from None
 
     # --- 3. resource ----------------------------------------------------------------------
@@ -337,8 +425,9 @@ class KbsService:
             tee = claims.tee
             if not self.store.resource_exists(path):
                 raise NotFound(f"resource {path} not found")
-            policy = self._policy_for(path)
-            decision = policy.decide(claims, now)
+            with self._timed(self.metrics.policy_seconds):
+                policy = self._policy_for(path)
+                decision = policy.decide(claims, now)
             if not decision.allowed:
                 raise PolicyDenied(
                     f"the resource policy of {path} denied this TEE (the KBS's audit log says why)",
@@ -348,11 +437,21 @@ class KbsService:
             sealed = json.dumps(seal_resource(secret, key.jwk))
             del secret
         except SealserveError as err:
+            if claims is None:  # no valid credentials: anyone can send this
+                self._unauthenticated("resource", err)
+                raise
+            known = not isinstance(err, NotFound)  # never a label for a made-up path
+            self.metrics.releases.labels(path if known else "(unknown)", "denied").inc()
+            if err.code == Code.DATA_LOSS:
+                self.metrics.tampering.labels(getattr(err, "what", "store")).inc()
             detail = err.reason if isinstance(err, PolicyDenied) else err.message
             self._audit(sid, tee, claims, path, "release", "denied", detail, now)
             raise
         note = "; ".join(decision.notes) if decision.notes else "policy allowed"
+        # The record is written before the secret leaves: a release that cannot be audited
+        # (store down, audit chain tampered with) is refused.
         self._audit(sid, tee, claims, path, "release", "allowed", note, now)
+        self.metrics.releases.labels(path, "allowed").inc()
         return sealed
 
     # --- Gramine secret provisioning (kbs.secret_prov) ------------------------------------
@@ -478,7 +577,8 @@ class KbsService:
         reason: str,
         now: int,
     ) -> None:
-        self.store.append_audit(
+        reason = shown(reason)
+        self._append_audit(
             session=session_ref(session),
             tee=claims.tee if claims else tee,
             measurements=measurements_of(claims),
@@ -490,7 +590,25 @@ class KbsService:
             now=now,
         )
         level = logging.INFO if decision != "denied" else logging.WARNING
-        log.log(level, "kbs %s %s %s: %s", action, resource or "-", decision, reason)
+        log.log(level, "kbs %s %s %s: %s", action, shown(resource or "-"), decision, reason)
+
+    def _append_audit(self, **fields: Any) -> None:
+        """Append to the audit chain; a failure refuses whatever was being recorded."""
+        try:
+            self.store.append_audit(**fields)
+        except SealserveError as err:
+            if err.code == Code.DATA_LOSS:
+                self.metrics.tampering.labels("audit").inc()
+                log.error("audit chain tampering detected, refusing: %s", err.message)
+            else:
+                self.metrics.store_errors.labels("append_audit").inc()
+            raise
+        except Exception as exc:  # the store's driver (sqlite3 / psycopg) failed
+            self.metrics.store_errors.labels("append_audit").inc()
+            log.error("cannot write the audit log (%s): refusing", type(exc).__name__)
+            raise SealserveError(
+                "the KBS cannot write its audit log", code=Code.UNAVAILABLE
+            ) from None
 
     # --- admin ----------------------------------------------------------------------------
 
@@ -499,9 +617,12 @@ class KbsService:
         expected = self.config.admin_token
         if expected is None:
             raise Unauthenticated("admin API disabled: this KBS has no admin token (deny-all)")
-        if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-            log.warning("refused an admin call with a missing or wrong admin token")
-            raise Unauthenticated("admin token missing or wrong")
+        if not token or not hmac.compare_digest(
+            token.encode("utf-8", "replace"), expected.encode()
+        ):
+            err = Unauthenticated("admin token missing or wrong")
+            self._unauthenticated("admin", err)
+            raise err
 
     def admin_put_resource(self, token: str | None, path: str, value: bytes) -> dict[str, Any]:
         self.check_admin(token)
@@ -568,7 +689,7 @@ class KbsService:
         }
 
     def _admin_audit(self, what: str, resource: str) -> None:
-        self.store.append_audit(
+        self._append_audit(
             session="admin",
             tee="",
             measurements={},

@@ -1,0 +1,61 @@
+"""`/metrics` (issue #13 §4): Prometheus text with the admin token on the KBS's port, or
+without one on a separate metrics port; the series an operator needs, no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+from sealserve.attestation.sim import SimAttester
+from sealserve.kbs.client import KbsClient, KbsKeyProvider
+from sealserve.kbs.http import bound_port, start_metrics
+from tests.kbs.conftest import SECRET, Kbs
+
+
+def scrape(kbs: Kbs, token: str | None) -> tuple[int, str]:
+    client = KbsClient(kbs.url, ca_pem=kbs.ca, attempts=1)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = client.call("GET", "/metrics", headers=headers)
+    return answer.status, answer.body.decode()
+
+
+def test_metrics_need_the_admin_token_on_the_kbs_port(kbs: Kbs) -> None:
+    assert scrape(kbs, None)[0] == 401
+    assert scrape(kbs, "not-the-admin-token-at-all")[0] == 401
+
+
+def test_metrics_count_attestations_releases_latency_and_sessions(
+    kbs: Kbs, attester: SimAttester
+) -> None:
+    assert KbsKeyProvider(kbs.url, kbs.ca, attester).key_for("mnist") == SECRET
+    status, text = scrape(kbs, kbs.admin_token)
+    assert status == 200
+    for series in (
+        'sealserve_kbs_attestations_total{result="verified",tee="sim"}',
+        'sealserve_kbs_releases_total{decision="allowed",resource="sealserve/model-key/mnist"}',
+        'sealserve_kbs_evidence_verification_seconds_bucket{le="0.5",tee="sim"}',
+        "sealserve_kbs_policy_evaluation_seconds_count",
+        'sealserve_kbs_open_sessions{state="attested"}',
+        'sealserve_kbs_open_sessions{state="pending"}',
+        "sealserve_kbs_unauthenticated_failures_total",
+        "sealserve_kbs_rate_limited_requests_total",
+        "sealserve_kbs_store_errors_total",
+        "sealserve_kbs_tampering_detected_total",
+    ):
+        assert series in text, series
+    assert SECRET.hex() not in text and kbs.admin_token not in text
+
+
+def test_metrics_port_serves_without_a_token(kbs: Kbs) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        runner = loop.run_until_complete(start_metrics(kbs.service, host="127.0.0.1", port=0))
+        url = f"http://127.0.0.1:{bound_port(runner)}/metrics"
+
+        async def fetch() -> bytes:
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+
+        assert b"sealserve_kbs_attestations_total" in loop.run_until_complete(fetch())
+        loop.run_until_complete(runner.cleanup())
+    finally:
+        loop.close()
