@@ -19,6 +19,7 @@ from sealserve import __version__
 from sealserve.errors import FailedPrecondition, InvalidArgument, NotFound, SealserveError
 
 if TYPE_CHECKING:
+    from sealserve.serving.attested_identity import AttestedIdentity
     from sealserve.serving.keys import KeyProvider
     from sealserve.serving.model_config import ModelConfig
     from sealserve.serving.model_management import ModelManagementPolicy
@@ -393,6 +394,14 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         help="how this server proves what it runs",
     )
     broker.add_argument("--sim_dir", metavar="DIR", help="the simulated TEE (--attestation sim)")
+    broker.add_argument(
+        "--attested_tls",
+        action="store_true",
+        help="serve both ports with a TLS key made in memory at start and a certificate "
+        "carrying this TEE's evidence for it (RA-TLS), which requesters verify before sending "
+        "anything (`sealserve predict --verify-server`); --ssl_config_file then only sets "
+        "client verification (custom_ca, client_verify)",
+    )
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -625,8 +634,8 @@ def _key_provider(args: argparse.Namespace) -> KeyProvider:
 
     static = StaticKeyProvider.from_flags(args.model_key)
     if not args.key_broker:
-        if args.attestation:
-            raise InvalidArgument("--attestation needs --key_broker")
+        if args.attestation and not args.attested_tls:
+            raise InvalidArgument("--attestation needs --key_broker or --attested_tls")
         return static
     if not args.attestation:
         raise InvalidArgument("--key_broker needs --attestation sim|gramine|tsm")
@@ -641,6 +650,7 @@ def _key_provider(args: argparse.Namespace) -> KeyProvider:
 
 def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOptions:
     from sealserve.serving import config_protos, model_config
+    from sealserve.serving.attested_identity import attested_ssl_config
     from sealserve.serving.batching import BatchingOptions
     from sealserve.serving.loader import LoadOptions
     from sealserve.serving.manager import ManagerOptions
@@ -681,6 +691,9 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         )
     elif args.require_client_cert:
         raise InvalidArgument("--require_client_cert needs --ssl_config_file")
+    attested = _attested_identity(args)
+    if attested is not None:
+        ssl = attested_ssl_config(attested, ssl)
     tags = tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     return ServerOptions(
         models=models,
@@ -688,6 +701,7 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         rest_port=args.rest_api_port,
         bind_address=args.bind_address,
         ssl=ssl,
+        attested=attested,
         manager=ManagerOptions(
             load=LoadOptions(tags=tags, warmup=args.enable_model_warmup),
             poll_seconds=args.file_system_poll_wait_seconds,
@@ -732,6 +746,19 @@ def _model_management(
         admin_fingerprints=pins,
         base_path_root=root,
         started_with={m.name: m.base_path for m in models},
+    )
+
+
+def _attested_identity(args: argparse.Namespace) -> AttestedIdentity | None:
+    if not args.attested_tls:
+        return None
+    if not args.attestation:
+        raise InvalidArgument("--attested_tls needs --attestation sim|gramine|tsm")
+    from sealserve.attestation.cli import attester_for
+    from sealserve.serving.attested_identity import make_attested_identity
+
+    return make_attested_identity(
+        attester_for(args.attestation, args.sim_dir, _launch_config(args))
     )
 
 

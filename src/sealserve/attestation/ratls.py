@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+import dcap_qvl
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,13 +48,15 @@ LEGACY_QUOTE_OID = x509.ObjectIdentifier("0.6.9.42.840.113741.1337.6")
 TCG_DICE_EVIDENCE_OID = x509.ObjectIdentifier("2.23.133.5.4.9")
 #: the CBOR tag Gramine registers for a TEE quote inside tagged evidence
 TEE_QUOTE_CBOR_TAG = 60000
+#: the DNS name in sealserve's attested server certificates: clients pin the verified
+#: certificate itself and check this name, whatever address they dialled
+ATTESTED_SERVER_NAME = "sealserve-attested"
 LEGACY = "legacy"
 TCG_DICE = "tcg-dice"
 FORMATS = (TCG_DICE, LEGACY)
 
 # IANA "Named Information Hash Algorithm Registry" ids Gramine accepts in "pubkey-hash"
 _HASHES = {1: hashlib.sha256, 7: hashlib.sha384, 8: hashlib.sha512}
-_SGX_REPORT_DATA = slice(48 + 320, 48 + 320 + 64)  # quote header, then report body offset 320
 _MIN_QUOTE = 48 + 384
 _MAX_QUOTE = 64 << 10  # Gramine's SGX_QUOTE_MAX_SIZE bound (the length is a 2-byte DER size)
 _SUBJECT = x509.Name(
@@ -162,7 +165,11 @@ def _checked_quote(quote: bytes) -> bytes:
 
 def _expect_binding(quote: bytes, digest: bytes, what: str) -> None:
     # Gramine compares report_data[0:32] only; the rest is whatever the enclave wrote
-    if quote[_SGX_REPORT_DATA][:32] != digest:
+    try:
+        report_data = bytes(dcap_qvl.parse_quote(quote).report.report_data)  # SGX or TDX
+    except (ValueError, AttributeError):
+        raise _refused("the embedded quote cannot be parsed") from None
+    if report_data[:32] != digest:
         raise _refused(f"the quote's report_data does not bind the certificate's {what}")
 
 
@@ -180,10 +187,11 @@ def make_certificate(
     formats: tuple[str, ...] = FORMATS,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    names: tuple[str, ...] = (),
 ) -> x509.Certificate:
     """A self-signed RA-TLS certificate for `private_key` with evidence from `attester`, in
     the given formats (both by default, as Gramine >= 1.8 does). Validity defaults to
-    Gramine's (2001-01-01 to 2030-12-31)."""
+    Gramine's (2001-01-01 to 2030-12-31); `names` become DNS subject alternative names."""
     public = private_key.public_key()
     spki = public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -198,6 +206,10 @@ def make_certificate(
         .not_valid_after(not_after or dt.datetime(2030, 12, 31, 23, 59, 59, tzinfo=dt.UTC))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=False)
     )
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False
+        )
     if LEGACY in formats:
         quote = attester.evidence(_report_data(hashlib.sha256(spki).digest())).quote
         builder = builder.add_extension(

@@ -218,7 +218,10 @@ def model_path(name: str, version: int | None = None, label: str | None = None) 
 def ssl_context(tls: TlsFiles) -> ssl.SSLContext:
     """A client context for REST: TLS >= 1.2, certificate and host name checked."""
     try:
-        context = ssl.create_default_context(cafile=tls.root_path)  # None: the system's roots
+        if tls.root_path is None and tls.root is not None:  # a pinned certificate, in memory
+            context = ssl.create_default_context(cadata=tls.root.decode())
+        else:
+            context = ssl.create_default_context(cafile=tls.root_path)  # None: system roots
     except ssl.SSLError as exc:
         raise InvalidArgument(
             f"cannot use CA certificate {tls.root_path}: {exc.reason or exc}"

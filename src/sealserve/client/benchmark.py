@@ -56,8 +56,11 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 
 from sealserve.client import (
+    GRPC_DEFAULT_PORT,
     PREDICT_METHOD,
+    REST_DEFAULT_PORT,
     TlsFiles,
+    attested,
     grpc_channel_options,
     grpc_credentials,
     grpc_error_text,
@@ -65,8 +68,8 @@ from sealserve.client import (
     model_path,
     rest_base_url,
     ssl_context,
-    tls_files,
 )
+from sealserve.client.attested import requester_tls
 from sealserve.errors import InvalidArgument, SealserveError
 
 __all__ = ["BenchmarkConfig", "BenchmarkResult", "add_arguments", "run", "run_benchmark"]
@@ -681,11 +684,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the summary as one JSON object instead of text (implies --quiet)",
     )
+    attested.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
-    tls = tls_files(
-        args.ca, args.crt, args.key, args.tls_server_name, flags=("-ca", "-crt", "-key")
+    tls = requester_tls(
+        args,
+        args.url or "localhost",
+        REST_DEFAULT_PORT if args.rest else GRPC_DEFAULT_PORT,
+        flags=("-ca", "-crt", "-key"),
+        ca=args.ca,
+        cert=args.crt,
+        key=args.key,
+        server_name=args.tls_server_name,
     )
     if args.rest:
         target = rest_base_url(args.url or "localhost:8501", secure=tls is not None)

@@ -42,7 +42,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from sealserve.client import (
+    GRPC_DEFAULT_PORT,
+    REST_DEFAULT_PORT,
     TlsFiles,
+    attested,
     grpc_channel_options,
     grpc_credentials,
     grpc_error_text,
@@ -50,8 +53,8 @@ from sealserve.client import (
     model_path,
     rest_base_url,
     ssl_context,
-    tls_files,
 )
+from sealserve.client.attested import requester_tls
 from sealserve.errors import Code, InvalidArgument, NotFound, SealserveError
 
 __all__ = ["PredictOptions", "add_arguments", "predict_grpc", "predict_rest", "run"]
@@ -425,6 +428,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (default 30)"
     )
+    attested.add_arguments(parser)
 
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
@@ -439,7 +443,15 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         model_version=args.model_version,
         version_label=args.version_label,
         signature_name=args.signature_name,
-        tls=tls_files(args.ca, args.cert, args.key, args.tls_server_name),
+        tls=requester_tls(
+            args,
+            args.rest if args.rest is not None else args.grpc or "localhost",
+            REST_DEFAULT_PORT if args.rest is not None else GRPC_DEFAULT_PORT,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+            server_name=args.tls_server_name,
+        ),
         timeout=args.timeout,
     )
     document = None

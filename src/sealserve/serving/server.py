@@ -30,7 +30,8 @@ from aiohttp import web
 from grpc_health.v1 import health
 
 from sealserve.errors import SealserveError
-from sealserve.serving import grpc_service, rest
+from sealserve.serving import attested_identity, grpc_service, rest
+from sealserve.serving.attested_identity import AttestedIdentity
 from sealserve.serving.batching import BatchingOptions, BatchScheduler
 from sealserve.serving.dataplane import DataPlane
 from sealserve.serving.keys import KeyProvider
@@ -53,6 +54,7 @@ class ServerOptions:
     rest_port: int = 0  # 0: no REST API
     bind_address: str = "0.0.0.0"
     ssl: SSLConfig | None = None
+    attested: AttestedIdentity | None = None  # --attested_tls: ssl carries its key and cert
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     rest: rest.RestOptions = field(default_factory=rest.RestOptions)
     grpc_max_message_bytes: int = 256 << 20
@@ -116,6 +118,8 @@ class ModelServer:
             if self.options.ssl and self.options.ssl.client_verify
             else ("TLS" if self.options.ssl else "plaintext (no --ssl_config_file)")
         )
+        if self.options.attested is not None:
+            tls += f" with an attested certificate ({self.options.attested.tee} evidence)"
         log.warning(
             "serving %s: gRPC on %s:%s%s, %s",
             ", ".join(self.manager.model_names()),
@@ -144,6 +148,10 @@ class ModelServer:
         )
         if self._health is not None:
             self._health_watch = asyncio.create_task(self._follow_readiness(self._health))
+        if self.options.attested is not None:
+            server.add_generic_rpc_handlers(
+                (attested_identity.grpc_attestation_handler(self.options.attested),)
+            )
         address = f"{self.options.bind_address}:{self.options.grpc_port}"
         if self.options.ssl is not None:
             port = server.add_secure_port(address, grpc_server_credentials(self.options.ssl))
@@ -161,6 +169,10 @@ class ModelServer:
             metrics_path=monitoring.path if monitoring.enable else None,
             draining=lambda: self._draining,
         )
+        if self.options.attested is not None:
+            app.router.add_get(
+                attested_identity.REST_PATH, attested_identity.rest_handler(self.options.attested)
+            )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         ssl_context = server_ssl_context(self.options.ssl) if self.options.ssl else None
