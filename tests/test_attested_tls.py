@@ -62,7 +62,13 @@ def setup(tmp_path_factory, half_plus_two):  # type: ignore[no-untyped-def]
     key = root / "model.key"
     run("keygen", "-w", key)
     encrypt_tree(half_plus_two, str(root / "models" / "hpt" / "1"), key.read_bytes())
-    certs = make_twoway("localhost", "requester", root / "certs", sans=["127.0.0.1"])
+    certs = make_twoway(
+        "localhost",
+        "requester",
+        root / "certs",
+        sans=["127.0.0.1"],
+        encrypt_ssl_cfg_key=key.read_bytes(),  # an attested server reads only a protected one
+    )
     return {"root": root, "key": key, "certs": certs}
 
 
