@@ -390,8 +390,9 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     broker.add_argument("--key_broker_ca", metavar="PEM", help="CA of the KBS's certificate")
     broker.add_argument(
         "--attestation",
-        choices=("sim", "gramine", "tsm"),
-        help="how this server proves what it runs",
+        choices=("sim", "gramine", "tsm", "coco"),
+        help="how this server proves what it runs (coco: the Confidential Containers "
+        "Attestation Agent of the pod's TD)",
     )
     broker.add_argument("--sim_dir", metavar="DIR", help="the simulated TEE (--attestation sim)")
     broker.add_argument(

@@ -8,22 +8,25 @@ restricted security contexts, and secrets referenced, never inlined.
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 import socket
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from sealserve.attestation import Policy
 from sealserve.cli import build_parser
 from sealserve.kbs.http import HEALTH_PATH as KBS_HEALTH_PATH
-from sealserve.serving.model_config import parse_model_config_text
 from sealserve.serving.rest import LIVE_PATH, READY_PATH
-from tests.deploy.common import KUBERNETES
+from tests.deploy import network_policy, pod_security
+from tests.deploy.common import KUBERNETES, REPO, load_script
 
 KUBERNETES_VERSION = "1.30"
 TEMPLATE = KUBERNETES / "secrets.template.yaml"
@@ -102,8 +105,38 @@ def _resolved(directory: Path) -> list[Path]:
     return out
 
 
+def _images(directory: Path) -> list[dict[str, str]]:
+    (doc,) = _docs(directory / "kustomization.yaml")
+    return doc.get("images", [])
+
+
+def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
+    """kustomize's images transformer: a container image named `name` becomes
+    `newName@digest` (or `newName:newTag`)."""
+    spec = doc.get("spec") or {}
+    pods = []
+    if "template" in spec:
+        pods.append(spec["template"]["spec"])
+    if "jobTemplate" in spec:
+        pods.append(spec["jobTemplate"]["spec"]["template"]["spec"])
+    for pod in pods:
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            for image in images:
+                if container["image"] == image["name"]:
+                    name = image.get("newName", image["name"])
+                    if "digest" in image:
+                        container["image"] = f"{name}@{image['digest']}"
+                    else:
+                        container["image"] = f"{name}:{image['newTag']}"
+
+
 def _variant(variant: str) -> list[dict[str, Any]]:
-    return [doc for path in _resolved(KUBERNETES / variant) for doc in _docs(path)]
+    """The objects `kubectl apply -k deploy/kubernetes/<variant>` creates (resources, and the
+    images transformer of the variant's kustomization)."""
+    docs = [copy.deepcopy(doc) for path in _resolved(KUBERNETES / variant) for doc in _docs(path)]
+    for doc in docs:
+        _set_images(doc, _images(KUBERNETES / variant))
+    return docs
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -130,10 +163,12 @@ def test_every_manifest_is_used_and_the_secret_template_is_not() -> None:
     assert manifests - used == {TEMPLATE.resolve()}
 
 
-def test_everything_is_in_the_sealserve_namespace() -> None:
-    for _, doc in OBJECTS:
+def test_everything_is_in_the_sealserve_namespaces() -> None:
+    """sealserve; the SGX servers alone in sealserve-sgx (their hostPath exception)."""
+    for path, doc in OBJECTS:
         if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == "sealserve", _id((_, doc))
+            wanted = "sealserve-sgx" if path.parent.name == "sgx" else "sealserve"
+            assert doc["metadata"]["namespace"] == wanted, _id((path, doc))
 
 
 # --- helpers over the objects -------------------------------------------------------------------
@@ -186,6 +221,9 @@ def _template_objects() -> dict[tuple[str, str], dict[str, Any]]:
 def _mounts(workload: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """mountPath -> the volume mounted there."""
     volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+    claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
+    for name in claims:  # a StatefulSet's per-replica claims
+        volumes.setdefault(name, {"name": name, "volumeClaimTemplate": name})
     return {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
 
 
@@ -245,37 +283,132 @@ def test_server_ports_and_service(variant: str) -> None:
     assert 1 <= budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
 
 
-def test_tdx_servers_attest_with_tsm_and_get_keys_from_the_kbs() -> None:
+def _coco_entrypoint() -> list[str]:
+    from tests.deploy.test_docker import effective, load
+
+    _, stages = load("server.Dockerfile")
+    entrypoint = effective(stages, "coco", "ENTRYPOINT")
+    assert entrypoint is not None
+    command = entrypoint.exec_form()
+    assert command is not None
+    return command
+
+
+def _rego() -> str:
+    return (REPO / "deploy/coco/policy.rego").read_text()
+
+
+def _rego_collection(name: str) -> list[str]:
+    match = re.search(rf"^{name} := [\[{{](.*?)^[\]}}]", _rego(), re.M | re.S)
+    assert match, name
+    return re.findall(r'"([^"]*)"', match.group(1))
+
+
+def test_tdx_servers_are_confidential_containers_attested_by_the_attestation_agent() -> None:
     deployment = _server("tdx")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "kata-qemu-tdx"
     container = _container(deployment, "server")
-    assert container["command"] == ["sealserve", "serve"]
-    args = container["args"]
-    assert any(a.startswith("--key_broker=") for a in args)
-    assert "--attestation=tsm" in args
-    parsed = build_parser().parse_args(["serve", *args])
-    assert parsed.attestation == "tsm" and parsed.model_key == []
+    assert "command" not in container  # the image's entrypoint, pinned by the agent policy
+    command = [*_coco_entrypoint(), *container["args"]]
+    assert command[0] == "/opt/sealserve/venv/bin/sealserve"  # absolute: PATH plays no part
+    parsed = build_parser().parse_args(command[1:])
+    assert parsed.attestation == "coco" and parsed.model_key == []
     kbs_url = urlsplit(parsed.key_broker)
     service = _object("tdx", "Service", "sealserve-kbs")
     assert kbs_url.scheme == "https"
     assert kbs_url.hostname == "sealserve-kbs.sealserve.svc"
     assert kbs_url.port == service["spec"]["ports"][0]["port"]
-    # every file the server is told to read is on a volume
-    assert "configMap" in _volume_of(deployment, container, parsed.key_broker_ca)
-    assert "secret" in _volume_of(deployment, container, parsed.ssl_config_file)
-    assert "configMap" in _volume_of(deployment, container, parsed.model_config_file)
-    tsm = _volume_of(deployment, container, "/sys/kernel/config/tsm/report/x")
-    assert tsm["hostPath"]["path"] == "/sys/kernel/config/tsm/report"
+    # configuration inside the image (measured by its digest), not on volumes the host fills
+    for path in (parsed.key_broker_ca, parsed.model_config_file, parsed.ssl_config_file):
+        assert path.startswith("/etc/sealserve/")
+    assert not [m for m in _mounts(deployment, container) if m.startswith("/etc")]
+    assert not [v for v in pod["volumes"] if "hostPath" in v]  # no configfs-tsm, no devices
 
 
-def test_tdx_model_config_is_valid_and_on_the_model_volume() -> None:
-    config = _object("tdx", "ConfigMap", "sealserve-models-config")["data"]["models.config"]
-    models = parse_model_config_text(config, "models.config")
-    assert models
-    deployment = _server("tdx")
-    container = _container(deployment, "server")
-    for model in models:
-        volume = _volume_of(deployment, container, model.base_path)
-        assert volume["persistentVolumeClaim"]["claimName"] == "sealserve-models"
+def test_the_agent_policy_pins_the_command_line_the_pod_runs() -> None:
+    container = _container(_server("tdx"), "server")
+    assert _rego_collection("SERVER_ARGS") == [*_coco_entrypoint(), *container["args"]]
+
+
+def _initdata_text() -> str:
+    return (REPO / "deploy/coco/initdata.toml").read_text()
+
+
+initdata_tool = load_script(REPO / "deploy/coco/initdata.py")
+
+
+def test_the_pod_carries_the_committed_init_data() -> None:
+    annotations = _server("tdx")["spec"]["template"]["metadata"]["annotations"]
+    value = annotations["io.katacontainers.config.hypervisor.cc_init_data"]
+    assert initdata_tool.decode_annotation(value) == _initdata_text()
+    assert initdata_tool.annotation(_initdata_text()) == value  # deterministic (gzip mtime 0)
+
+
+def test_the_init_data_pins_the_image_the_pod_pulls_by_digest() -> None:
+    container = _container(_server("tdx"), "server")
+    image = container["image"]
+    assert re.fullmatch(r"[^@]+@sha256:[0-9a-f]{64}", image)
+    data = tomllib.loads(_initdata_text())
+    assert data["version"] == "0.1.0" and data["algorithm"] == "sha384"
+    policy = data["data"]["policy.rego"]
+    assert f'SERVER_IMAGE := "{image}"' in policy
+    parsed = build_parser().parse_args(["serve", *container["args"]])
+    rebuilt = initdata_tool.build(image, parsed.key_broker, parsed.ssl_config_key)
+    assert rebuilt == _initdata_text(), "regenerate: deploy/coco/initdata.py build"
+
+
+@pytest.mark.parametrize(
+    ("request_name", "allowed"),
+    [
+        ("ExecProcessRequest", "false"),  # kubectl exec
+        ("WriteStreamRequest", "false"),  # stdin
+        ("SetPolicyRequest", "false"),  # a new policy from the host
+        ("CreateContainerRequest", "false"),  # only the rules below allow containers
+        ("PauseContainerRequest", "false"),
+        ("UpdateEphemeralMountsRequest", "false"),
+        ("ReadStreamRequest", "true"),  # logs: sealserve logs no secret
+    ],
+)
+def test_the_agent_policy_defaults(request_name: str, allowed: str) -> None:
+    assert re.search(rf"^default {request_name} := {allowed}$", _rego(), re.M)
+
+
+def test_the_agent_policy_keeps_the_loader_environment_and_code_paths_fixed() -> None:
+    rego = _rego()
+    fixed = re.search(r"^SERVER_ENV_FIXED := \{(.*?)^\}", rego, re.M | re.S)
+    assert fixed
+    names = set(re.findall(r'"([A-Z_]+)":', fixed.group(1))) | set(
+        _rego_collection_inline("SERVER_ENV_FREE")
+    )
+    for dangerous in ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
+        assert dangerous not in names
+    assert '"PYTHONNOUSERSITE": "1"' in fixed.group(1)
+    mounts = set(_rego_collection("SERVER_MOUNTS"))
+    assert "/models" in mounts and not [m for m in mounts if m.startswith(("/opt", "/etc/sea"))]
+    container = _container(_server("tdx"), "server")
+    assert {m["mountPath"] for m in container["volumeMounts"]} <= mounts
+
+
+def _rego_collection_inline(name: str) -> list[str]:
+    match = re.search(rf"^{name} := \{{(.*?)\}}$", _rego(), re.M)
+    assert match, name
+    return re.findall(r'"([^"]*)"', match.group(1))
+
+
+def test_init_data_digest_is_the_mrconfigid_the_kbs_policy_pins() -> None:
+    text = _initdata_text()
+    digest = initdata_tool.mrconfigid(text)
+    assert digest == hashlib.sha384(text.encode()).hexdigest()
+    measurement = "ab" * 48
+    policy_text = initdata_tool.kbs_policy(text, measurement, [measurement] * 3)
+    policy = Policy.from_toml(policy_text, source="test")
+    (identity,) = policy.tdx
+    assert identity.mr_config_id == (digest,) and identity.mr_td == (measurement,)
+    other = text.replace(
+        "default ExecProcessRequest := false", "default ExecProcessRequest := true"
+    )
+    assert initdata_tool.mrconfigid(other) != digest  # a looser policy is another TD
 
 
 def test_sgx_servers_run_in_gramine_with_epc_and_aesmd() -> None:
@@ -295,6 +428,11 @@ def test_sgx_servers_run_in_gramine_with_epc_and_aesmd() -> None:
     aesmd = _volume_of(deployment, container, "/var/run/aesmd/aesm.socket")
     assert aesmd["hostPath"]["path"] == "/var/run/aesmd"
     assert not [m for m in _mounts(deployment, container) if m.startswith("/etc/sealserve")]
+    # /dev/sgx_enclave is root:sgx 0660 (Gramine's udev rule): the node's sgx group
+    pod = deployment["spec"]["template"]["spec"]
+    (group,) = pod["securityContext"]["supplementalGroups"]
+    assert isinstance(group, int) and group > 0
+    assert pod["nodeSelector"] == {"sealserve.io/tee": "sgx"}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -337,6 +475,9 @@ def test_kbs_database_is_postgresql_and_its_password_a_secret() -> None:
     parts = urlsplit(url)
     assert parts.scheme == "postgresql" and parts.password is None  # no password in the URL
     assert parts.hostname == "sealserve-postgres.sealserve.svc"
+    query = dict(parse_qsl(parts.query))
+    assert query["sslmode"] == "verify-full"  # TLS, the certificate and its name checked
+    assert "configMap" in _volume_of(kbs, container, query["sslrootcert"])
     password = _env(container)["PGPASSWORD"]["valueFrom"]["secretKeyRef"]
     assert password == {"name": "sealserve-postgres", "key": "password"}
     postgres = _object("tdx", "StatefulSet", "sealserve-postgres")
@@ -370,15 +511,227 @@ def test_kbs_service_keeps_a_client_on_one_instance() -> None:
     assert service["spec"]["selector"].items() <= labels.items()
 
 
-def test_only_the_kbs_reaches_the_database() -> None:
-    policy = _object("tdx", "NetworkPolicy", "sealserve-postgres")
+def test_postgresql_serves_tls_only() -> None:
     postgres = _object("tdx", "StatefulSet", "sealserve-postgres")
-    pod_labels = postgres["spec"]["template"]["metadata"]["labels"]
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    (rule,) = policy["spec"]["ingress"]
-    (source,) = rule["from"]
-    kbs_labels = _kbs()["spec"]["template"]["metadata"]["labels"]
-    assert source["podSelector"]["matchLabels"].items() <= kbs_labels.items()
+    container = _container(postgres, "postgres")
+    settings = dict(a.split("=", 1) for a in container["args"] if a != "-c")
+    assert settings["ssl"] == "on"
+    for name in ("ssl_cert_file", "ssl_key_file", "hba_file"):
+        assert _volume_of(postgres, container, settings[name])
+    assert "secret" in _volume_of(postgres, container, settings["ssl_key_file"])
+    hba = _object("tdx", "ConfigMap", "sealserve-postgres-config")["data"]["pg_hba.conf"]
+    rules = [line.split() for line in hba.splitlines() if line.strip()]
+    assert [r for r in rules if r[0] not in ("local", "hostssl")] == []  # no plain TCP
+    assert all(r[-1] == "scram-sha-256" for r in rules if r[0] == "hostssl")
+
+
+def test_postgresql_is_backed_up_over_tls() -> None:
+    backup = _object("tdx", "CronJob", "sealserve-postgres-backup")
+    pod = backup["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "pg_dump" in " ".join(container["command"])
+    env = _env(container)
+    assert env["PGSSLMODE"]["value"] == "verify-full"
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "sealserve-postgres"
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == ["sealserve-postgres-backup"]
+    assert ("PersistentVolumeClaim", "sealserve-postgres-backup") in {
+        (d["kind"], d["metadata"]["name"]) for d in _variant("tdx")
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Deployment/sealserve-kbs",
+        "StatefulSet/sealserve-postgres",
+        "CronJob/sealserve-postgres-backup",
+    ],
+)
+def test_the_kbs_and_its_database_stay_off_the_tee_nodes(name: str) -> None:
+    kind, _, object_name = name.partition("/")
+    pod = pod_security.pod_spec(_object("tdx", kind, object_name))
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = terms["nodeSelectorTerms"]
+    assert {"key": "sealserve.io/tee", "operator": "DoesNotExist"} in term["matchExpressions"]
+    for variant in VARIANTS:  # and the servers are only on TEE nodes
+        assert "sealserve.io/tee" in _server(variant)["spec"]["template"]["spec"]["nodeSelector"]
+
+
+# --- images by digest ---------------------------------------------------------------------------
+
+
+def _all_pods(variant: str) -> list[tuple[str, dict[str, Any]]]:
+    kinds = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
+    return [
+        (f"{d['kind']}/{d['metadata']['name']}", d) for d in _variant(variant) if d["kind"] in kinds
+    ]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_image_is_pulled_by_digest(variant: str) -> None:
+    for name, workload in _all_pods(variant):
+        pod = pod_security.pod_spec(workload)
+        for container in pod["containers"] + pod.get("initContainers", []):
+            image = container["image"]
+            assert re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", image), (name, image)
+
+
+# --- Pod Security -------------------------------------------------------------------------------
+
+
+def _namespaces(variant: str) -> dict[str, dict[str, str]]:
+    return {
+        d["metadata"]["name"]: d["metadata"].get("labels", {})
+        for d in _variant(variant)
+        if d["kind"] == "Namespace"
+    }
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_passes_the_pod_security_level_its_namespace_enforces(variant: str) -> None:
+    namespaces = _namespaces(variant)
+    failures = {}
+    for name, workload in _all_pods(variant):
+        labels = namespaces[workload["metadata"]["namespace"]]
+        level = labels["pod-security.kubernetes.io/enforce"]
+        found = pod_security.violations(pod_security.pod_spec(workload), level)
+        if found:
+            failures[name] = found
+    assert failures == {}
+
+
+def test_restricted_everywhere_but_the_sgx_servers_namespace() -> None:
+    for variant in VARIANTS:
+        namespaces = _namespaces(variant)
+        assert namespaces["sealserve"]["pod-security.kubernetes.io/enforce"] == "restricted"
+        for name, workload in _all_pods(variant):
+            pod = pod_security.pod_spec(workload)
+            restricted = pod_security.violations(pod, "restricted")
+            if workload["metadata"]["namespace"] == "sealserve-sgx":
+                # the one exception, and only it: the node's aesmd socket
+                assert restricted == [
+                    "HostPath Volumes (aesmd)",
+                    "Volume Types (aesmd: ['hostPath'])",
+                ]
+            else:
+                assert restricted == [], name
+    sgx = _namespaces("sgx")["sealserve-sgx"]
+    assert sgx["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert sgx["pod-security.kubernetes.io/warn"] == "restricted"
+    assert sgx["pod-security.kubernetes.io/audit"] == "restricted"
+    in_sgx = {n for n, w in _all_pods("sgx") if w["metadata"]["namespace"] == "sealserve-sgx"}
+    assert in_sgx == {"Deployment/sealserve"}
+
+
+def test_the_pod_security_check_refuses_what_the_standard_refuses() -> None:
+    pod = copy.deepcopy(pod_security.pod_spec(_kbs()))
+    assert pod_security.violations(pod, "restricted") == []
+    pod["hostNetwork"] = True
+    pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod["containers"][0]["securityContext"]["capabilities"] = {"add": ["SYS_ADMIN"]}
+    pod["volumes"].append({"name": "root", "hostPath": {"path": "/"}})
+    found = pod_security.violations(pod, "restricted")
+    for control in ("Host Namespaces", "Privilege Escalation", "Capabilities", "HostPath"):
+        assert any(f.startswith(control) for f in found), (control, found)
+    assert pod_security.violations(pod, "baseline")
+    assert pod_security.violations(pod, "privileged") == []
+
+
+# --- network policies ---------------------------------------------------------------------------
+
+_Endpoint = network_policy.Endpoint
+
+
+def _pod_endpoint(workload: dict[str, Any]) -> network_policy.Endpoint:
+    spec = workload["spec"]
+    template = spec.get("template") or spec["jobTemplate"]["spec"]["template"]
+    return _Endpoint(
+        workload["metadata"]["name"],
+        workload["metadata"]["namespace"],
+        template["metadata"]["labels"],
+    )
+
+
+def _endpoints(variant: str) -> dict[str, network_policy.Endpoint]:
+    server_ns = "sealserve-sgx" if variant == "sgx" else "sealserve"
+    return {
+        "server": _pod_endpoint(_server(variant)),
+        "kbs": _pod_endpoint(_object(variant, "Deployment", "sealserve-kbs")),
+        "postgres": _pod_endpoint(_object(variant, "StatefulSet", "sealserve-postgres")),
+        "backup": _pod_endpoint(_object(variant, "CronJob", "sealserve-postgres-backup")),
+        "client": _Endpoint("client", ip="203.0.113.7"),
+        "pccs": _Endpoint("pccs", ip="192.0.2.10"),
+        "elsewhere": _Endpoint("elsewhere", ip="198.51.100.9"),
+        "other-pod": _Endpoint("other", "default", {"app": "other"}),
+        "other-pod-in-ns": _Endpoint("other", server_ns, {"app": "other"}),
+    }
+
+
+_ALLOWED = {
+    # requesters, from outside or from pods elsewhere; not from pods of our namespaces, whose
+    # egress the default deny closes
+    *(
+        (client, "server", port)
+        for client in ("client", "other-pod", "elsewhere", "pccs")
+        for port in (8500, 8501)
+    ),
+    ("server", "kbs", 8080),
+    ("kbs", "postgres", 5432),
+    ("backup", "postgres", 5432),
+    ("kbs", "pccs", 443),
+}
+_OUTSIDE = {"client", "pccs", "elsewhere", "other-pod"}
+
+
+def _policies(variant: str) -> list[dict[str, Any]]:
+    return [d for d in _variant(variant) if d["kind"] == "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_network_policies_allow_exactly_the_flows_sealserve_needs(variant: str) -> None:
+    endpoints = _endpoints(variant)
+    policies = _policies(variant)
+    namespaces = _namespaces(variant)
+    seen = set()
+    for source, a in endpoints.items():
+        for destination, b in endpoints.items():
+            if source == destination or {source, destination} <= _OUTSIDE:
+                continue  # nothing of ours selects these: not sealserve's to police
+            for port in (443, 5432, 8080, 8500, 8501, 22, 9090):
+                if network_policy.allowed(policies, a, b, port, namespaces=namespaces):
+                    seen.add((source, destination, port))
+    assert seen == _ALLOWED
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_sealserve_pod_can_resolve_names(variant: str) -> None:
+    dns = _Endpoint("coredns", "kube-system", {"k8s-app": "kube-dns"})
+    elsewhere = _Endpoint("resolver", "default", {"k8s-app": "kube-dns"})
+    endpoints = _endpoints(variant)
+    for name in ("server", "kbs", "postgres", "backup"):
+        for protocol in ("UDP", "TCP"):
+            assert network_policy.allowed(_policies(variant), endpoints[name], dns, 53, protocol)
+        assert not network_policy.allowed(_policies(variant), endpoints[name], elsewhere, 53)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_namespace_denies_by_default(variant: str) -> None:
+    for namespace in _namespaces(variant):
+        deny = [
+            p
+            for p in _policies(variant)
+            if p["metadata"]["namespace"] == namespace
+            and p["spec"]["podSelector"] == {}
+            and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress")
+            and not p["spec"].get("egress")
+        ]
+        assert deny, namespace
 
 
 # --- every workload -----------------------------------------------------------------------------

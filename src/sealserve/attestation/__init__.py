@@ -12,7 +12,7 @@ TensorFlow, gRPC or a web framework.
 
 from __future__ import annotations
 
-from sealserve.attestation.attesters import GramineAttester, TsmAttester
+from sealserve.attestation.attesters import CocoAttester, GramineAttester, TsmAttester
 from sealserve.attestation.claims import TCB_STATUSES, TEE_TYPES, Claims
 from sealserve.attestation.collateral import (
     Collateral,
@@ -42,6 +42,7 @@ __all__ = [
     "AttestationUnsupported",
     "Attester",
     "Claims",
+    "CocoAttester",
     "Collateral",
     "CollateralCache",
     "CollateralKey",

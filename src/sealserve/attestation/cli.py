@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from sealserve.attestation.attesters import GramineAttester, TsmAttester
+from sealserve.attestation.attesters import CocoAttester, GramineAttester, TsmAttester
 from sealserve.attestation.collateral import load_collateral
 from sealserve.attestation.evidence import Attester
 from sealserve.attestation.policy import Policy
@@ -23,7 +23,7 @@ from sealserve.attestation.verify import verify_quote
 from sealserve.errors import InvalidArgument
 from sealserve.fsio import atomic_output_file, read_user_file
 
-ATTESTERS = ("sim", "gramine", "tsm")
+ATTESTERS = ("sim", "gramine", "tsm", "coco")
 
 
 def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +108,8 @@ def attester_for(
         return GramineAttester()
     if kind == "tsm":
         return TsmAttester()
+    if kind == "coco":
+        return CocoAttester()
     raise InvalidArgument(f"unknown attester {kind!r}; choose from {', '.join(ATTESTERS)}")
 
 

@@ -1,0 +1,148 @@
+"""Init-data for the sealserve Confidential Containers pod (deploy/kubernetes/tdx).
+
+Init-data (Trustee's initdata spec, version 0.1.0) is a TOML document the host hands to the
+TD at launch; Kata puts its digest in the TD's MRCONFIGID (48 bytes: SHA-384, or a shorter
+digest zero-padded), so a quote shows exactly which init-data the TD was started with. Ours
+carries the Kata agent policy (policy.rego: no exec, the pinned image, command line,
+environment and mounts). The KBS policy pins that MRCONFIGID next to MRTD and RTMR0-2.
+
+    initdata.py build --image REF@sha256:... [--key-broker URL] [--ssl-config-key NAME]
+                                             the init-data TOML (write it to initdata.toml)
+    initdata.py annotation initdata.toml     the pod annotation's value (gzip, then base64)
+    initdata.py mrconfigid initdata.toml     the MRCONFIGID a TD launched with it carries (hex)
+    initdata.py policy initdata.toml --mr-td HEX --rtmr0 HEX --rtmr1 HEX --rtmr2 HEX
+                                             a KBS policy pinning the TD and this init-data
+
+The digest is taken over the TOML text exactly as given, which is what Kata's runtime does for
+the annotation it receives (kata-containers src/libs/kata-types initdata.rs,
+calculate_initdata_digest); check it once against a real quote's mr_config_id
+(`sealserve attest verify`), as some Kata versions re-serialise the document first.
+
+Standard library only. Prints nothing secret: init-data is integrity-protected, not secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POLICY = HERE / "policy.rego"
+ALGORITHM = "sha384"
+VERSION = "0.1.0"
+MRCONFIGID_SIZE = 48
+DEFAULT_KEY_BROKER = "https://sealserve-kbs.sealserve.svc:8080"
+DEFAULT_SSL_CONFIG_KEY = "half_plus_two"
+_DIGEST_IMAGE = re.compile(r"^[a-z0-9][a-z0-9./:_-]*@sha256:[0-9a-f]{64}$")
+_HEX48 = re.compile(r"^[0-9a-f]{96}$")
+
+
+def agent_policy(image: str, key_broker: str, ssl_config_key: str) -> str:
+    """policy.rego with this deployment's image, key broker and ssl.cfg key."""
+    if not _DIGEST_IMAGE.match(image):
+        raise SystemExit(f"--image {image!r} must name the image by digest: REF@sha256:<64 hex>")
+    if not key_broker.startswith("https://") or '"' in key_broker:
+        raise SystemExit("--key-broker must be an https:// URL")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", ssl_config_key):
+        raise SystemExit("--ssl-config-key must be a model name")
+    text = POLICY.read_text()
+    text, n = re.subn(r'^SERVER_IMAGE := ".*"$', f'SERVER_IMAGE := "{image}"', text, flags=re.M)
+    assert n == 1, "policy.rego has no SERVER_IMAGE line"
+    text = text.replace(f'"--key_broker={DEFAULT_KEY_BROKER}"', f'"--key_broker={key_broker}"')
+    return text.replace(
+        f'"--ssl_config_key={DEFAULT_SSL_CONFIG_KEY}"', f'"--ssl_config_key={ssl_config_key}"'
+    )
+
+
+def build(image: str, key_broker: str, ssl_config_key: str) -> str:
+    policy = agent_policy(image, key_broker, ssl_config_key)
+    if "'''" in policy:
+        raise SystemExit("policy.rego must not contain ''' (TOML literal string delimiter)")
+    return (
+        "# sealserve's init-data (deploy/coco/initdata.py build): the Kata agent policy.\n"
+        f'algorithm = "{ALGORITHM}"\n'
+        f'version = "{VERSION}"\n'
+        "\n"
+        "[data]\n"
+        f"\"policy.rego\" = '''\n{policy}'''\n"
+    )
+
+
+def annotation(text: str) -> str:
+    """The value of the pod annotation io.katacontainers.config.hypervisor.cc_init_data."""
+    # mtime=0: the same document always gives the same annotation
+    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+
+
+def decode_annotation(value: str) -> str:
+    return gzip.decompress(base64.b64decode("".join(value.split()))).decode()
+
+
+def mrconfigid(text: str) -> str:
+    """The MRCONFIGID (hex) of a TD launched with this init-data: its digest, sized to 48."""
+    import tomllib
+
+    document = tomllib.loads(text)
+    if document.get("version") != VERSION:
+        raise SystemExit(f"init-data version must be {VERSION}")
+    algorithm = document.get("algorithm")
+    if algorithm not in ("sha256", "sha384", "sha512"):
+        raise SystemExit("init-data algorithm must be sha256, sha384 or sha512")
+    digest = hashlib.new(algorithm, text.encode()).digest()
+    return digest[:MRCONFIGID_SIZE].ljust(MRCONFIGID_SIZE, b"\0").hex()
+
+
+def kbs_policy(text: str, mr_td: str, rtmrs: list[str]) -> str:
+    values = [mr_td.lower(), *(r.lower() for r in rtmrs)]
+    for value in values:
+        if not _HEX48.match(value):
+            raise SystemExit(f"{value!r} is not 48 bytes of hex")
+    lines = [
+        "# KBS policy for sealserve in a Confidential Containers TD (deploy/coco/initdata.py)",
+        "version = 1",
+        'tee = ["tdx"]',
+        'accepted_tcb_statuses = ["UpToDate"]',
+        "",
+        "[[tdx]]",
+        f'mr_td = ["{values[0]}"]',
+        *(f'rtmr{i} = ["{value}"]' for i, value in enumerate(values[1:])),
+        f'mr_config_id = ["{mrconfigid(text)}"]',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("build", help="init-data TOML with this deployment's agent policy")
+    make.add_argument("--image", required=True, help="the coco server image, REF@sha256:...")
+    make.add_argument("--key-broker", default=DEFAULT_KEY_BROKER)
+    make.add_argument("--ssl-config-key", default=DEFAULT_SSL_CONFIG_KEY)
+    for name in ("annotation", "mrconfigid"):
+        sub.add_parser(name).add_argument("initdata")
+    policy = sub.add_parser("policy", help="a KBS policy pinning the TD and this init-data")
+    policy.add_argument("initdata")
+    policy.add_argument("--mr-td", required=True)
+    for i in range(3):
+        policy.add_argument(f"--rtmr{i}", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        sys.stdout.write(build(args.image, args.key_broker, args.ssl_config_key))
+        return 0
+    text = Path(args.initdata).read_text()
+    if args.command == "annotation":
+        print(annotation(text))
+    elif args.command == "mrconfigid":
+        print(mrconfigid(text))
+    else:
+        sys.stdout.write(kbs_policy(text, args.mr_td, [args.rtmr0, args.rtmr1, args.rtmr2]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
