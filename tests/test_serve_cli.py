@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sealserve.model_tree import encrypt_tree
-from sealserve.tools.certs import make_twoway
+from sealserve.tools.certs import make_oneway, make_twoway
 from tests.serving.conftest import free_port
 
 SEALSERVE = Path(sys.executable).parent / "sealserve"
@@ -103,6 +103,19 @@ def test_the_seeds_launch_line(tmp_path, half_plus_two):
             ["serve", "--model_base_path=/tmp", "--enable_model_warmup=maybe"],
             "expected true or false",
         ),
+        (
+            ["serve", "--model_base_path=/tmp", "--admin_client_cert_sha256=zz"],
+            "takes a SHA-256 certificate fingerprint (64 hex digits",
+        ),
+        (
+            ["serve", "--model_base_path=/tmp", f"--admin_client_cert_sha256={'ab' * 32}"],
+            "--admin_client_cert_sha256 needs mutual TLS",
+        ),
+        (
+            ["serve", "--model_base_path=/tmp", "--admin_base_path_root=models"],
+            "--admin_base_path_root must be an absolute path",
+        ),
+        (["serve", "--model_base_path=/tmp", "--require_client_cert"], "needs --ssl_config_file"),
     ],
 )
 def test_bad_launch_lines_fail_with_one_clear_line(argv, message):
@@ -112,3 +125,42 @@ def test_bad_launch_lines_fail_with_one_clear_line(argv, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_swapped_ssl_config_stops_the_start_up(tmp_path, half_plus_two):
+    """#12 §3: the host replaces the protected ssl.cfg with an older one-way one under the same
+    key (bound to the same path), or with another protected file under that key."""
+    key = tmp_path / "wrap-key"
+    key.write_bytes(bytes(range(16)))
+    key.chmod(0o600)
+    encrypt_tree(half_plus_two, str(tmp_path / "models" / "hpt" / "1"), key.read_bytes())
+    current = make_twoway(
+        "localhost", "client.local", tmp_path / "tls", encrypt_ssl_cfg_key=key.read_bytes()
+    )
+    path = current.ssl_config
+    older = make_oneway(
+        "localhost",
+        tmp_path / "older",
+        encrypt_ssl_cfg_key=key.read_bytes(),
+        ssl_cfg_bound_path=str(path),
+    )
+    elsewhere = make_oneway("localhost", tmp_path / "other", encrypt_ssl_cfg_key=key.read_bytes())
+    launch = [
+        SEALSERVE,
+        "serve",
+        "--model_name=hpt",
+        f"--model_base_path={tmp_path / 'models' / 'hpt'}",
+        f"--model_key=hpt={key}",
+        f"--ssl_config_file={path}",
+        "--require_client_cert",
+        f"--port={free_port()}",
+    ]
+    for swapped, message in (
+        (older.ssl_config, "does not require client certificates (client_verify is false)"),
+        (elsewhere.ssl_config, f"was encrypted for '{elsewhere.ssl_config}', not for this path"),
+    ):
+        path.write_bytes(swapped.read_bytes())
+        result = subprocess.run(launch, capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
