@@ -543,7 +543,7 @@ def _serve(args: argparse.Namespace) -> None:
                 "(--model_config_file_poll_wait_seconds must be 0); change models with "
                 "HandleReloadConfigRequest as the admin (--admin_client_cert_sha256)"
             )
-        hardening.forbid_core_dumps()
+        hardening.forbid_core_dumps(required=args.attestation != "gramine")
 
     # First: TensorFlow's thread pools are fixed when it starts, and TF Serving's protos
     # import it, so it must start here, quietly, before anything else touches it.
@@ -557,12 +557,11 @@ def _serve(args: argparse.Namespace) -> None:
     logging.getLogger("sealserve").setLevel(logging.DEBUG if args.debug else logging.INFO)
     if args.attestation:
         soft, hard = hardening.core_limit()
-        log.info(
-            "attested: core dumps off (RLIMIT_CORE %d/%d, dumpable %s)",
-            soft,
-            hard,
-            hardening.dumpable(),
-        )
+        try:
+            dumpable: bool | None = hardening.dumpable()
+        except OSError:  # a LibOS without PR_GET_DUMPABLE
+            dumpable = None
+        log.info("attested: core dumps off (RLIMIT_CORE %d/%d, dumpable %s)", soft, hard, dumpable)
     asyncio.run(ModelServer(options, keys).serve_until_signalled())
 
 

@@ -38,23 +38,28 @@ def _prctl(option: int, value: int = 0) -> int:
     return result
 
 
-def forbid_core_dumps() -> None:
-    """RLIMIT_CORE 0 (soft and hard) and, on Linux, not dumpable. Raises
+def forbid_core_dumps(*, required: bool = True) -> None:
+    """RLIMIT_CORE 0 (soft and hard) and, on Linux, not dumpable. With `required`, raises
     `FailedPrecondition` when either cannot be set: an attested server must not start
-    without them."""
+    without them. Inside an SGX enclave (Gramine emulates these calls, and may not know
+    them) the host cannot read the enclave's memory anyway: there a failure is only logged."""
+
+    def failed(what: str) -> None:
+        if required:
+            raise FailedPrecondition(what)
+        log.info("%s (the enclave's memory is not the host's to dump)", what)
+
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ValueError, OSError) as exc:
-        raise FailedPrecondition(f"cannot turn core dumps off (RLIMIT_CORE): {exc}") from None
+        failed(f"cannot turn core dumps off (RLIMIT_CORE): {exc}")
     if not sys.platform.startswith("linux"):
         log.warning("not Linux: core dumps are off, but the process stays dumpable")
         return
     try:
         _prctl(PR_SET_DUMPABLE, 0)
     except OSError as exc:
-        raise FailedPrecondition(
-            f"cannot make the process non-dumpable (prctl PR_SET_DUMPABLE): {exc.strerror}"
-        ) from None
+        failed(f"cannot make the process non-dumpable (prctl PR_SET_DUMPABLE): {exc.strerror}")
 
 
 def dumpable() -> bool | None:
