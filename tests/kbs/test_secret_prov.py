@@ -1,11 +1,14 @@
 """Gramine's secret provisioning against the KBS: a client that behaves as
 `libsecret_prov_attest.so` (an RA-TLS client certificate carrying a simulated quote, the
 35-byte request, the 37-byte response header, a big-endian u32 size, the secret) gets the key;
-every refusal closes the connection with nothing released and is audited."""
+every refusal closes the connection with nothing released. As on the KBS's HTTP port, a
+refusal of evidence that does not verify (anyone can send it) is counted, not audited; a
+verified enclave's denial and every release are audited."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 import ssl
 import struct
@@ -109,6 +112,17 @@ def last_audit(kbs: Kbs) -> dict:  # type: ignore[type-arg]
     record = kbs.store.audit_records(limit=100_000)[-1].to_json()
     assert record["action"] == "secret-prov"
     return record
+
+
+def audit_count(kbs: Kbs) -> int:
+    return len(kbs.store.audit_records(limit=100_000))
+
+
+def unauthenticated_refusals(kbs: Kbs) -> float:
+    value = kbs.service.metrics.registry.get_sample_value(
+        "sealserve_kbs_unauthenticated_failures_total", {"endpoint": "secret-prov"}
+    )
+    return value or 0.0
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -221,26 +235,39 @@ def refusal_cases():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("case", list(refusal_cases()))
-def test_refusals_release_nothing_and_are_audited(
-    endpoint: Endpoint, attester: SimAttester, tmp_path: Path, case: str
+def test_refusals_release_nothing(
+    endpoint: Endpoint,
+    attester: SimAttester,
+    tmp_path: Path,
+    case: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     make, reason = refusal_cases()[case]
     identity, request = make(attester, tmp_path)
+    audited, counted = audit_count(endpoint.kbs), unauthenticated_refusals(endpoint.kbs)
 
-    assert gramine_client(endpoint, identity, request) is None
-    record = last_audit(endpoint.kbs)
-    assert record["decision"] == "denied"
-    assert reason in record["reason"]
+    with caplog.at_level(logging.INFO, logger="sealserve.kbs.service"):
+        assert gramine_client(endpoint, identity, request) is None
+
+    if case == "wrong measurement":  # a verified enclave the policy does not admit: audited
+        record = last_audit(endpoint.kbs)
+        assert record["decision"] == "denied" and reason in record["reason"]
+    else:  # nothing verified: counted and logged, no audit row an attacker could multiply
+        assert audit_count(endpoint.kbs) == audited
+        assert unauthenticated_refusals(endpoint.kbs) == counted + 1
+        assert reason in caplog.text
 
 
-def test_a_plain_tls_client_certificate_is_refused_and_audited(
+def test_a_plain_tls_client_certificate_is_refused(
     endpoint: Endpoint,
     certs,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert gramine_client(endpoint, ordinary_client_certificate(certs)) is None
-    record = last_audit(endpoint.kbs)
-    assert record["decision"] == "denied"
-    assert "no RA-TLS evidence" in record["reason"]
+    counted = unauthenticated_refusals(endpoint.kbs)
+    with caplog.at_level(logging.INFO, logger="sealserve.kbs.service"):
+        assert gramine_client(endpoint, ordinary_client_certificate(certs)) is None
+    assert unauthenticated_refusals(endpoint.kbs) == counted + 1
+    assert "no RA-TLS evidence" in caplog.text
 
 
 def test_a_client_without_a_certificate_gets_nothing(endpoint: Endpoint) -> None:
@@ -343,3 +370,35 @@ def test_end_to_end_against_sealserve_kbs_serve(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_anonymous_failures_use_up_a_per_client_budget_and_attested_enclaves_do_not(
+    kbs: Kbs,
+    attester: SimAttester,
+    certs,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from sealserve.kbs.limits import AnonymousBudget
+
+    kbs.store.set_policy(SECRET_PROV_MAP, f'{{"resources": ["{RESOURCE}"]}}', "json")
+    context = server_context(str(certs.server_cert), str(certs.server_key))
+    budget = AnonymousBudget(rate=0.001, burst=3)  # no refill within the test
+    server = SecretProvServer(kbs.service, context, port=0, timeout=5, budget=budget).start()
+    try:
+        endpoint = Endpoint(server.port, str(certs.trust_anchor), kbs)
+        key = new_key()
+        enclave = enclave_identity(tmp_path, make_certificate(attester, key), key)
+        for _ in range(5):  # served enclaves get their token back
+            assert gramine_client(endpoint, enclave) == SECRET
+        for _ in range(3):
+            assert gramine_client(endpoint, enclave, b"x" * len(REQUEST)) is None
+        limited = kbs.service.metrics.registry.get_sample_value(
+            "sealserve_kbs_rate_limited_requests_total", {"limit": "secret-prov"}
+        )
+        assert gramine_client(endpoint, enclave) is None  # the budget is spent
+        after = kbs.service.metrics.registry.get_sample_value(
+            "sealserve_kbs_rate_limited_requests_total", {"limit": "secret-prov"}
+        )
+        assert (after or 0) == (limited or 0) + 1
+    finally:
+        server.stop()

@@ -18,8 +18,11 @@ Python's `ssl` cannot accept a self-signed client certificate and hand it over f
 so the TLS endpoint uses pyOpenSSL: the handshake accepts any client certificate (it proves
 possession of the certificate's key), and the certificate is then judged here — validity
 window, self-signature, RA-TLS evidence and its key binding, then the quote and the policy.
-Connections are served by a bounded thread pool with socket timeouts and a connection cap;
-a client that stalls costs one thread for at most `timeout` seconds.
+Abuse costs little, as on the HTTP port (`kbs.limits`): a connection cap per client and in
+total, an anonymous budget per client (each connection costs one token, given back when the
+enclave is served), a bounded thread pool, and socket timeouts, so a client that stalls costs
+one thread for at most `timeout` seconds. Refusals before the evidence verifies are counted
+(`kbs_unauthenticated_total{endpoint="secret-prov"}`), not audited.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from sealserve.errors import InvalidArgument, SealserveError
+from sealserve.kbs.limits import AnonymousBudget, ConnectionCaps, client_key
 from sealserve.kbs.protocol import check_resource_path
 
 log = logging.getLogger(__name__)
@@ -105,12 +109,16 @@ class SecretProvServer:
         port: int = DEFAULT_PORT,
         timeout: float = 10.0,
         max_connections: int = 64,
+        max_connections_per_client: int = 8,
+        budget: AnonymousBudget | None = None,
         threads: int = 8,
     ) -> None:
         self.service = service
         self._context = context
         self._timeout = timeout
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()  # the limits below are not thread safe
+        self._caps = ConnectionCaps(per_client=max_connections_per_client, total=max_connections)
+        self._budget = budget or AnonymousBudget()
         self._pool = ThreadPoolExecutor(threads, "sealserve-secret-prov")
         self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
         self.port: int = self._listener.getsockname()[1]
@@ -137,22 +145,32 @@ class SecretProvServer:
                 if self._stopping.is_set():
                     return
                 continue  # e.g. EMFILE: drop this one, keep serving
-            if not self._slots.acquire(blocking=False):
-                log.warning("secret-prov: connection cap reached, refusing %s", address[0])
+            client = client_key(address[0])
+            with self._lock:
+                admitted = not self._budget.exhausted(client) and self._caps.admit(client)
+                if admitted:
+                    self._budget.charge(client)
+            if not admitted:
+                self.service.metrics.rate_limited.labels("secret-prov").inc()
                 sock.close()
                 continue
-            self._pool.submit(self._serve_guarded, sock, address[0])
+            self._pool.submit(self._serve_guarded, sock, address[0], client)
 
-    def _serve_guarded(self, sock: socket.socket, peer: str) -> None:
+    def _serve_guarded(self, sock: socket.socket, peer: str, client: str) -> None:
+        served = False
         try:
-            self._serve(sock, peer)
+            served = self._serve(sock, peer)
         except Exception:  # noqa: BLE001 - one connection's failure must not end the server
             log.exception("secret-prov: unexpected error serving %s", peer)
         finally:
             sock.close()
-            self._slots.release()
+            with self._lock:
+                self._caps.release(client)
+                if served:  # an attested enclave costs nothing
+                    self._budget.refund(client, 1.0)
 
-    def _serve(self, sock: socket.socket, peer: str) -> None:
+    def _serve(self, sock: socket.socket, peer: str) -> bool:
+        """Serve one connection; True when a secret was released."""
         # SO_RCVTIMEO/SO_SNDTIMEO keep the socket blocking (pyOpenSSL cannot use Python's
         # socket timeouts) while bounding every read and write
         interval = struct.pack("ll", int(self._timeout), int(self._timeout % 1 * 1e6))
@@ -165,22 +183,22 @@ class SecretProvServer:
             certificate = conn.get_peer_certificate(as_cryptography=True)
             request = _read_exactly(conn, len(REQUEST))
         except (SSL.Error, OSError) as err:
-            log.info("secret-prov: TLS with %s failed: %s", peer, _brief(err))
-            return
+            self.service.refuse_provision(f"TLS handshake failed ({_brief(err)})")
+            return False
         if certificate is None:  # VERIFY_FAIL_IF_NO_PEER_CERT makes this unreachable
-            return
+            return False
         if request != REQUEST:
-            self.service.refuse_provision(peer, "malformed secret-provisioning request")
+            self.service.refuse_provision("malformed secret-provisioning request")
             _close(conn)
-            return
+            return False
         try:
             secret = self.service.provision(certificate, peer=peer)
         except SealserveError as err:
-            # audited by the service; the enclave learns nothing but a closed connection,
-            # as from Gramine's own server
-            log.info("secret-prov: refused %s: %s", peer, err.message)
+            # counted or audited by the service; the enclave learns nothing but a closed
+            # connection, as from Gramine's own server
+            log.debug("secret-prov: refused %s: %s", peer, err.message)
             _close(conn)
-            return
+            return False
         try:
             conn.sendall(RESPONSE + struct.pack(">I", len(secret)) + secret)
         except (SSL.Error, OSError) as err:
@@ -188,6 +206,7 @@ class SecretProvServer:
         finally:
             del secret
         _close(conn)
+        return True
 
 
 def _read_exactly(conn: SSL.Connection, size: int) -> bytes:

@@ -69,6 +69,7 @@ from sealserve.attestation import (
     AttestationFailed,
     Claims,
     Collateral,
+    Decision,
     Policy,
     verify_quote,
 )
@@ -117,6 +118,14 @@ class Unauthenticated(SealserveError):
     """No, expired or forged session / token / admin token (HTTP 401)."""
 
     code = Code.UNAUTHENTICATED
+
+
+class _SecretProvDenied(PermissionDenied):
+    """No mapped resource admits an enclave; `refusals`: (resource, reason) per resource."""
+
+    def __init__(self, refusals: list[tuple[str, str]]) -> None:
+        super().__init__("no mapped resource's policy admits the enclave")
+        self.refusals = refusals
 
 
 class PolicyDenied(PermissionDenied):
@@ -373,7 +382,8 @@ class KbsService:
         """A failure without credentials: counted and logged (bounded, throttled), no audit."""
         self.metrics.unauthenticated.labels(endpoint).inc()
         if self._log_throttle.allow():
-            log.info("kbs %s refused (no credentials): %s", endpoint, shown(err.message))
+            detail = err.reason if isinstance(err, AttestationFailed) else err.message
+            log.info("kbs %s refused (no credentials): %s", endpoint, shown(detail))
 
     def _issue_token(self, session: _Session, claims: Claims, key: TeePubKey, now: int) -> str:
         exp = min(now + self.config.token_ttl, session.expires_at)
@@ -460,59 +470,62 @@ class KbsService:
         """The secret for an enclave that showed this RA-TLS client certificate. The quote it
         carries must be bound to the certificate's key and verify; then the first mapped
         resource (`SecretProvMap`) whose policy admits the claims is released, as raw bytes
-        (the mutual-TLS session that showed the certificate protects them). Every outcome is
-        audited."""
+        (the mutual-TLS session that showed the certificate protects them).
+
+        As for RCAR: a refusal before the evidence verified (anyone can cause it) is counted
+        and logged, not audited; a verified enclave's denial and every release are audited,
+        the release before the secret leaves."""
         now = self._now()
         session = f"{SECRET_PROV_SESSION}{peer}"
         claims: Claims | None = None
+        tee = ""
         path = ""
         try:
             quote = evidence_from_certificate(certificate, now=now).quote
             tee = "sim" if self._signed_by_sim_root(quote) else "sgx"
             claims = self._verify(tee, quote, now)
-            resources = self.secret_prov_resources()
-            if not resources:
-                raise PolicyDenied(
-                    "no resource is mapped to secret provisioning "
-                    "(`sealserve kbs secret-prov map`)",
-                    reason="no resource mapped",
-                )
-            refusals = []
-            for candidate in resources:
-                path = candidate
-                if not self.store.resource_exists(candidate):
-                    refusals.append(f"{candidate}: not found")
-                    continue
-                decision = self._policy_for(candidate).decide(claims, now)
-                if decision.allowed:
-                    secret = self.store.get_resource(candidate)
-                    note = "; ".join(decision.notes) if decision.notes else "policy allowed"
-                    self._audit(
-                        session, tee, claims, candidate, "secret-prov", "allowed", note, now
-                    )
-                    return secret
-                refusals.append(f"{candidate}: {'; '.join(decision.reasons)}")
-            reason = " | ".join(refusals)
-            raise PolicyDenied(
-                f"no mapped resource's policy admits the enclave: {reason}", reason=reason
-            )
-        except AttestationFailed as err:
-            self._audit(session, "", claims, path, "secret-prov", "denied", err.reason, now)
-            raise
+            self.metrics.attestations.labels(tee, "verified").inc()
+            path, decision = self._secret_prov_choice(claims, now)
+            secret = self.store.get_resource(path)
         except SealserveError as err:
-            self._audit(session, "", claims, path, "secret-prov", "denied", err.message, now)
+            if claims is None:
+                result = "error" if err.code == Code.UNAVAILABLE else "rejected"
+                self.metrics.attestations.labels(tee or "none", result).inc()
+                self._unauthenticated("secret-prov", err)
+                raise
+            # one record per mapped resource refused, so `kbs audit --resource` finds it
+            refusals = err.refusals if isinstance(err, _SecretProvDenied) else [(path, err.message)]
+            for resource, reason in refusals or [("", "no resource is mapped")]:
+                self.metrics.releases.labels(resource or "(none)", "denied").inc()
+                self._audit(session, tee, claims, resource, "secret-prov", "denied", reason, now)
             raise
+        note = "; ".join(decision.notes) if decision.notes else "policy allowed"
+        self._audit(session, tee, claims, path, "secret-prov", "allowed", note, now)
+        self.metrics.releases.labels(path, "allowed").inc()
+        return secret
+
+    def _secret_prov_choice(self, claims: Claims, now: int) -> tuple[str, Decision]:
+        """The first mapped resource whose policy admits `claims`, and that decision;
+        `_SecretProvDenied` with each mapped resource's reason otherwise."""
+        refusals: list[tuple[str, str]] = []
+        for candidate in self.secret_prov_resources():
+            if not self.store.resource_exists(candidate):
+                refusals.append((candidate, "not found"))
+                continue
+            with self._timed(self.metrics.policy_seconds):
+                decision = self._policy_for(candidate).decide(claims, now)
+            if decision.allowed:
+                return candidate, decision
+            refusals.append((candidate, "; ".join(decision.reasons)))
+        raise _SecretProvDenied(refusals)
 
     def secret_prov_resources(self) -> tuple[str, ...]:
         stored = self.store.get_policy(SECRET_PROV_MAP)
         return () if stored is None else SecretProvMap.parse(stored[0]).resources
 
-    def refuse_provision(self, peer: str, reason: str) -> None:
-        """Audit a secret-provisioning connection refused before its evidence was judged."""
-        now = self._now()
-        self._audit(
-            f"{SECRET_PROV_SESSION}{peer}", "", None, "", "secret-prov", "denied", reason, now
-        )
+    def refuse_provision(self, reason: str) -> None:
+        """Count a secret-provisioning connection refused before its evidence was judged."""
+        self._unauthenticated("secret-prov", InvalidArgument(reason))
 
     def _signed_by_sim_root(self, quote: bytes) -> bool:
         root = self.config.insecure_trust_sim_root
