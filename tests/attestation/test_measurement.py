@@ -111,7 +111,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     import sys
 
     for name in list(os.environ):
-        if name.startswith("PYTHON") and name not in HARMLESS_PYTHON_VARIABLES:
+        if name.startswith(("PYTHON", "LD_")) and name not in HARMLESS_PYTHON_VARIABLES:
             monkeypatch.delenv(name)
     roots = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)]
     installed = [
@@ -135,13 +135,23 @@ def test_code_changing_variables_are_measured_and_refused(
     clean_environment: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = measurement(LAUNCH)
-    for name in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONWARNINGS", "PYTHONINSPECT"):
+    for name in (
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONHOME",
+        "PYTHONWARNINGS",
+        "PYTHONINSPECT",
+        "LD_PRELOAD",
+        "LD_AUDIT",
+    ):
         with monkeypatch.context() as patch:
             patch.setenv(name, "/somewhere")
             assert measurement(LAUNCH) != before
             assert unmeasured_python_inputs() == [f"environment variable {name} is set"]
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # changes no code
     assert measurement(LAUNCH) == before and unmeasured_python_inputs() == []
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/lib")  # measured, not refused (Gramine sets it)
+    assert measurement(LAUNCH) != before and unmeasured_python_inputs() == []
 
 
 def test_a_path_entry_outside_the_installation_is_refused(

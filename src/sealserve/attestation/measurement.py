@@ -22,19 +22,21 @@ enclave measures for a Python program besides the program (Gramine's manifest: t
 interpreter as a trusted file, `loader.env`, the trusted import path): the interpreter binary
 (and its shared libpython), `sys.path` in order, the content of every `.pth` file and of
 `sitecustomize` / `usercustomize` where Python would find them, the interpreter's
-command-line flags, and every `PYTHON*` environment variable that can change which code runs
-(`HARMLESS_PYTHON_VARIABLES` are the exceptions: buffering, encodings, bytecode writing).
+command-line flags, every `PYTHON*` environment variable that can change which code runs
+(`HARMLESS_PYTHON_VARIABLES` are the exceptions: buffering, encodings, bytecode writing), and
+the dynamic loader's `LD_PRELOAD`, `LD_AUDIT` and `LD_LIBRARY_PATH`.
 Canonical JSON = sorted keys, no whitespace, UTF-8 (RFC 8785-compatible for the strings,
 integers and booleans such configs hold; floats are refused because their text form is not
 canonical across implementations). Changing one byte of one file, of the interpreter, of a
 start-up file, or one launch setting changes the measurement.
 
-`unmeasured_python_inputs()` names what the measurement cannot vouch for: such variables,
-and `sys.path` entries outside the interpreter's installation and sealserve's own (a
-`PYTHONPATH` directory, the current directory, a user site directory). An attested server
-refuses to start while there is any (`cli.py`): their files would run inside the "measured"
-process unmeasured. The content of the standard library and of installed third-party packages
-is not hashed (TensorFlow alone is gigabytes; Gramine covers those as trusted files).
+`unmeasured_python_inputs()` names what the measurement cannot vouch for: such variables
+(`LD_LIBRARY_PATH` aside), and `sys.path` entries outside the interpreter's installation and
+sealserve's own (a `PYTHONPATH` directory, the current directory, a user site directory). An
+attested server refuses to start while there is any (`cli.py`): their files would run
+inside the "measured" process unmeasured. The content of the standard library and of
+installed third-party packages is not hashed (TensorFlow alone is gigabytes; Gramine covers
+those as trusted files).
 
 This is a *simulation*: the process measures itself, so code that runs before the
 measurement (a `.pth` file, `sitecustomize`) could lie about it; measuring those files makes
@@ -87,6 +89,11 @@ _MEASURED_FLAGS = (
     "dev_mode",
 )
 _STARTUP_MODULES = ("sitecustomize", "usercustomize")
+#: the dynamic loader's ways to run a library of the host's in the process before Python
+#: starts (ld.so(8)); never needed by the server, refused when attested
+_LOADER_INJECTING_VARIABLES = frozenset({"LD_PRELOAD", "LD_AUDIT"})
+#: measured by value only: Gramine's manifest sets LD_LIBRARY_PATH itself
+_LOADER_PATH_VARIABLES = ("LD_LIBRARY_PATH",)
 _SKIPPED_DIRS = {"__pycache__"}
 _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 
@@ -230,10 +237,19 @@ def _module_origin(name: str) -> str | None:
 
 
 def _code_changing_variables() -> dict[str, str]:
+    """Variables that put other code into the process: refused when attested."""
     return {
         name: value
         for name, value in sorted(os.environ.items())
-        if name.startswith("PYTHON") and name not in HARMLESS_PYTHON_VARIABLES
+        if (name.startswith("PYTHON") and name not in HARMLESS_PYTHON_VARIABLES)
+        or name in _LOADER_INJECTING_VARIABLES
+    }
+
+
+def _measured_variables() -> dict[str, str]:
+    return {
+        **_code_changing_variables(),
+        **{name: os.environ[name] for name in _LOADER_PATH_VARIABLES if name in os.environ},
     }
 
 
@@ -248,7 +264,7 @@ def python_environment() -> dict[str, Any]:
         "flags": {name: int(getattr(sys.flags, name, 0)) for name in _MEASURED_FLAGS},
         "path": path,
         "startup_files": [list(entry) for entry in _startup_files(path)],
-        "environment": _code_changing_variables(),
+        "environment": _measured_variables(),
     }
 
 
