@@ -135,9 +135,13 @@ def _toml_value(value: object) -> str:
     return json.dumps(value)
 
 
-def policy_toml(sigstruct: dict[str, object], **platform: object) -> str:
+def policy_toml(
+    sigstruct: dict[str, object], *, mr_signer: str | None = None, **platform: object
+) -> str:
     """A KBS policy accepting exactly the enclave of this SIGSTRUCT (as sigstruct-view shows it),
-    on platforms whose TCB the owner's options accept (`platform_settings`)."""
+    on platforms whose TCB the owner's options accept (`platform_settings`). `mr_signer`
+    replaces the SIGSTRUCT's (hex, or "any"): an enclave the owner rebuilt to check MRENCLAVE
+    was signed with a throw-away key, not the builder's."""
     if sigstruct.get("debug_enclave"):
         raise SystemExit(
             "this SIGSTRUCT is of a debug enclave (sgx.debug = true): its memory is readable by "
@@ -149,6 +153,12 @@ def policy_toml(sigstruct: dict[str, object], **platform: object) -> str:
         if not _HEX32.match(value):
             raise SystemExit(f"{name} in the SIGSTRUCT is not 32 bytes of hex: {value!r}")
         values[name] = value
+    signer = f'["{values["mr_signer"]}"]'
+    if mr_signer is not None:
+        mr_signer = mr_signer.strip().lower()
+        if mr_signer != "any" and not _HEX32.match(mr_signer):
+            raise SystemExit(f'--mr-signer {mr_signer!r} is neither 32 bytes of hex nor "any"')
+        signer = '"any"' if mr_signer == "any" else f'["{mr_signer}"]'
     prod_id, svn = sigstruct.get("isv_prod_id"), sigstruct.get("isv_svn")
     if not isinstance(prod_id, int) or not isinstance(svn, int):
         raise SystemExit("isv_prod_id and isv_svn must be integers in the SIGSTRUCT")
@@ -161,7 +171,7 @@ def policy_toml(sigstruct: dict[str, object], **platform: object) -> str:
         "",
         "[[sgx]]",
         f'mr_enclave = ["{values["mr_enclave"]}"]',
-        f'mr_signer = ["{values["mr_signer"]}"]',
+        f"mr_signer = {signer}",
         f"isv_prod_id = [{prod_id}]",
         f"min_isv_svn = {svn}",
     ]
@@ -234,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="INTEL-SA-NNNNN",
         help="an advisory a non-UpToDate platform may carry (repeat); others are refused",
     )
+    policy.add_argument(
+        "--mr-signer",
+        metavar="HEX|any",
+        help="the builder's MRSIGNER (or any) instead of the SIGSTRUCT's: for a rebuilt enclave",
+    )
     policy.add_argument("--tcb-grace-period-seconds", type=int, metavar="N")
     policy.add_argument("--max-collateral-age-seconds", type=int, metavar="N")
     check = sub.add_parser("compare", help="compare a rebuilt enclave's MRENCLAVE")
@@ -252,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         statuses = args.accept_tcb_status
         text = policy_toml(
             sigstruct,
+            mr_signer=args.mr_signer,
             accept_tcb_status=["UpToDate", *statuses] if statuses else None,
             deny_advisory=args.deny_advisory,
             accept_advisory=args.accept_advisory,

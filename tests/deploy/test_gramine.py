@@ -542,6 +542,17 @@ def test_policy_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert policy.denied_advisories == ("INTEL-SA-00615",)
 
 
+@pytest.mark.parametrize(("given", "pinned"), [("any", None), ("ab" * 32, ("ab" * 32,))])
+def test_policy_for_a_rebuilt_enclave_names_the_builders_signer(
+    given: str, pinned: tuple[str, ...] | None
+) -> None:
+    policy = Policy.from_toml(helper.policy_toml(_sigstruct(), mr_signer=given), source="test")
+    assert policy.sgx[0].mr_signer == pinned
+    assert policy.sgx[0].mr_enclave == (MR_ENCLAVE,)  # the code stays pinned
+    with pytest.raises(SystemExit):
+        helper.policy_toml(_sigstruct(), mr_signer="abc")
+
+
 def test_compare_a_rebuilt_enclave(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sigstruct = tmp_path / "sigstruct.json"
     sigstruct.write_text(json.dumps(_sigstruct()))
