@@ -116,6 +116,10 @@ def test_the_seeds_launch_line(tmp_path, half_plus_two):
             "--admin_base_path_root must be an absolute path",
         ),
         (["serve", "--model_base_path=/tmp", "--require_client_cert"], "needs --ssl_config_file"),
+        (
+            ["serve", "--model_base_path=/tmp", "--runtime=openvino:int3"],
+            "unknown openvino option 'int3'",
+        ),
     ],
 )
 def test_bad_launch_lines_fail_with_one_clear_line(argv, message):

@@ -370,6 +370,14 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     )
     own.add_argument("--bind_address", default="0.0.0.0", help="address to listen on")
     own.add_argument(
+        "--runtime",
+        default="tensorflow",
+        metavar="RUNTIME",
+        help="what runs the single model: tensorflow (default) or openvino[:OPTIONS], e.g. "
+        "openvino:bf16 (options in docs/openvino.md; with --model_config_file use each "
+        "model's model_platform)",
+    )
+    own.add_argument(
         "--rest_api_max_body_bytes",
         type=int,
         default=100 << 20,
@@ -656,13 +664,21 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
     from sealserve.serving.manager import ManagerOptions
     from sealserve.serving.metrics import MonitoringConfig, read_monitoring_config
     from sealserve.serving.rest import RestOptions
+    from sealserve.serving.runtimes import parse_runtime
     from sealserve.serving.server import ServerOptions
     from sealserve.serving.tls import load_ssl_config
 
     if args.model_config_file:
+        if args.runtime != "tensorflow":
+            raise InvalidArgument(
+                "--runtime is for --model_base_path; with --model_config_file, set each "
+                "model's model_platform"
+            )
         models = model_config.read_model_config_file(args.model_config_file)
     elif args.model_base_path:
-        models = model_config.single_model(args.model_name, args.model_base_path)
+        models = model_config.single_model(
+            args.model_name, args.model_base_path, parse_runtime(args.runtime)
+        )
     else:
         raise InvalidArgument("give --model_base_path (with --model_name) or --model_config_file")
     batching = None

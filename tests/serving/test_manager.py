@@ -38,7 +38,7 @@ class FakeLoaders:
         self.failures: dict[tuple[str, int], list[SealserveError]] = {}
         self.calls: list[tuple[str, int]] = []
 
-    def __call__(self, name, version, path):
+    def __call__(self, name, version, path, runtime=None):
         loaders = self
 
         class Loader:

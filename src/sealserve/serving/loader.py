@@ -10,6 +10,9 @@ A version directory is one of:
   path; the load logs that, without a manifest, missing or rolled-back files go unnoticed.
 
 All expensive work happens in `load()` (TF Serving's Loader idea); the result is a `Servable`.
+The model's `RuntimeSpec` picks what runs its signatures: a TensorFlow Session (the default),
+or OpenVINO (`runtimes.openvino`: converted in memory from the same `ram://` root, checked
+against TensorFlow on the warm-up requests; signatures it cannot convert stay on TensorFlow).
 With `metrics`, each load attempt (outcome, duration) and the decryption (plaintext bytes,
 time) are recorded, and the servable reports its run times once warmup is done.
 A loader is used by one thread at a time.
@@ -34,6 +37,7 @@ from sealserve.protected_files.format import FILE_ID
 from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.keys import KeyProvider
 from sealserve.serving.memory_load import files_in_memory, tree_in_memory
+from sealserve.serving.runtimes import DEFAULT_RUNTIME, OPENVINO, RuntimeSpec
 from sealserve.serving.servable import Runner, Servable
 from sealserve.serving.session_bundle import SessionBundle
 from sealserve.serving.tensorflow_runtime import import_tensorflow
@@ -64,9 +68,11 @@ class VersionLoader:
         keys: KeyProvider,
         options: LoadOptions,
         metrics: Metrics | None = None,
+        runtime: RuntimeSpec = DEFAULT_RUNTIME,
     ) -> None:
         self.name, self.version, self.path = name, version, Path(path)
         self.keys, self.options, self.metrics = keys, options, metrics
+        self.runtime = runtime
 
     def load(self) -> Servable:
         if self.metrics is None:
@@ -125,12 +131,51 @@ class VersionLoader:
     def _from_root(self, root: str) -> Servable:
         tf = import_tensorflow()
         signature_defs = self._signature_defs(tf, root)
-        runners, resources = self._runners(tf, root, signature_defs)
+        warmup_path = f"{root}/{WARMUP_FILE}"
+        warmup = []
+        if self.options.warmup and tf.io.gfile.exists(warmup_path):
+            warmup = read_warmup(warmup_path)
+        labels: dict[str, str] = {}
+        if self.runtime.platform == OPENVINO:
+            runners, resources, labels = self._openvino_runners(tf, root, signature_defs, warmup)
+        else:
+            runners, resources = self._runners(tf, root, signature_defs)
         servable = Servable(self.name, self.version, runners, signature_defs, resources)
-        warmup = f"{root}/{WARMUP_FILE}"
-        if self.options.warmup and tf.io.gfile.exists(warmup):
+        servable.runtime_labels = labels
+        if warmup:
             replay_warmup(servable, warmup)
         return servable
+
+    def _openvino_runners(
+        self, tf: Any, root: str, signature_defs: dict[str, Any], warmup: list[WarmupRequest]
+    ) -> tuple[dict[str, Runner], Any, dict[str, str]]:
+        """OpenVINO runners, TensorFlow ones for the signatures it cannot convert, and the
+        runtime label of each signature (metrics)."""
+        from sealserve.serving.runtimes.openvino import convert_signatures
+
+        keys = [key for key in signature_defs if key != INIT_OP_SIGNATURE]
+        model = f"model {self.name} version {self.version}"
+        gate_inputs = [(key, inputs) for key, inputs, _ in warmup]
+        converted = convert_signatures(
+            model, root, signature_defs, keys, self.options.tags, self.runtime, gate_inputs
+        )
+        labels = dict.fromkeys(converted.runners, self.runtime.label)
+        runners, resources = dict(converted.runners), [converted.compiled]
+        if converted.unconverted:
+            reasons: dict[str, list[str]] = {}
+            for key, why in sorted(converted.unconverted.items()):
+                reasons.setdefault(why, []).append(key)
+            log.warning(
+                "%s: OpenVINO cannot convert %s; %s on TensorFlow",
+                model,
+                "; ".join(f"signature {', '.join(keys)} ({why})" for why, keys in reasons.items()),
+                "it runs" if len(converted.unconverted) == 1 else "they run",
+            )
+            left = {k: signature_defs[k] for k in converted.unconverted}
+            tf_runners, tf_resources = self._runners(tf, root, left)
+            runners.update(tf_runners)
+            resources.append(tf_resources)
+        return runners, resources, labels
 
     def _runners(
         self, tf: Any, root: str, signature_defs: dict[str, Any]
@@ -180,14 +225,18 @@ class VersionLoader:
         raise InvalidArgument(f"the SavedModel has no MetaGraph with tags {sorted(wanted)}")
 
 
-def replay_warmup(servable: Servable, path: str) -> None:
-    """Run the PredictionLog requests of TF Serving's warmup file once each (predict only)."""
+# One warm-up request: (signature key, inputs by alias, output filter)
+WarmupRequest = tuple[str, dict[str, np.ndarray], tuple[str, ...]]
+
+
+def read_warmup(path: str) -> list[WarmupRequest]:
+    """The predict requests of TF Serving's warmup file (PredictionLog records)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     from sealserve.serving.tensor_proto import to_numpy
 
     tf = import_tensorflow()
-    count = 0
+    requests: list[WarmupRequest] = []
     for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
         entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         if entry.WhichOneof("log_type") != "predict_log":
@@ -196,8 +245,19 @@ def replay_warmup(servable: Servable, path: str) -> None:
         request = entry.predict_log.request
         signature = request.model_spec.signature_name or "serving_default"
         inputs = {alias: to_numpy(proto) for alias, proto in request.inputs.items()}
+        requests.append((signature, inputs, tuple(request.output_filter)))
+    return requests
+
+
+def replay_warmup(servable: Servable, requests: str | list[WarmupRequest]) -> None:
+    """Run the requests of TF Serving's warmup file (its path, or as `read_warmup` read
+    them) once each (predict only)."""
+    if isinstance(requests, str):
+        requests = read_warmup(requests)
+    count = 0
+    for signature, inputs, output_filter in requests:
         try:
-            servable.run(signature, inputs, tuple(request.output_filter))
+            servable.run(signature, inputs, output_filter)
         except SealserveError as exc:
             raise InvalidArgument(f"warmup request {count + 1} failed: {exc}") from None
         count += 1

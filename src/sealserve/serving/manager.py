@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from sealserve.errors import Code, InvalidArgument, NotFound, SealserveError
 from sealserve.serving.loader import LoadOptions, VersionLoader
 from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.runtimes import DEFAULT_RUNTIME, RuntimeSpec
 from sealserve.serving.servable import Servable
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ class ManagerOptions:
     load_threads: int = 2
 
 
-LoaderFactory = Callable[[str, int, Path], VersionLoader]
+# (model name, version, its directory, the model's runtime) -> a loader
+LoaderFactory = Callable[[str, int, Path, RuntimeSpec], VersionLoader]
 
 
 class ModelManager:
@@ -217,7 +219,7 @@ class ModelManager:
             entry.status = VersionStatus(version, State.LOADING)
             started = time.monotonic()
             try:
-                servable = self._new_loader(name, version, path).load()
+                servable = self._new_loader(name, version, path, model.config.runtime).load()
             except SealserveError as exc:
                 error = exc
             except Exception as exc:  # a bug or an unexpected TensorFlow failure
@@ -363,7 +365,9 @@ def _fingerprint(path: Path) -> tuple[float, int]:
 def loader_factory(
     keys: object, options: LoadOptions, metrics: Metrics | None = None
 ) -> LoaderFactory:
-    def new_loader(name: str, version: int, path: Path) -> VersionLoader:
-        return VersionLoader(name, version, path, keys, options, metrics)  # type: ignore[arg-type]
+    def new_loader(
+        name: str, version: int, path: Path, runtime: RuntimeSpec = DEFAULT_RUNTIME
+    ) -> VersionLoader:
+        return VersionLoader(name, version, path, keys, options, metrics, runtime)  # type: ignore[arg-type]
 
     return new_loader

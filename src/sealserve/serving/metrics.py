@@ -55,7 +55,7 @@ _RUNTIME_API = {
     "tensorflow/serving/classify": "Classify",
     "tensorflow/serving/regress": "Regress",
 }
-RUNTIME = "TF"  # TF Serving says "TF1" (sessions) or "TFRT"; we run TF2 functions
+RUNTIME = "TF"  # TF Serving says "TF1" (sessions) or "TFRT"; OpenVINO's runs say "OpenVINO"
 
 
 @dataclass(frozen=True)
@@ -206,16 +206,16 @@ class Metrics:
         self._child(self._request_count, model, status).inc()
         self._child(self._request_latency, model, api, entrypoint).observe(seconds * 1e6)
 
-    def record_runtime(self, model: str, api: str, seconds: float) -> None:
-        """Time inside the model run (TensorFlow), per run."""
+    def record_runtime(self, model: str, api: str, seconds: float, runtime: str = RUNTIME) -> None:
+        """Time inside the model run (TensorFlow or OpenVINO: `runtime`), per run."""
         model = self._model(model)
-        self._child(self._runtime_latency, model, api, RUNTIME).observe(seconds * 1e6)
+        self._child(self._runtime_latency, model, api, runtime).observe(seconds * 1e6)
 
-    def runtime_observer(self, model: str) -> Callable[[str, float], None]:
-        """A `Servable.run_observer` for `model`: (signature method name, seconds)."""
+    def runtime_observer(self, model: str) -> Callable[[str, float, str], None]:
+        """A `Servable.run_observer` for `model`: (signature method name, seconds, runtime)."""
 
-        def observe(method: str, seconds: float) -> None:
-            self.record_runtime(model, _RUNTIME_API.get(method, "Predict"), seconds)
+        def observe(method: str, seconds: float, runtime: str = RUNTIME) -> None:
+            self.record_runtime(model, _RUNTIME_API.get(method, "Predict"), seconds, runtime)
 
         return observe
 

@@ -1,8 +1,9 @@
 """The models to serve: from `--model_name/--model_base_path` or TF Serving's
 `--model_config_file` (text proto `ModelServerConfig { model_config_list { config {...} } }`).
 
-Parsed with TF Serving's own protos, so users bring their files unchanged. Produces plain
-`ModelConfig` values; nothing here loads anything. Thread safe.
+Parsed with TF Serving's own protos, so users bring their files unchanged. `model_platform`
+picks the runtime ("tensorflow", the default, or "openvino[:options]": see `runtimes`).
+Produces plain `ModelConfig` values; nothing here loads anything. Thread safe.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sealserve.errors import InvalidArgument, NotFound
+from sealserve.serving.runtimes import DEFAULT_RUNTIME, RuntimeSpec, parse_runtime
 from sealserve.serving.version_policy import LATEST_ONE, VersionPolicy
 
 
@@ -20,12 +22,15 @@ class ModelConfig:
     base_path: str
     version_policy: VersionPolicy = LATEST_ONE
     version_labels: dict[str, int] = field(default_factory=dict)
+    runtime: RuntimeSpec = DEFAULT_RUNTIME
 
 
-def single_model(name: str, base_path: str) -> list[ModelConfig]:
+def single_model(
+    name: str, base_path: str, runtime: RuntimeSpec = DEFAULT_RUNTIME
+) -> list[ModelConfig]:
     if not name:
         raise InvalidArgument("--model_name must not be empty")
-    return [ModelConfig(name=name, base_path=base_path)]
+    return [ModelConfig(name=name, base_path=base_path, runtime=runtime)]
 
 
 def parse_model_config_text(text: str, source: str) -> list[ModelConfig]:
@@ -51,17 +56,14 @@ def from_proto(message: object, source: str) -> list[ModelConfig]:
             raise InvalidArgument(f"{source}: a model config has no name")
         if not config.base_path:
             raise InvalidArgument(f"{source}: model {config.name} has no base_path")
-        if config.model_platform not in ("", "tensorflow"):
-            raise InvalidArgument(
-                f"{source}: model {config.name}: unsupported model_platform "
-                f"{config.model_platform!r} (only 'tensorflow')"
-            )
+        runtime = parse_runtime(config.model_platform, f"{source}: model {config.name}")
         models.append(
             ModelConfig(
                 name=config.name,
                 base_path=config.base_path,
                 version_policy=_policy(config.model_version_policy),
                 version_labels=dict(config.version_labels),
+                runtime=runtime,
             )
         )
     names = [m.name for m in models]

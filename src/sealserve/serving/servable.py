@@ -24,8 +24,9 @@ from sealserve.serving.tensorflow_runtime import import_tensorflow
 
 log = logging.getLogger(__name__)
 
-# (the signature's method name, seconds inside TensorFlow including the outputs' copy to numpy)
-RunObserver = Callable[[str, float], None]
+# (the signature's method name, seconds inside the runtime including the outputs' copy to
+# numpy, the runtime's label: "TF" or "OpenVINO")
+RunObserver = Callable[[str, float, str], None]
 # One signature's runner: inputs by alias -> outputs (numpy) by alias; the flag says the
 # signature's runs are quick (see `Servable.quick`)
 Runner = Callable[[Mapping[str, np.ndarray], bool], dict[str, np.ndarray]]
@@ -71,6 +72,7 @@ class Servable:
         self._resources = resources  # what the runners run on (a Session, variables)
         self._fast_run: dict[str, float] = {}  # per signature: its fastest recent run, s
         self.run_observer: RunObserver | None = None
+        self.runtime_labels: dict[str, str] = {}  # per signature, when not "TF"
 
     def signature(self, key: str) -> SignatureInfo:
         try:
@@ -99,7 +101,7 @@ class Servable:
         self._fast_run[key] = min(elapsed, self._fast_run.get(key, elapsed) * FAST_RUN_DRIFT)
         observer = self.run_observer
         if observer is not None:  # successful runs only, as TF Serving's runtime_latency
-            observer(self.signatures[key].method_name, elapsed)
+            observer(self.signatures[key].method_name, elapsed, self.runtime_labels.get(key, "TF"))
         return outputs
 
     def quick(self, key: str) -> bool:

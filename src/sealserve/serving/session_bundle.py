@@ -106,7 +106,7 @@ class SessionBundle:
                     callables[quick] = self._session._make_callable_from_options(in_caller)
                 return callables[quick]
 
-        checks = tuple((alias, _dims(signature.inputs[alias].tensor_shape)) for alias in inputs)
+        checks = tuple((alias, dims_of(signature.inputs[alias].tensor_shape)) for alias in inputs)
 
         def run(values: Mapping[str, np.ndarray], quick: bool) -> dict[str, np.ndarray]:
             for alias, dims in checks:
@@ -135,7 +135,7 @@ def check_shape(alias: str, shape: tuple[int, ...], dims: tuple[int | None, ...]
         )
 
 
-def _dims(proto: Any) -> tuple[int | None, ...] | None:
+def dims_of(proto: Any) -> tuple[int | None, ...] | None:
     if proto.unknown_rank:
         return None
     return tuple(None if d.size < 0 else int(d.size) for d in proto.dim)

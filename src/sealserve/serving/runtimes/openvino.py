@@ -1,0 +1,349 @@
+"""The OpenVINO runtime: a SavedModel's signatures converted in memory and run by OpenVINO.
+
+`convert_signatures` takes the SavedModel root the loader has decrypted into TensorFlow's
+in-memory file system (`ram://`), loads it with `tf.saved_model.load`, converts each
+signature's concrete function with OpenVINO's TensorFlow frontend (`convert_function`: an
+in-memory graph walk; no IR, no SavedModel copy, no tracing through files), and compiles it
+for the CPU with the model cache off (`CACHE_DIR` empty): no plaintext model, IR or compiled
+blob is written anywhere.
+
+Precision is explicit: `INFERENCE_PRECISION_HINT` is f32 unless the model asks for bf16 (the
+CPU plugin would otherwise pick bf16 by itself on CPUs with AMX). Before a signature is used,
+the accuracy gate compares its outputs with TensorFlow's on the warm-up requests and on
+generated inputs (`accuracy.Agreement`); a signature outside the configured bounds refuses
+the whole model (InvalidArgument: the version ends with the figures in its status).
+
+A signature OpenVINO cannot convert is listed in `Converted.unconverted` with the operations
+it lacks; the loader runs those on TensorFlow (one warning), unless the spec is strict, in
+which case the model is refused here.
+
+Runners are thread safe: each run borrows one of a pool of infer requests (created on
+demand, at most `INFER_REQUESTS`), so concurrent requests run in OpenVINO's streams side by
+side without a lock around the model; OpenVINO releases the GIL while it infers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import re
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from sealserve.errors import InvalidArgument
+from sealserve.serving.runtimes import RuntimeSpec
+from sealserve.serving.runtimes.accuracy import Agreement
+from sealserve.serving.servable import Runner
+from sealserve.serving.session_bundle import check_shape, dims_of
+from sealserve.serving.tensor_proto import data_type_name, numpy_dtype
+from sealserve.serving.tensorflow_runtime import import_tensorflow
+
+log = logging.getLogger(__name__)
+
+INFER_REQUESTS = 8  # per signature: more than the gRPC threads or batch threads that call
+GENERATED_RUNS = 2  # generated inputs for the accuracy gate: runs of GENERATED_BATCH rows
+GENERATED_BATCH = 8
+OPENVINO_TYPES = {"fp32": "f32", "bf16": "bf16"}
+
+# A request to replay: (signature key, inputs by alias)
+GateInput = tuple[str, Mapping[str, np.ndarray]]
+
+
+@dataclass
+class Converted:
+    """What `convert_signatures` made: runners of the converted signatures, the compiled
+    models they run on, and the signatures left to TensorFlow (key -> why)."""
+
+    runners: dict[str, Runner] = field(default_factory=dict)
+    compiled: dict[str, Any] = field(default_factory=dict)
+    unconverted: dict[str, str] = field(default_factory=dict)
+    accuracy: dict[str, Agreement] = field(default_factory=dict)
+    precision: str = "fp32"
+
+
+@functools.cache
+def import_openvino() -> ModuleType:
+    """The one way sealserve imports OpenVINO. `import openvino` imports its model converter
+    `openvino.tools.ovc`, whose import sends a usage event to Google Analytics and writes a
+    client id and statistics under $HOME (`openvino_telemetry`: on unless a consent file in
+    the host's home directory says otherwise). Neither is used here: with both modules
+    blocked, openvino's own `except ImportError` skips the converter, and nothing leaves
+    the process."""
+    for blocked in ("openvino.tools.ovc", "openvino_telemetry"):
+        sys.modules.setdefault(blocked, None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
+@functools.cache
+def _core() -> Any:
+    """One OpenVINO Core per process (thread safe for compiling and inferring)."""
+    return import_openvino().Core()
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs bf16 natively (AVX-512 BF16 or AMX), as OpenVINO reports it."""
+    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def convert_signatures(
+    model: str,
+    root: str,
+    signature_defs: Mapping[str, Any],
+    keys: Sequence[str],
+    tags: Sequence[str],
+    spec: RuntimeSpec,
+    gate_inputs: Sequence[GateInput] = (),
+) -> Converted:
+    """Convert, compile and check signatures `keys` of the SavedModel at `root`; `model`
+    names the version in messages. Raises InvalidArgument if the model must be refused."""
+    tf = import_tensorflow()
+    precision = spec.precision
+    if precision == "bf16" and not bf16_supported():
+        log.warning("%s: this CPU has no bf16 support; running OpenVINO in fp32", model)
+        precision = "fp32"
+    converted = Converted(precision=precision)
+    try:
+        loaded = tf.saved_model.load(root, tags=list(tags))
+    except (RuntimeError, ValueError, KeyError, OSError, tf.errors.OpError) as exc:
+        raise InvalidArgument(f"TensorFlow cannot load the SavedModel: {_brief(exc)}") from None
+    config = {
+        "INFERENCE_PRECISION_HINT": OPENVINO_TYPES[precision],
+        "PERFORMANCE_HINT": spec.hint.upper(),
+        "CACHE_DIR": "",  # never a compiled blob on disk
+    }
+    for key in keys:
+        function = loaded.signatures.get(key)
+        if function is None:
+            converted.unconverted[key] = "not a function of the SavedModel's object graph"
+            continue
+        strings = _string_operations(function, signature_defs[key])
+        if strings:
+            converted.unconverted[key] = strings
+            continue
+        try:
+            ov_model = convert_function(function)
+            bindings = _Bindings.of(ov_model, signature_defs[key])
+            compiled = _core().compile_model(ov_model, "CPU", config)
+        except Exception as exc:  # the frontend raises many types; each means "cannot convert"
+            converted.unconverted[key] = unsupported_operations(exc)
+            continue
+        del ov_model  # compiled holds its own (repacked) weights
+        converted.compiled[key] = compiled
+        converted.runners[key] = _runner(compiled, bindings, signature_defs[key])
+    if converted.unconverted and spec.strict:
+        key, reason = next(iter(sorted(converted.unconverted.items())))
+        raise InvalidArgument(
+            f"signature {key} cannot run on OpenVINO ({reason}) and the model's runtime is strict"
+        )
+    for key in converted.runners:
+        converted.accuracy[key] = _check_accuracy(
+            model, key, loaded.signatures[key], converted.runners[key], signature_defs[key],
+            [inputs for k, inputs in gate_inputs if k == key], spec, precision,
+        )  # fmt: skip
+    return converted
+
+
+def convert_function(function: Any) -> Any:
+    """An `ov.Model` of a TensorFlow concrete function, through the TensorFlow frontend
+    directly: the graph is walked in memory. (`ov.convert_model` does the same, wrapped in
+    its telemetry, which would write a client id under the home directory and send usage
+    events over the network.) The weights are copied, not shared: shared, they would point
+    into TensorFlow's variables, which die with the loaded SavedModel while the compiled
+    model may still read them."""
+    import_openvino()
+    from openvino.frontend import FrontEndManager
+    from openvino.frontend.tensorflow.utils import create_tf_graph_iterator
+
+    iterator = create_tf_graph_iterator(function, None, None, None, False)
+    frontend = FrontEndManager().load_by_framework("tf")
+    return frontend.convert(frontend.load(iterator, False))
+
+
+STRING_DTYPE = 7  # DT_STRING
+_STRING_OPS = re.compile(r"Parse|String|Regex|Decode|Encode|Substr|Reduce?Join|Unicode|Lookup")
+
+
+def _string_operations(function: Any, signature: Any) -> str:
+    """Why a signature with string tensors is not converted ("" if it has none), naming the
+    operations on strings: OpenVINO's CPU plugin does not run string tensors, and its
+    frontend has been seen to abort the process on some string graphs (TF 2.21, OV 2026.4)
+    rather than raise, so such signatures are never handed to it."""
+    tensors = [*signature.inputs.values(), *signature.outputs.values()]
+    graph = function.graph.as_graph_def()
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    named = sorted({n.op for n in nodes if _STRING_OPS.search(n.op)}) or sorted(
+        {n.op for n in nodes if n.op == "Const" and n.attr["dtype"].type == STRING_DTYPE}
+    )
+    if not named and all(t.dtype != STRING_DTYPE for t in tensors):
+        return ""
+    operations = ("op " if len(named) == 1 else "ops ") + ", ".join(named) if named else ""
+    return f"{operations or 'string tensors'}: OpenVINO does not run strings"
+
+
+def unsupported_operations(exc: BaseException) -> str:
+    """The operations a conversion error names ("op X, Y"), or its first line."""
+    text = str(exc)
+    found = re.search(r"No conversion rule found for operations?:\s*([A-Za-z0-9_, ]+)", text)
+    if found:
+        names = [n.strip() for n in found.group(1).split(",") if n.strip()]
+        return ("op " if len(names) == 1 else "ops ") + ", ".join(names)
+    return _brief(exc)
+
+
+@dataclass(frozen=True)
+class _Bindings:
+    """Which port of the converted model each alias of the signature is."""
+
+    inputs: tuple[tuple[str, int], ...]
+    outputs: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, ov_model: Any, signature: Any) -> _Bindings:
+        def ports(nodes: Sequence[Any], aliases: Sequence[str], kind: str) -> list[tuple[str, int]]:
+            names = [set(node.get_names()) for node in nodes]
+            found = []
+            for alias in aliases:
+                index = next((i for i, n in enumerate(names) if alias in n), None)
+                if index is None:
+                    raise ValueError(f"the converted model has no {kind} named {alias}")
+                found.append((alias, index))
+            return found
+
+        return cls(
+            tuple(ports(ov_model.inputs, sorted(signature.inputs), "input")),
+            tuple(ports(ov_model.outputs, sorted(signature.outputs), "output")),
+        )
+
+
+class _InferRequests:
+    """A pool of infer requests of one compiled model, created on demand."""
+
+    def __init__(self, compiled: Any, limit: int) -> None:
+        self._compiled, self._limit, self._made = compiled, limit, 0
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._lock = threading.Lock()
+
+    def take(self) -> Any:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._made < self._limit:
+                self._made += 1
+                return self._compiled.create_infer_request()
+        return self._idle.get()
+
+    def give_back(self, request: Any) -> None:
+        self._idle.put(request)
+
+
+def _runner(compiled: Any, bindings: _Bindings, signature: Any) -> Runner:
+    pool = _InferRequests(compiled, INFER_REQUESTS)
+    checks = tuple(
+        (alias, dims_of(signature.inputs[alias].tensor_shape)) for alias, _ in bindings.inputs
+    )
+    dtypes = {
+        alias: numpy_dtype(data_type_name(signature.outputs[alias].dtype))
+        for alias, _ in bindings.outputs
+    }
+
+    def run(values: Mapping[str, np.ndarray], quick: bool) -> dict[str, np.ndarray]:
+        for alias, dims in checks:
+            check_shape(alias, values[alias].shape, dims)
+        feeds = {index: np.ascontiguousarray(values[alias]) for alias, index in bindings.inputs}
+        request = pool.take()
+        try:
+            # share_inputs: OpenVINO reads the request's own arrays, no copy; outputs are
+            # copied out, since the infer request is reused by the next run
+            request.infer(feeds, share_inputs=True)
+            results = {
+                alias: request.get_output_tensor(index).data.copy()
+                for alias, index in bindings.outputs
+            }
+        except RuntimeError as exc:  # OpenVINO's errors for inputs it cannot run on
+            raise InvalidArgument(_brief(exc)) from None
+        finally:
+            pool.give_back(request)
+        # OpenVINO may compute in a narrower type (i32 for i64 indices): answer in the
+        # signature's own dtypes, as TensorFlow does
+        return {
+            alias: array if array.dtype == dtypes[alias] else array.astype(dtypes[alias])
+            for alias, array in results.items()
+        }
+
+    return run
+
+
+def generated_inputs(
+    signature: Any, runs: int, batch: int, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Random inputs fitting `signature`: unknown dimensions are `batch` for the first and 1
+    for others; floats uniform in [0, 1) (image-like), integers in [0, 10). Empty when an
+    input cannot be generated (strings, unknown rank)."""
+    rng = np.random.default_rng(seed)
+    made: list[dict[str, np.ndarray]] = []
+    for _ in range(runs):
+        inputs: dict[str, np.ndarray] = {}
+        for alias, info in sorted(signature.inputs.items()):
+            dims = dims_of(info.tensor_shape)
+            try:
+                dtype = numpy_dtype(data_type_name(info.dtype))
+            except InvalidArgument:
+                return []
+            if dims is None:
+                return []
+            shape = tuple((batch if i == 0 else 1) if d is None else d for i, d in enumerate(dims))
+            if dtype.kind == "f":
+                inputs[alias] = rng.random(shape).astype(dtype)
+            elif dtype.kind in "iu":
+                inputs[alias] = rng.integers(0, 10, shape).astype(dtype)
+            elif dtype.kind == "b":
+                inputs[alias] = rng.random(shape) < 0.5
+            else:
+                return []
+        made.append(inputs)
+    return made
+
+
+def _check_accuracy(
+    model: str,
+    key: str,
+    function: Any,
+    runner: Runner,
+    signature: Any,
+    warmup: list[Mapping[str, np.ndarray]],
+    spec: RuntimeSpec,
+    precision: str,
+) -> Agreement:
+    max_error, min_agreement = spec.bounds
+    agreement = Agreement()
+    for inputs in [*warmup, *generated_inputs(signature, GENERATED_RUNS, GENERATED_BATCH)]:
+        reference = {alias: t.numpy() for alias, t in function(**inputs).items()}
+        try:
+            agreement.add(reference, runner(inputs, False))
+        except (ValueError, InvalidArgument) as exc:
+            raise InvalidArgument(
+                f"signature {key} on OpenVINO {precision} does not answer as TensorFlow: {exc}"
+            ) from None
+    if agreement.max_relative_error > max_error or agreement.top1_agreement < min_agreement:
+        raise InvalidArgument(
+            f"signature {key} on OpenVINO {precision} misses the accuracy bounds (max relative "
+            f"error {max_error:g}, min top-1 agreement {min_agreement:g}): {agreement.summary()}"
+        )
+    log.info("%s: signature %s on OpenVINO %s: %s", model, key, precision, agreement.summary())
+    return agreement
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
