@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine (python3, pip, make, git):
 #   make demo   create .venv, install, run the confidential-serving flow end to end
-#   make test   install what the tests need and run the whole suite
+#   make test   install what the tests need and run the whole suite (every tier)
+#   make test-quick   the unit tier only (no server, no TensorFlow, no child process): seconds
+#   make check  lint (ruff), format (ruff format --check), types (mypy src), import contracts
 #   make cluster-demo   two KBS on one PostgreSQL, three attested replicas behind nginx, killed
 #                       and restarted under load (needs root or sudo for the Debian packages)
 PYTHON ?= python3
@@ -8,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 BENCH_VENV := .venv-bench
 
-.PHONY: install test demo cluster-demo system-deps bench bench-deps bench-serving lint clean
+.PHONY: install test test-quick check demo cluster-demo system-deps bench bench-deps bench-serving clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-test
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,dev]'
 	touch $@
 
 $(VENV)/.installed-postgres: $(VENV)/.installed
@@ -49,6 +55,10 @@ system-deps:
 test: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m pytest
 
+# The tiers are pytest markers (tests/conftest.py assigns them): unit, integration, e2e.
+test-quick: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m unit
+
 demo: install
 	$(BIN)/python -m sealserve.tools.demo
 
@@ -74,11 +84,13 @@ bench: install bench-deps
 	$(BIN)/python benchmarks/protected_files.py
 	$(BIN)/python benchmarks/serving.py
 
-lint: install
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+CHECKED := src tests benchmarks
+
+check: $(VENV)/.installed-dev
+	$(BIN)/ruff check $(CHECKED)
+	$(BIN)/ruff format --check $(CHECKED)
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .demo .cluster-demo .pytest_cache .hypothesis

@@ -1,5 +1,16 @@
-"""Shared test fixtures: the real test vectors, key material, and one generated model per
-session (TensorFlow is imported once, and only by the tests that need it)."""
+"""Shared test fixtures (the real test vectors, key material, one generated model per session:
+TensorFlow is imported once, and only by the tests that need it) and the suite's tiers.
+
+Tiers are pytest markers, assigned here rather than in each file (`pytest -m unit`):
+- `e2e`: the product as a user runs it, across processes (the `sealserve` command, the demo,
+  the cluster): the modules in `E2E_MODULES`;
+- `integration`: real components in-process: TensorFlow models, servers on loopback (REST,
+  gRPC, KBS), PostgreSQL, child processes: a test that uses a fixture in
+  `INTEGRATION_FIXTURES` (directly or through another fixture) or lives in a module of
+  `INTEGRATION_MODULES` (whose tests start such things themselves);
+- `unit`: everything else: pure Python in-process, seconds for the whole tier.
+A test may carry one of the three markers itself; then that one holds.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +22,49 @@ from pathlib import Path
 import pytest
 
 from tests.testvectors import TESTVECTORS  # noqa: F401 - importing checks they exist
+
+TIERS = ("unit", "integration", "e2e")
+
+E2E_MODULES = {
+    "tests/test_attested_serving.py",
+    "tests/test_cli.py",
+    "tests/test_cluster.py",
+    "tests/test_demo.py",
+    "tests/test_serve_cli.py",
+}
+
+# Fixtures that make a TensorFlow model, start a server or a database; the fixtures built on
+# them (`server`, `kbs`, `client_plain_server`, ...) need not be listed.
+INTEGRATION_FIXTURES = {
+    "half_plus_two",
+    "digits_model",
+    "resnet50_model",
+    "keras_wrapped_model",
+    "frozen_graph",
+    "kbs_module",
+    "pg_url",
+}
+
+INTEGRATION_MODULES: set[str] = set()
+
+
+def tier(item: pytest.Item) -> str:
+    own = [m.name for m in item.iter_markers() if m.name in TIERS]
+    if own:
+        return own[0]
+    module = Path(item.fspath).relative_to(Path(__file__).parent.parent).as_posix()
+    if module in E2E_MODULES:
+        return "e2e"
+    if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(
+        getattr(item, "fixturenames", ())
+    ):
+        return "integration"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(tier(item))
 
 
 @pytest.fixture
