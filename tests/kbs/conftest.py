@@ -4,7 +4,12 @@ background thread) per module, with an injectable clock reset before every test.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -147,3 +152,57 @@ def kbs(kbs_module: Kbs) -> Kbs:
     kbs_module.store.put_resource(RESOURCE, SECRET)
     kbs_module.store.set_policy(RESOURCE, POLICY, "toml")
     return kbs_module
+
+
+# --- a throwaway PostgreSQL server (module scope; skipped without its binaries) ---------------
+
+KBS_TABLES = ("kbs_resources", "kbs_policies", "kbs_audit", "kbs_checkpoints", "kbs_meta")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+INITDB = shutil.which("initdb") or str(PG_BIN / "initdb")
+PG_CTL = shutil.which("pg_ctl") or str(PG_BIN / "pg_ctl")
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def _run(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    if not (os.path.exists(INITDB) and os.path.exists(PG_CTL)):
+        pytest.skip("PostgreSQL server binaries not installed")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: initdb refuses root")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = Path(tempfile.mkdtemp(prefix="kbs-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+    _run(_as_postgres([INITDB, "-D", str(data), "-A", "trust", "-U", "postgres"]))
+    _run(
+        _as_postgres(
+            [
+                PG_CTL,
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(base / "log"),
+                "-o",
+                f"-k {sock} -h '' -p {port}",
+                "start",
+            ]
+        )
+    )
+    try:
+        yield f"postgresql://postgres@/postgres?host={sock}&port={port}"
+    finally:
+        _run(_as_postgres([PG_CTL, "-D", str(data), "-m", "fast", "stop"]))
+        shutil.rmtree(base, ignore_errors=True)

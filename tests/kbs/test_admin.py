@@ -98,7 +98,7 @@ def test_cli_secret_policy_audit(
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
     assert [r["decision"] for r in lines if r["action"] == "release"] == ["allowed"]
-    assert "audit chain verified" in captured.err
+    assert "audit records authenticated by the KBS" in captured.err
     assert "KKKK" not in captured.out
 
     assert cli.run(_args(kbs, token_file, "secret", "delete", resource)) == 0

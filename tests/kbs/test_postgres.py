@@ -4,12 +4,6 @@ machine has no PostgreSQL binaries or psycopg): same behaviour as the SQLite sto
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from joserfc.jwk import ECKey
@@ -20,64 +14,15 @@ from sealserve.kbs.jwe import open_resource
 from sealserve.kbs.protocol import PROTOCOL_VERSION, b64encode, report_data_for, tee_pubkey_jwk
 from sealserve.kbs.service import KbsConfig, KbsService
 from sealserve.kbs.store import MasterKey, open_store
-from tests.kbs.conftest import POLICY, RESOURCE, SECRET, SIM_NOW, Clock
+from tests.kbs.conftest import KBS_TABLES, POLICY, RESOURCE, SECRET, SIM_NOW, Clock
 
 psycopg = pytest.importorskip("psycopg")
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-INITDB = shutil.which("initdb") or str(PG_BIN / "initdb")
-PG_CTL = shutil.which("pg_ctl") or str(PG_BIN / "pg_ctl")
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def _run(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    if not (os.path.exists(INITDB) and os.path.exists(PG_CTL)):
-        pytest.skip("PostgreSQL server binaries not installed")
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: initdb refuses root")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base = Path(tempfile.mkdtemp(prefix="kbs-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
-    _run(_as_postgres([INITDB, "-D", str(data), "-A", "trust", "-U", "postgres"]))
-    _run(
-        _as_postgres(
-            [
-                PG_CTL,
-                "-D",
-                str(data),
-                "-w",
-                "-l",
-                str(base / "log"),
-                "-o",
-                f"-k {sock} -h '' -p {port}",
-                "start",
-            ]
-        )
-    )
-    try:
-        yield f"postgresql://postgres@/postgres?host={sock}&port={port}"
-    finally:
-        _run(_as_postgres([PG_CTL, "-D", str(data), "-m", "fast", "stop"]))
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
 def pg_store(pg_url: str):  # type: ignore[no-untyped-def]
     with psycopg.connect(pg_url, autocommit=True) as db:
-        for table in ("kbs_resources", "kbs_policies", "kbs_audit"):
+        for table in KBS_TABLES:
             db.execute(f"DROP TABLE IF EXISTS {table}")
     store = open_store(pg_url, MasterKey(os.urandom(32)))
     yield store

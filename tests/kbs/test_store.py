@@ -83,11 +83,11 @@ def test_ciphertext_moved_to_another_path_does_not_decrypt(
     db = sqlite3.connect(tmp_path / "kbs.db")
     with db:
         db.execute(
-            "UPDATE resources SET ciphertext=(SELECT ciphertext FROM resources "
+            "UPDATE kbs_resources SET ciphertext=(SELECT ciphertext FROM kbs_resources "
             "WHERE path='repo/key/a') WHERE path='repo/key/b'"
         )
     db.close()
-    with pytest.raises(DataLoss, match="cannot be authenticated") as err:
+    with pytest.raises(DataLoss, match="not the one the KBS wrote") as err:
         store.get_resource("repo/key/b")
     assert SECRET.hex() not in str(err.value)
 
@@ -130,7 +130,7 @@ def test_audit_chain_verifies_and_detects_an_edited_row(tmp_path: Path, store: S
     assert all(b.prev_hash == a.hash for a, b in zip(records, records[1:], strict=False))
     db = sqlite3.connect(tmp_path / "kbs.db")
     with db:
-        db.execute("UPDATE audit SET decision='allowed' WHERE seq=3")
+        db.execute("UPDATE kbs_audit SET decision='allowed' WHERE seq=3")
     db.close()
     status = store.verify_chain()
     assert not status.ok and status.first_bad_seq == 3 and "hash" in status.reason
@@ -140,14 +140,14 @@ def test_audit_chain_detects_a_deleted_row(tmp_path: Path, store: SqliteStore) -
     _fill_audit(store, 4)
     db = sqlite3.connect(tmp_path / "kbs.db")
     with db:
-        db.execute("DELETE FROM audit WHERE seq=2")
+        db.execute("DELETE FROM kbs_audit WHERE seq=2")
     db.close()
     status = store.verify_chain()
     assert not status.ok and status.first_bad_seq == 3
 
 
 def test_audit_chain_detects_a_rehashed_row(tmp_path: Path, store: SqliteStore) -> None:
-    """Editing a row and fixing its own hash still breaks the next record's prev_hash."""
+    """Editing a row and fixing its own hash: its MAC (keyed) no longer verifies."""
     from sealserve.kbs.store import audit_hash
 
     _fill_audit(store, 4)
@@ -156,10 +156,10 @@ def test_audit_chain_detects_a_rehashed_row(tmp_path: Path, store: SqliteStore) 
     new_hash = audit_hash(record)
     db = sqlite3.connect(tmp_path / "kbs.db")
     with db:
-        db.execute("UPDATE audit SET reason='forged', hash=? WHERE seq=2", (new_hash,))
+        db.execute("UPDATE kbs_audit SET reason='forged', hash=? WHERE seq=2", (new_hash,))
     db.close()
     status = store.verify_chain()
-    assert not status.ok and status.first_bad_seq == 3
+    assert not status.ok and status.first_bad_seq == 2 and "MAC" in status.reason
 
 
 def test_policies_are_stored(store: SqliteStore) -> None:

@@ -368,31 +368,125 @@ def run_policy(args: argparse.Namespace) -> int:
 
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resource", help="only records of this resource")
-    parser.add_argument("--since", type=int, default=0, help="records after this sequence")
-    parser.add_argument("--limit", type=int, default=1000)
-    _add_admin_connection(parser)
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "verify"],
+        default="show",
+        help="show (default): records from a running KBS, each authenticated by it; verify: "
+        "check the whole log offline, from the database, with the KBS's public key",
+    )
+    parser.add_argument("--resource", help="show: only records of this resource")
+    parser.add_argument("--since", type=int, default=0, help="show: records after this seq")
+    parser.add_argument("--limit", type=int, default=1000, help="show: at most this many")
+    parser.add_argument("--url", help="show: the KBS, https://host:port")
+    parser.add_argument("--ca", help="show: PEM of the CA that signed the KBS's certificate")
+    parser.add_argument(
+        "--admin-token-file", help=f"show: admin token file (or ${ADMIN_TOKEN_ENV})"
+    )
+    parser.add_argument("--checkpoint-out", help="show: write the latest signed checkpoint here")
+    parser.add_argument("--db", help="verify: the SQLite file or postgresql:// URL")
+    parser.add_argument(
+        "--public-key", help="verify: the KBS's signing key, public (or private) PEM"
+    )
+    parser.add_argument(
+        "--from-checkpoint",
+        help="verify: start at this signed checkpoint (a file kept outside the database)",
+    )
+    parser.add_argument(
+        "--master-key", help="verify: also check every record's MAC with the master key"
+    )
     parser.set_defaults(kbs_run=run_audit)
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    """Print the records as JSON lines; exit 1 if the hash chain does not verify."""
+    """show: print the records as JSON lines (exit 1 if one fails authentication); verify:
+    the whole chain offline (exit 1 if it is broken)."""
+    if args.action == "verify":
+        return _run_audit_verify(args)
     from urllib.parse import urlencode
 
+    if not args.url:
+        raise InvalidArgument("give --url (or use `sealserve kbs audit verify --db ...`)")
     query = {"since": args.since, "limit": args.limit}
     if args.resource:
         query["resource"] = args.resource
     result = _admin_call(args, "GET", "/kbs/v0/audit?" + urlencode(query))
     for record in result["records"]:
         print(json.dumps(record, sort_keys=True))
+    checkpoint = result.get("checkpoint")
+    if args.checkpoint_out and checkpoint:
+        with atomic_output_file(Path(args.checkpoint_out), replace=True) as out:
+            out.write(checkpoint["signed"].encode() + b"\n")
     chain = result["chain"]
     if not chain["ok"]:
         print(
-            f"audit chain BROKEN at record {chain['first_bad_seq']}: {chain['reason']}",
+            f"audit record {chain['first_bad_seq']} FAILS AUTHENTICATION: {chain['reason']}",
             file=sys.stderr,
         )
         return 1
-    print(f"audit chain verified ({chain['records']} records)", file=sys.stderr)
+    where = f"; latest signed checkpoint at {checkpoint['seq']}" if checkpoint else ""
+    print(
+        f"{chain['records']} audit records authenticated by the KBS{where} "
+        "(`sealserve kbs audit verify` checks the whole chain)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _run_audit_verify(args: argparse.Namespace) -> int:
+    from sealserve.kbs.audit_verify import load_public_key, verify_audit_log
+    from sealserve.kbs.sealing import MasterKey
+
+    if not args.db or not args.public_key:
+        raise InvalidArgument("audit verify needs --db and --public-key")
+    public_key = load_public_key(read_user_file(args.public_key, "KBS public key"))
+    start = None
+    if args.from_checkpoint:
+        start = read_user_file(args.from_checkpoint, "checkpoint file").decode("ascii", "replace")
+    master = MasterKey.load(args.master_key) if args.master_key else None
+    status = verify_audit_log(args.db, public_key, from_checkpoint=start, master_key=master)
+    if not status.ok:
+        print(
+            f"audit log BROKEN at record {status.first_bad_seq}: {status.reason}",
+            file=sys.stderr,
+        )
+        return 1
+    last = status.first_seq + status.records - 1
+    covered = (
+        "every record's MAC checked"
+        if master is not None
+        else f"{max(0, last - max(status.last_checkpoint_seq, status.first_seq - 1))} records "
+        "after the last checkpoint are covered by the hash chain only"
+    )
+    print(
+        f"audit log verified: records {status.first_seq}..{last}, {status.checkpoints} signed "
+        f"checkpoints (the last at {status.last_checkpoint_seq}); {covered}"
+    )
+    return 0
+
+
+def add_migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, help="the schema-1 SQLite file or postgresql:// URL")
+    parser.add_argument("--master-key", required=True, help="the KBS master key file")
+    parser.add_argument("--signing-key", required=True, help="the KBS signing key PEM")
+    parser.set_defaults(kbs_run=run_migrate)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """Upgrade a schema-1 store in place (`kbs.migrate`)."""
+    from sealserve.kbs.migrate import migrate_store
+    from sealserve.kbs.sealing import MasterKey
+
+    try:
+        signing = ECKey.import_key(read_user_file(args.signing_key, "KBS signing key"))
+    except ValueError as err:
+        raise InvalidArgument(f"{args.signing_key} is not an EC private key: {err}") from None
+    done = migrate_store(args.db, MasterKey.load(args.master_key), signing)
+    print(
+        f"KBS store upgraded: {done.resources} secrets, {done.policies} policies, "
+        f"{done.audit_records} audit records; review the policies (`sealserve kbs policy show`)"
+    )
     return 0
 
 
@@ -449,7 +543,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_serve_arguments(sub.add_parser("serve", help="run the key broker (HTTPS)"))
     add_secret_arguments(sub.add_parser("secret", help="put|list|delete secrets"))
     add_policy_arguments(sub.add_parser("policy", help="set|show resource policies"))
-    add_audit_arguments(sub.add_parser("audit", help="print and verify the audit log"))
+    add_audit_arguments(sub.add_parser("audit", help="show or verify the audit log"))
+    add_migrate_arguments(
+        sub.add_parser("migrate", help="upgrade a store of an older sealserve (schema 1)")
+    )
     add_secret_prov_arguments(
         sub.add_parser("secret-prov", help="map|show what Gramine's secret provisioning releases")
     )

@@ -1,25 +1,35 @@
-"""KBS storage: secrets encrypted at rest, per-resource policies, and a hash-chained audit log.
+"""KBS storage: secrets, per-resource policies and the audit log, tamper-evident against
+anyone who can write the database but does not hold the master key.
 
-`KbsStore` is the interface; `SqliteStore` the embedded backend (stdlib `sqlite3`); `open_store`
-picks a backend by location (a path or `sqlite:///path`; `postgresql://...` → `kbs.postgres`).
+`KbsStore` is the interface the service uses; `SqlStore` its one SQL implementation, on
+SQLite (`SqliteStore`, a file) or PostgreSQL (`PostgresStore`, replicas sharing one database)
+through `kbs.dialects`; `open_store(location, key)` picks by location. `AuditReader` reads the
+audit log without the master key, for offline verification.
 
-Invariants:
+Invariants (schema 2; keys in `kbs.sealing`, chain in `kbs.audit`):
 
-- Secrets are stored only as AES-256-GCM ciphertext under the KBS master key (32 bytes,
-  `MasterKey.load`, a 0600 file), with a fresh 96-bit nonce per write and AAD
-  `"sealserve-kbs-resource-v1\\0" + <resource path>`, so a ciphertext moved to another row does
-  not decrypt (`DataLoss`). The plaintext never reaches the database file, logs or `repr`.
-- Every write is one transaction; the database runs in WAL mode with `synchronous=FULL`, so a
-  committed write survives a crash (SIGKILL, power loss) and an uncommitted one leaves nothing.
-- The audit log is append-only and hash-chained: each record's `hash` is SHA-256 of the RFC 8785
-  canonical JSON of its fields including `prev_hash` (the previous record's hash; 64 zeros for
-  the first). `verify_chain()` recomputes it and names the first record that does not match,
-  so an edited, deleted or reordered row is detected (truncating the tail is not: keep copies
-  of the latest hash elsewhere if that matters).
+- A secret is stored only as AES-256-GCM ciphertext bound to its path and version; a
+  policy carries an HMAC over its path, version, format and text.
+- The *manifest* (one row of `kbs_meta`, HMAC'd) names every resource with its version and
+  the SHA-256 of its ciphertext, and every policy with its version and MAC, plus a generation
+  counter bumped by every write. A row put back from an older state, swapped with another
+  row, deleted or added behind the KBS's back no longer matches the manifest; a whole
+  manifest rolled back is refused while this process runs (its generation went down).
+- Anything that does not authenticate raises `sealing.TamperDetected` and is logged; the
+  service then refuses the release and audits why.
+- The audit log is a hash chain with an HMAC per record; every append first authenticates
+  the current tail (and refuses a tail that went backwards), so a rewritten or truncated tail
+  stops the KBS releasing anything until an operator looks.
+- Every write is one transaction, serialised across processes (dialects); a committed write
+  survives a crash, an uncommitted one leaves nothing.
+- Schema 1 stores (unauthenticated policies, unkeyed audit chain) are refused with the
+  command that upgrades them (`sealserve kbs migrate`, `kbs.migrate`).
 
-Thread safety: one connection guarded by a lock; safe to share between threads (the HTTP
-adapter runs store calls in worker threads). Several processes may open the same file (SQLite
-locking), each with its own `SqliteStore`.
+What this cannot see: the whole database replaced by an older copy of itself while the KBS
+is stopped. Keep the latest signed audit checkpoint outside the database
+(`sealserve kbs audit verify --from-checkpoint`) to detect that.
+
+Thread safety: one connection guarded by a lock; safe to share between threads.
 """
 
 from __future__ import annotations
@@ -28,98 +38,63 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-import sqlite3
-import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import rfc8785
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sealserve.errors import (
-    AlreadyExists,
-    DataLoss,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
+from sealserve.errors import FailedPrecondition, InvalidArgument, NotFound
+from sealserve.kbs.audit import (
+    AUDIT_COLUMNS,
+    GENESIS_HASH,
+    AuditRecord,
+    ChainStatus,
+    ChainVerifier,
+    audit_hash,
+    record_from_row,
 )
-from sealserve.fsio import (
-    PRIVATE_DIR_MODE,
-    PRIVATE_FILE_MODE,
-    atomic_output_file,
-    read_user_file,
-)
+from sealserve.kbs.dialects import Dialect, PostgresDialect, SqliteDialect, dialect_for
 from sealserve.kbs.protocol import check_resource_path
+from sealserve.kbs.sealing import (
+    MASTER_KEY_SIZE,
+    MasterKey,
+    TamperDetected,
+    generate_master_key_file,
+)
+
+__all__ = [
+    "AuditReader",
+    "AuditRecord",
+    "ChainStatus",
+    "DEFAULT_POLICY",
+    "GENESIS_HASH",
+    "KbsStore",
+    "MASTER_KEY_SIZE",
+    "MasterKey",
+    "OldSchema",
+    "PostgresStore",
+    "ResourceInfo",
+    "SECRET_PROV_MAP",
+    "SqlStore",
+    "SqliteStore",
+    "TamperDetected",
+    "audit_hash",
+    "check_policy_key",
+    "generate_master_key_file",
+    "open_store",
+]
 
 log = logging.getLogger(__name__)
 
-MASTER_KEY_SIZE = 32
-GENESIS_HASH = "0" * 64
 #: The policy key that applies to resources without a policy of their own.
 DEFAULT_POLICY = "default"
 SECRET_PROV_MAP = "secret-prov"
-_AAD_PREFIX = b"sealserve-kbs-resource-v1\x00"
-_NONCE_SIZE = 12
-
-
-class MasterKey:
-    """The KBS master key (AES-256). Its bytes never appear in `repr`, logs or messages."""
-
-    __slots__ = ("_aead",)
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) != MASTER_KEY_SIZE:
-            raise InvalidArgument(f"the KBS master key must be {MASTER_KEY_SIZE} bytes")
-        self._aead = AESGCM(bytes(key))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> MasterKey:
-        """Read a 32-byte key file; refuse one readable by group or others (secure default)."""
-        path = Path(path)
-        raw = read_user_file(path, "KBS master key file")
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise FailedPrecondition(
-                f"KBS master key file {path} is accessible to other users (mode "
-                f"{mode & 0o777:o}); chmod 600 it"
-            )
-        if len(raw) != MASTER_KEY_SIZE:
-            raise InvalidArgument(
-                f"KBS master key file {path} must hold {MASTER_KEY_SIZE} raw bytes "
-                f"(it has {len(raw)})"
-            )
-        return cls(raw)
-
-    def encrypt(self, path: str, plaintext: bytes) -> bytes:
-        nonce = secrets.token_bytes(_NONCE_SIZE)
-        return nonce + self._aead.encrypt(nonce, plaintext, _AAD_PREFIX + path.encode())
-
-    def decrypt(self, path: str, blob: bytes) -> bytes:
-        try:
-            return self._aead.decrypt(
-                blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], _AAD_PREFIX + path.encode()
-            )
-        except (InvalidTag, ValueError):
-            log.error("stored resource %s does not authenticate under the master key", path)
-            raise DataLoss(f"stored resource {path} cannot be authenticated") from None
-
-    def __repr__(self) -> str:
-        return "MasterKey(<redacted>)"
-
-
-def generate_master_key_file(path: str | os.PathLike[str]) -> None:
-    """Write 32 fresh random bytes to a new file with mode 0600 (never replaces one)."""
-    path = Path(path)
-    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    if path.exists():
-        raise AlreadyExists(f"{path} already exists; refusing to replace a KBS master key")
-    with atomic_output_file(path, mode=PRIVATE_FILE_MODE) as out:
-        out.write(secrets.token_bytes(MASTER_KEY_SIZE))
+SCHEMA_VERSION = "2"
+_PAGE = 1000  # rows per query when streaming the audit log
 
 
 @dataclass(frozen=True)
@@ -140,106 +115,8 @@ class ResourceInfo:
         }
 
 
-@dataclass(frozen=True)
-class AuditRecord:
-    seq: int
-    time: int
-    session: str
-    tee: str
-    measurements: dict[str, Any]
-    tcb_status: str
-    resource: str
-    action: str
-    decision: str
-    reason: str
-    prev_hash: str
-    hash: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "time": self.time,
-            "session": self.session,
-            "tee": self.tee,
-            "measurements": self.measurements,
-            "tcb_status": self.tcb_status,
-            "resource": self.resource,
-            "action": self.action,
-            "decision": self.decision,
-            "reason": self.reason,
-            "prev_hash": self.prev_hash,
-            "hash": self.hash,
-        }
-
-
-def audit_hash(fields: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of a record's fields (all but `hash`)."""
-    body = {k: v for k, v in fields.items() if k != "hash"}
-    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
-
-
-@dataclass(frozen=True)
-class ChainStatus:
-    ok: bool
-    records: int
-    first_bad_seq: int | None = None
-    reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "records": self.records,
-            "first_bad_seq": self.first_bad_seq,
-            "reason": self.reason,
-        }
-
-
-_AUDIT_COLUMNS = (
-    "seq, time, session, tee, measurements, tcb_status, resource, action, decision, "
-    "reason, prev_hash, hash"
-)
-
-
-def record_from_row(row: tuple[Any, ...]) -> AuditRecord:
-    """An audit row (columns in `_AUDIT_COLUMNS` order) as a record."""
-    return AuditRecord(
-        seq=int(row[0]),
-        time=int(row[1]),
-        session=row[2],
-        tee=row[3],
-        measurements=json.loads(row[4]),
-        tcb_status=row[5],
-        resource=row[6],
-        action=row[7],
-        decision=row[8],
-        reason=row[9],
-        prev_hash=row[10],
-        hash=row[11],
-    )
-
-
-def verify_records(rows: list[tuple[Any, ...]]) -> ChainStatus:
-    """Check a whole audit log, rows in `seq` order (see the module docstring)."""
-    prev = GENESIS_HASH
-    count = 0
-    for expected_seq, row in enumerate(rows, start=1):
-        try:
-            record = record_from_row(row)
-        except (json.JSONDecodeError, TypeError, ValueError):
-            return ChainStatus(False, count, row[0], "unreadable record")
-        if record.seq != expected_seq:
-            return ChainStatus(False, count, record.seq, f"record {expected_seq} is missing")
-        if record.prev_hash != prev:
-            return ChainStatus(False, count, record.seq, "prev_hash does not chain")
-        if audit_hash(record.to_json()) != record.hash:
-            return ChainStatus(False, count, record.seq, "hash does not match the record")
-        prev = record.hash
-        count += 1
-    return ChainStatus(True, count)
-
-
 class KbsStore(Protocol):
-    """What the KBS service needs from storage (`SqliteStore`, `postgres.PostgresStore`)."""
+    """What the KBS service needs from storage (`SqlStore` on SQLite or PostgreSQL)."""
 
     def put_resource(self, path: str, value: bytes) -> ResourceInfo: ...
     def get_resource(self, path: str) -> bytes: ...
@@ -265,41 +142,11 @@ class KbsStore(Protocol):
     def audit_records(
         self, *, resource: str | None = None, since_seq: int = 0, limit: int = 1000
     ) -> list[AuditRecord]: ...
+    def check_records(self, records: list[AuditRecord]) -> ChainStatus: ...
     def verify_chain(self) -> ChainStatus: ...
+    def put_checkpoint(self, seq: int, record_hash: str, signed: str) -> None: ...
+    def latest_checkpoint(self) -> tuple[int, str, str] | None: ...
     def close(self) -> None: ...
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS resources (
-    path TEXT PRIMARY KEY,
-    ciphertext BLOB NOT NULL,
-    version INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    updated INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS policies (
-    path TEXT PRIMARY KEY,
-    text TEXT NOT NULL,
-    format TEXT NOT NULL,
-    updated INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    time INTEGER NOT NULL,
-    session TEXT NOT NULL,
-    tee TEXT NOT NULL,
-    measurements TEXT NOT NULL,
-    tcb_status TEXT NOT NULL,
-    resource TEXT NOT NULL,
-    action TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-_SCHEMA_VERSION = "1"
 
 
 def check_policy_key(path: str) -> str:
@@ -308,45 +155,166 @@ def check_policy_key(path: str) -> str:
     return path if path in (DEFAULT_POLICY, SECRET_PROV_MAP) else check_resource_path(path)
 
 
-class SqliteStore:
-    """The embedded store (see the module docstring)."""
+class OldSchema(FailedPrecondition):
+    """The database is in an older format this sealserve does not open."""
 
-    def __init__(self, path: str | os.PathLike[str], master_key: MasterKey) -> None:
-        self.path = Path(path)
+
+def _schema(blob: str) -> tuple[str, ...]:
+    return (
+        "CREATE TABLE IF NOT EXISTS kbs_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS kbs_resources (
+            path TEXT PRIMARY KEY, ciphertext {blob} NOT NULL, version BIGINT NOT NULL,
+            size BIGINT NOT NULL, updated BIGINT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS kbs_policies (
+            path TEXT PRIMARY KEY, text TEXT NOT NULL, format TEXT NOT NULL,
+            version BIGINT NOT NULL, updated BIGINT NOT NULL, mac TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS kbs_audit (
+            seq BIGINT PRIMARY KEY, time BIGINT NOT NULL, session TEXT NOT NULL,
+            tee TEXT NOT NULL, measurements TEXT NOT NULL, tcb_status TEXT NOT NULL,
+            resource TEXT NOT NULL, action TEXT NOT NULL, decision TEXT NOT NULL,
+            reason TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+            mac TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS kbs_audit_by_resource ON kbs_audit (resource, seq)",
+        """CREATE TABLE IF NOT EXISTS kbs_checkpoints (
+            seq BIGINT PRIMARY KEY, hash TEXT NOT NULL, signed TEXT NOT NULL)""",
+    )
+
+
+def old_schema_message(dialect: Dialect) -> str:
+    where = dialect.describe()
+    return (
+        f"KBS database {where} is in the old format (schema 1: policies and the audit log are "
+        "not authenticated under the master key); upgrade it once with `sealserve kbs migrate "
+        f"--db {where if isinstance(dialect, SqliteDialect) else 'URL'} --master-key FILE "
+        "--signing-key FILE` (it verifies the old audit chain first; back the database up)"
+    )
+
+
+def is_old_schema(tables: set[str]) -> bool:
+    # SQLite schema 1 used unprefixed tables; PostgreSQL schema 1 had no kbs_meta.
+    return "resources" in tables or ("kbs_resources" in tables and "kbs_meta" not in tables)
+
+
+class _Manifest:
+    """The authenticated list of what the store holds (see the module docstring)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.generation: int = int(data.get("generation", 0))
+        self.resources: dict[str, dict[str, Any]] = dict(data.get("resources", {}))
+        self.policies: dict[str, dict[str, Any]] = dict(data.get("policies", {}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "resources": self.resources,
+            "policies": self.policies,
+        }
+
+
+class SqlStore:
+    """The store on one SQL database (see the module docstring)."""
+
+    def __init__(self, dialect: Dialect, master_key: MasterKey) -> None:
+        self._dialect = dialect
+        self._sql = dialect.sql
         self._key = master_key
         self._lock = threading.Lock()
-        new = not self.path.exists()
-        if new:
-            self.path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, PRIVATE_FILE_MODE)
-            os.close(fd)
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        with self._tx() as db:
-            for statement in _SCHEMA.strip().split(";"):
-                if statement.strip():
+        self._db = dialect.connect()
+        # Highest manifest generation and audit seq this process has seen: going back is
+        # a rollback of the database under a running KBS.
+        self._generation = 0
+        self._audit_seq = 0
+        self._manifest_cache: tuple[str, _Manifest] | None = None
+        try:
+            with self._write() as db:
+                if is_old_schema(dialect.tables(db)):
+                    raise OldSchema(old_schema_message(dialect))
+                for statement in _schema(dialect.blob):
                     db.execute(statement)
-            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
-            elif row[0] != _SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"KBS database {self.path} has schema {row[0]}, this sealserve needs "
-                    f"{_SCHEMA_VERSION}"
-                )
+                row = db.execute(self._sql("SELECT value FROM kbs_meta WHERE key='schema'"))
+                found = row.fetchone()
+                if found is None:
+                    db.execute(
+                        self._sql("INSERT INTO kbs_meta VALUES ('schema', ?)"), (SCHEMA_VERSION,)
+                    )
+                    self._write_manifest(db, _Manifest({}))
+                elif found[0] != SCHEMA_VERSION:
+                    raise OldSchema(
+                        f"KBS database {dialect.describe()} has schema {found[0]}; this "
+                        f"sealserve needs {SCHEMA_VERSION}"
+                    )
+        except BaseException:
+            self._db.close()
+            raise
 
     def __repr__(self) -> str:
-        return f"SqliteStore({str(self.path)!r})"
+        return f"{type(self).__name__}({self._dialect.describe()!r})"
 
-    # --- transactions -------------------------------------------------------------------
+    # --- transactions ---------------------------------------------------------------------
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One serialised write transaction (committed, or rolled back on any error)."""
+        with self._lock:
+            self._dialect.begin_write(self._db)
+            try:
+                yield self._db
+            except BaseException:
+                self._dialect.rollback(self._db)
+                raise
+            self._dialect.commit(self._db)
+
+    def _query(self, statement: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._db.execute(self._sql(statement), args).fetchall())
+
+    # --- the manifest ---------------------------------------------------------------------
+
+    def _read_manifest(self, db: Any) -> _Manifest:
+        rows = db.execute(
+            self._sql("SELECT key, value FROM kbs_meta WHERE key IN ('manifest', 'manifest_mac')")
+        ).fetchall()
+        values = {str(r[0]): str(r[1]) for r in rows}
+        text, mac = values.get("manifest"), values.get("manifest_mac")
+        cached = self._manifest_cache
+        if cached is not None and text is not None and cached[0] == f"{text}\0{mac}":
+            return cached[1]
+        try:
+            data = json.loads(text) if text is not None else None
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict) or not self._key.check_record_mac("manifest", data, mac):
+            self._tampered("manifest", "the store's manifest does not authenticate")
+        manifest = _Manifest(data)  # type: ignore[arg-type]
+        if manifest.generation < self._generation:
+            self._tampered(
+                "manifest",
+                f"the store's manifest went back from generation {self._generation} to "
+                f"{manifest.generation} (the database was rolled back)",
+            )
+        self._generation = manifest.generation
+        self._manifest_cache = (f"{text}\0{mac}", manifest)
+        return manifest
+
+    def _write_manifest(self, db: Any, manifest: _Manifest) -> None:
+        manifest.generation += 1
+        data = manifest.to_json()
+        text = rfc8785.dumps(data).decode()
+        mac = self._key.record_mac("manifest", data)
+        for key, value in (("manifest", text), ("manifest_mac", mac)):
+            db.execute(
+                self._sql(
+                    "INSERT INTO kbs_meta(key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value"
+                ),
+                (key, value),
+            )
+        self._generation = manifest.generation
+        self._manifest_cache = None
+
+    def _tampered(self, what: str, message: str) -> NoReturn:
+        log.error("TAMPERING detected in the KBS store %s: %s", self._dialect.describe(), message)
+        raise TamperDetected(what, f"{message}: the database was modified without the master key")
 
     # --- resources ------------------------------------------------------------------------
 
@@ -354,77 +322,123 @@ class SqliteStore:
         path = check_resource_path(path)
         if not isinstance(value, bytes | bytearray) or not value:
             raise InvalidArgument("a resource value must be non-empty bytes")
-        blob = self._key.encrypt(path, bytes(value))
         now = int(time.time())
-        with self._tx() as db:
-            row = db.execute("SELECT version FROM resources WHERE path=?", (path,)).fetchone()
-            version = 1 if row is None else int(row[0]) + 1
+        with self._write() as db:
+            manifest = self._read_manifest(db)
+            version = int(manifest.resources.get(path, {}).get("version", 0)) + 1
+            blob = self._key.seal_resource(path, version, bytes(value))
             db.execute(
-                "INSERT INTO resources(path, ciphertext, version, size, updated) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
-                "ciphertext=excluded.ciphertext, version=excluded.version, "
-                "size=excluded.size, updated=excluded.updated",
+                self._sql(
+                    "INSERT INTO kbs_resources(path, ciphertext, version, size, updated) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "ciphertext=excluded.ciphertext, version=excluded.version, "
+                    "size=excluded.size, updated=excluded.updated"
+                ),
                 (path, blob, version, len(value), now),
             )
+            manifest.resources[path] = {
+                "version": version,
+                "digest": hashlib.sha256(blob).hexdigest(),
+            }
+            self._write_manifest(db, manifest)
         return ResourceInfo(path=path, version=version, size=len(value), updated=now)
 
     def get_resource(self, path: str) -> bytes:
         path = check_resource_path(path)
         with self._lock:
+            manifest = self._read_manifest(self._db)
             row = self._db.execute(
-                "SELECT ciphertext FROM resources WHERE path=?", (path,)
+                self._sql("SELECT ciphertext, version FROM kbs_resources WHERE path=?"), (path,)
             ).fetchone()
-        if row is None:
+        entry = manifest.resources.get(path)
+        if row is None and entry is None:
             raise NotFound(f"resource {path} not found")
-        return self._key.decrypt(path, bytes(row[0]))
+        if row is None or entry is None:
+            self._tampered("resource", f"resource {path} was deleted or added behind the KBS")
+        blob, version = bytes(row[0]), int(row[1])
+        if version != entry["version"] or hashlib.sha256(blob).hexdigest() != entry["digest"]:
+            self._tampered("resource", f"stored resource {path} is not the one the KBS wrote")
+        return self._key.open_resource(path, version, blob)
 
     def resource_exists(self, path: str) -> bool:
         path = check_resource_path(path)
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM resources WHERE path=?", (path,)).fetchone()
-        return row is not None
+        return bool(self._query("SELECT 1 FROM kbs_resources WHERE path=?", (path,)))
 
     def delete_resource(self, path: str) -> None:
         path = check_resource_path(path)
-        with self._tx() as db:
-            cur = db.execute("DELETE FROM resources WHERE path=?", (path,))
-            if cur.rowcount == 0:
+        with self._write() as db:
+            manifest = self._read_manifest(db)
+            cursor = db.execute(self._sql("DELETE FROM kbs_resources WHERE path=?"), (path,))
+            if cursor.rowcount == 0 and path not in manifest.resources:
                 raise NotFound(f"resource {path} not found")
+            manifest.resources.pop(path, None)
+            self._write_manifest(db, manifest)
 
     def list_resources(self) -> list[ResourceInfo]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT path, version, size, updated FROM resources ORDER BY path"
-            ).fetchall()
-        return [ResourceInfo(path=r[0], version=r[1], size=r[2], updated=r[3]) for r in rows]
+        rows = self._query("SELECT path, version, size, updated FROM kbs_resources ORDER BY path")
+        return [
+            ResourceInfo(path=r[0], version=int(r[1]), size=int(r[2]), updated=int(r[3]))
+            for r in rows
+        ]
 
     # --- policies -------------------------------------------------------------------------
+
+    @staticmethod
+    def _policy_fields(path: str, version: int, fmt: str, text: str) -> dict[str, Any]:
+        return {"path": path, "version": version, "format": fmt, "text": text}
 
     def set_policy(self, path: str, text: str, fmt: str) -> None:
         path = check_policy_key(path)
         if fmt not in ("toml", "json"):
             raise InvalidArgument("policy format must be toml or json")
-        with self._tx() as db:
+        with self._write() as db:
+            manifest = self._read_manifest(db)
+            version = int(manifest.policies.get(path, {}).get("version", 0)) + 1
+            mac = self._key.record_mac("policy", self._policy_fields(path, version, fmt, text))
             db.execute(
-                "INSERT INTO policies(path, text, format, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(path) DO UPDATE SET text=excluded.text, format=excluded.format, "
-                "updated=excluded.updated",
-                (path, text, fmt, int(time.time())),
+                self._sql(
+                    "INSERT INTO kbs_policies(path, text, format, version, updated, mac) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "text=excluded.text, format=excluded.format, version=excluded.version, "
+                    "updated=excluded.updated, mac=excluded.mac"
+                ),
+                (path, text, fmt, version, int(time.time()), mac),
             )
+            manifest.policies[path] = {"version": version, "mac": mac}
+            self._write_manifest(db, manifest)
 
     def get_policy(self, path: str) -> tuple[str, str] | None:
         path = check_policy_key(path)
         with self._lock:
+            manifest = self._read_manifest(self._db)
             row = self._db.execute(
-                "SELECT text, format FROM policies WHERE path=?", (path,)
+                self._sql("SELECT text, format, version, mac FROM kbs_policies WHERE path=?"),
+                (path,),
             ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
+        entry = manifest.policies.get(path)
+        if row is None and entry is None:
+            return None
+        if row is None or entry is None:
+            self._tampered("policy", f"the policy of {path} was deleted or added behind the KBS")
+        text, fmt, version, mac = str(row[0]), str(row[1]), int(row[2]), row[3]
+        fields = self._policy_fields(path, version, fmt, text)
+        if (
+            version != entry["version"]
+            or mac != entry["mac"]
+            or not self._key.check_record_mac("policy", fields, mac)
+        ):
+            self._tampered("policy", f"the stored policy of {path} is not the one the KBS wrote")
+        return text, fmt
 
     def delete_policy(self, path: str) -> None:
         path = check_policy_key(path)
-        with self._tx() as db:
-            if db.execute("DELETE FROM policies WHERE path=?", (path,)).rowcount == 0:
+        with self._write() as db:
+            manifest = self._read_manifest(db)
+            cursor = db.execute(self._sql("DELETE FROM kbs_policies WHERE path=?"), (path,))
+            if cursor.rowcount == 0 and path not in manifest.policies:
                 raise NotFound(f"no policy for {path}")
+            manifest.policies.pop(path, None)
+            self._write_manifest(db, manifest)
 
     # --- audit ------------------------------------------------------------------------------
 
@@ -452,16 +466,30 @@ class SqliteStore:
             "decision": decision,
             "reason": reason,
         }
-        with self._tx() as db:
-            row = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq = 1 if row is None else int(row[0]) + 1
+        with self._write() as db:
+            row = db.execute(
+                self._sql(f"SELECT {AUDIT_COLUMNS} FROM kbs_audit ORDER BY seq DESC LIMIT 1")
+            ).fetchone()
+            if row is None:
+                seq, prev = 1, GENESIS_HASH
+            else:
+                tail = self._authentic_tail(row)
+                seq, prev = tail.seq + 1, tail.hash
+            if seq <= self._audit_seq:
+                self._tampered(
+                    "audit",
+                    f"the audit log was truncated (it ends at {seq - 1}, this KBS wrote "
+                    f"{self._audit_seq})",
+                )
             fields["seq"] = seq
-            fields["prev_hash"] = GENESIS_HASH if row is None else str(row[1])
+            fields["prev_hash"] = prev
             fields["hash"] = audit_hash(fields)
+            fields["mac"] = self._key.audit_mac(fields["hash"])
             db.execute(
-                "INSERT INTO audit(seq, time, session, tee, measurements, tcb_status, resource, "
-                "action, decision, reason, prev_hash, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._sql(
+                    f"INSERT INTO kbs_audit({AUDIT_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ),
                 (
                     seq,
                     fields["time"],
@@ -473,75 +501,171 @@ class SqliteStore:
                     action,
                     decision,
                     reason,
-                    fields["prev_hash"],
+                    prev,
                     fields["hash"],
+                    fields["mac"],
                 ),
             )
+            self._audit_seq = seq
         return AuditRecord(**fields)
 
-    _AUDIT_COLUMNS = _AUDIT_COLUMNS
+    def _authentic_tail(self, row: tuple[Any, ...]) -> AuditRecord:
+        try:
+            tail = record_from_row(tuple(row))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            self._tampered("audit", "the last audit record is unreadable")
+        if tail.computed_hash() != tail.hash or not self._key.check_audit_mac(tail.hash, tail.mac):
+            self._tampered("audit", f"audit record {tail.seq} fails authentication")
+        return tail
 
     def audit_records(
         self, *, resource: str | None = None, since_seq: int = 0, limit: int = 1000
     ) -> list[AuditRecord]:
-        query = f"SELECT {self._AUDIT_COLUMNS} FROM audit WHERE seq > ?"
-        args: list[Any] = [since_seq]
+        query = f"SELECT {AUDIT_COLUMNS} FROM kbs_audit WHERE seq > ?"
+        args: list[Any] = [int(since_seq)]
         if resource:
             query += " AND resource = ?"
             args.append(resource)
         query += " ORDER BY seq LIMIT ?"
         args.append(max(1, min(int(limit), 100_000)))
-        with self._lock:
-            rows = self._db.execute(query, args).fetchall()
-        return [record_from_row(r) for r in rows]
+        return [record_from_row(tuple(r)) for r in self._query(query, tuple(args))]
+
+    def check_records(self, records: list[AuditRecord]) -> ChainStatus:
+        """Authenticate a page of records (their hashes and MACs, and the chain between
+        consecutive ones): cost proportional to the page, not the log."""
+        checked = 0
+        previous: AuditRecord | None = None
+        for record in records:
+            if record.computed_hash() != record.hash:
+                return ChainStatus(False, checked, record.seq, "hash does not match the record")
+            if not self._key.check_audit_mac(record.hash, record.mac):
+                return ChainStatus(
+                    False, checked, record.seq, "MAC does not verify under the master key"
+                )
+            chained = previous is not None and previous.seq + 1 == record.seq
+            if chained and record.prev_hash != previous.hash:  # type: ignore[union-attr]
+                return ChainStatus(False, checked, record.seq, "prev_hash does not chain")
+            previous = record
+            checked += 1
+        return ChainStatus(True, checked)
 
     def verify_chain(self) -> ChainStatus:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {self._AUDIT_COLUMNS} FROM audit ORDER BY seq"
-            ).fetchall()
-        return verify_records(rows)
+        """The whole log with MACs and stored checkpoints' hashes, streamed page by page."""
+        verifier = ChainVerifier(mac_ok=self._key.check_audit_mac)
+        for row in audit_rows(self._query):
+            verifier.add_row(row)
+            if not verifier.ok:
+                break
+        return verifier.status()
+
+    def put_checkpoint(self, seq: int, record_hash: str, signed: str) -> None:
+        with self._write() as db:
+            db.execute(
+                self._sql(
+                    "INSERT INTO kbs_checkpoints(seq, hash, signed) VALUES (?, ?, ?) "
+                    "ON CONFLICT(seq) DO NOTHING"
+                ),
+                (int(seq), record_hash, signed),
+            )
+
+    def latest_checkpoint(self) -> tuple[int, str, str] | None:
+        rows = self._query(
+            "SELECT seq, hash, signed FROM kbs_checkpoints ORDER BY seq DESC LIMIT 1"
+        )
+        return None if not rows else (int(rows[0][0]), str(rows[0][1]), str(rows[0][2]))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-class _Transaction:
-    """`BEGIN IMMEDIATE` … `COMMIT` (or `ROLLBACK` on error) under the store's lock."""
+class SqliteStore(SqlStore):
+    """The store in one SQLite file (created with mode 0600 if missing)."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._db = db
-        self._lock = lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-        return self._db
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                self._db.execute("COMMIT")
-            else:
-                self._db.execute("ROLLBACK")
-        finally:
-            self._lock.release()
+    def __init__(self, path: str | os.PathLike[str], master_key: MasterKey) -> None:
+        dialect = SqliteDialect(path)
+        self.path = dialect.path
+        super().__init__(dialect, master_key)
 
 
-def open_store(location: str, master_key: MasterKey) -> KbsStore:
+class PostgresStore(SqlStore):
+    """The store in a PostgreSQL database (`postgresql://...`; needs psycopg)."""
+
+    def __init__(self, url: str, master_key: MasterKey) -> None:
+        super().__init__(PostgresDialect(url), master_key)
+
+
+def open_store(location: str, master_key: MasterKey) -> SqlStore:
     """A store by location: `postgresql://...` (or `postgres://`) → PostgreSQL, a
     `sqlite:///path` URL or a plain file path → SQLite."""
-    if location.startswith(("postgresql://", "postgres://")):
-        from sealserve.kbs.postgres import PostgresStore
+    dialect = dialect_for(location)
+    if isinstance(dialect, SqliteDialect):
+        return SqliteStore(dialect.path, master_key)
+    return SqlStore(dialect, master_key)
 
-        return PostgresStore(location, master_key)
-    if location.startswith("sqlite:///"):
-        location = location[len("sqlite://") :]
-    elif "://" in location:
-        raise InvalidArgument(f"unknown KBS store URL scheme in {location.split('://')[0]}://")
-    return SqliteStore(location, master_key)
+
+Query = Callable[[str, tuple[Any, ...]], list[Any]]
+
+
+def audit_rows(query: Query, after_seq: int = 0) -> Iterator[tuple[Any, ...]]:
+    """Audit rows after `after_seq` in order, fetched `_PAGE` at a time (keyset pagination:
+    constant memory however long the log)."""
+    while True:
+        page = query(
+            f"SELECT {AUDIT_COLUMNS} FROM kbs_audit WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, _PAGE),
+        )
+        if not page:
+            return
+        for row in page:
+            yield tuple(row)
+        after_seq = int(page[-1][0])
+
+
+def checkpoint_rows(query: Query, after_seq: int = 0) -> Iterator[tuple[int, str, str]]:
+    while True:
+        page = query(
+            "SELECT seq, hash, signed FROM kbs_checkpoints WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, _PAGE),
+        )
+        if not page:
+            return
+        for row in page:
+            yield int(row[0]), str(row[1]), str(row[2])
+        after_seq = int(page[-1][0])
+
+
+class AuditReader:
+    """The audit log and its checkpoints, read-only and without the master key (offline
+    verification). Streams in pages of `_PAGE` rows by `seq` (keyset pagination), so memory
+    stays constant however long the log."""
+
+    def __init__(self, location: str) -> None:
+        self._dialect = dialect_for(location, create=False)
+        self._db = self._dialect.connect()
+        self._lock = threading.Lock()
+        tables = self._dialect.tables(self._db)
+        if is_old_schema(tables):
+            self._db.close()
+            raise OldSchema(old_schema_message(self._dialect))
+        if "kbs_audit" not in tables:
+            self._db.close()
+            raise InvalidArgument(f"{self._dialect.describe()} holds no KBS audit log")
+
+    def _query(self, statement: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._db.execute(self._dialect.sql(statement), args).fetchall())
+
+    def rows(self, after_seq: int = 0) -> Iterator[tuple[Any, ...]]:
+        return audit_rows(self._query, after_seq)
+
+    def checkpoints(self, after_seq: int = 0) -> Iterator[tuple[int, str, str]]:
+        return checkpoint_rows(self._query, after_seq)
+
+    def record_hash(self, seq: int) -> str | None:
+        rows = self._query("SELECT hash FROM kbs_audit WHERE seq = ?", (int(seq),))
+        return str(rows[0][0]) if rows else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
