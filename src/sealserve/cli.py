@@ -19,7 +19,7 @@ from sealserve import __version__
 from sealserve.errors import FailedPrecondition, InvalidArgument, NotFound, SealserveError
 
 if TYPE_CHECKING:
-    from sealserve.serving.attested_identity import AttestedIdentity
+    from sealserve.serving.attested_identity import AttestedIdentity, BrokeredIdentity
     from sealserve.serving.keys import KeyProvider
     from sealserve.serving.model_config import ModelConfig
     from sealserve.serving.model_management import ModelManagementPolicy
@@ -411,6 +411,14 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         "anything (`sealserve predict --verify-server`); --ssl_config_file then only sets "
         "client verification (custom_ca, client_verify)",
     )
+    broker.add_argument(
+        "--key_broker_tls_name",
+        metavar="NAME",
+        help="serve both ports with a TLS key made in memory and a certificate the key broker "
+        "issues for NAME over this server's attested session (its policy for "
+        "sealserve/tls-cert/NAME decides), carrying the verified claims; renewed before it "
+        "expires. Requesters verify it with `--verify-server POLICY --server-ca KBS_CA`",
+    )
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -710,6 +718,9 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
     attested = _attested_identity(args)
     if attested is not None:
         ssl = attested_ssl_config(attested, ssl)
+    brokered = _brokered_identity(args, keys, ssl)
+    if brokered is not None:
+        ssl = brokered.current()
     tags = tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     return ServerOptions(
         models=models,
@@ -718,6 +729,7 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         bind_address=args.bind_address,
         ssl=ssl,
         attested=attested,
+        brokered=brokered,
         manager=ManagerOptions(
             load=LoadOptions(tags=tags, warmup=args.enable_model_warmup),
             poll_seconds=args.file_system_poll_wait_seconds,
@@ -776,6 +788,21 @@ def _attested_identity(args: argparse.Namespace) -> AttestedIdentity | None:
     return make_attested_identity(
         attester_for(args.attestation, args.sim_dir, _launch_config(args))
     )
+
+
+def _brokered_identity(
+    args: argparse.Namespace, keys: KeyProvider, given: SSLConfig | None
+) -> BrokeredIdentity | None:
+    if not args.key_broker_tls_name:
+        return None
+    if args.attested_tls:
+        raise InvalidArgument("give --attested_tls or --key_broker_tls_name, not both")
+    broker = getattr(keys, "then", None)
+    if not args.key_broker or broker is None:
+        raise InvalidArgument("--key_broker_tls_name needs --key_broker (and --attestation)")
+    from sealserve.serving.attested_identity import BrokeredIdentity
+
+    return BrokeredIdentity(broker.session, args.key_broker_tls_name, given).start()
 
 
 def _ssl_config_key(args: argparse.Namespace, keys: KeyProvider) -> bytes | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import socket
 import ssl
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from sealserve.attestation import Claims, Collateral, Policy, load_collateral, verify_quote
@@ -47,6 +49,8 @@ from sealserve.attestation.ratls import ATTESTED_SERVER_NAME, evidence_from_cert
 from sealserve.attestation.verify import pck_root_der
 from sealserve.client import TlsFiles
 from sealserve.errors import Code, InvalidArgument, SealserveError
+from sealserve.fsio import read_user_file
+from sealserve.kbs.server_ca import claims_in_certificate
 
 if TYPE_CHECKING:
     import grpc
@@ -77,9 +81,11 @@ class ServerCheck:
     (insecure, tests and demos) a simulated TEE's root."""
 
     policy: Policy
-    collateral: Collateral | Callable[[bytes], Collateral] = field(repr=False)
+    collateral: Collateral | Callable[[bytes], Collateral] | None = field(repr=False)
     insecure_sim_root: bytes | None = field(default=None, repr=False)
     clock: Callable[[], float] = time.time
+    #: the owner's KBS server CA (PEM): certificates it issued carry verified claims
+    server_ca: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_files(
@@ -89,10 +95,16 @@ class ServerCheck:
         collateral: Sequence[str] = (),
         pccs_url: str | None = None,
         insecure_trust_sim_root: str | None = None,
+        server_ca: str | None = None,
     ) -> ServerCheck:
-        """From the requester's files: a policy, collateral files or a PCCS, and optionally a
-        simulated TEE directory whose root (and collateral, if no other) is trusted."""
+        """From the requester's files: a policy; to check RA-TLS evidence, collateral files or
+        a PCCS (and optionally a simulated TEE directory whose root, and collateral if no
+        other, is trusted); to check KBS-issued certificates, the KBS's server CA."""
         from sealserve.attestation import load_sim
+
+        ca = read_user_file(server_ca, "server CA certificate") if server_ca else None
+        if ca is not None and not (collateral or pccs_url or insecure_trust_sim_root):
+            return cls(Policy.load(policy), None, server_ca=ca)
 
         sim_root = None
         files = [load_collateral(path) for path in collateral]
@@ -122,7 +134,7 @@ class ServerCheck:
                 "verifying the server needs collateral: give --server-collateral FILE or "
                 "--pccs-url URL (or --insecure-trust-sim-root DIR)"
             )
-        return cls(Policy.load(policy), source, sim_root)
+        return cls(Policy.load(policy), source, sim_root, server_ca=ca)
 
 
 def _pccs_collateral(url: str) -> Callable[[bytes], Collateral]:
@@ -142,6 +154,45 @@ def verify_server_certificate(der: bytes, check: ServerCheck) -> Claims:
     now = int(check.clock())
     try:
         certificate = x509.load_der_x509_certificate(der)
+    except ValueError as err:
+        raise ServerNotAttested(f"the server's certificate cannot be read: {err}") from None
+    if check.server_ca is not None and claims_in_certificate(certificate) is not None:
+        claims = _claims_issued_by(certificate, check.server_ca, now)
+    else:
+        claims = _claims_of_ra_tls(certificate, check, now)
+    decision = check.policy.decide(claims, now)
+    if not decision.allowed:
+        raise ServerNotAttested(
+            "the server's attestation does not satisfy the policy: " + "; ".join(decision.reasons)
+        )
+    return claims
+
+
+def _claims_issued_by(certificate: x509.Certificate, ca_pem: bytes, now: int) -> Claims:
+    """The claims of a certificate the owner's KBS issued (checked: signed by that CA, valid
+    now, for a server)."""
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    moment = dt.datetime.fromtimestamp(now, dt.UTC)
+    try:
+        certificate.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ServerNotAttested(
+            "the server's certificate was not issued by the given server CA"
+        ) from None
+    if not certificate.not_valid_before_utc <= moment <= certificate.not_valid_after_utc:
+        raise ServerNotAttested("the server's certificate is not valid now")
+    claims = claims_in_certificate(certificate)
+    assert claims is not None
+    return claims
+
+
+def _claims_of_ra_tls(certificate: x509.Certificate, check: ServerCheck, now: int) -> Claims:
+    if check.collateral is None:
+        raise ServerNotAttested(
+            "the server's certificate carries no claims from the given server CA"
+            + ("" if claims_in_certificate(certificate) else " (not attested)")
+        )
+    try:
         quote = evidence_from_certificate(certificate, now=now).quote
         sim = check.insecure_sim_root is not None and pck_root_der(quote) == check.insecure_sim_root
         source = check.collateral
@@ -155,13 +206,6 @@ def verify_server_certificate(der: bytes, check: ServerCheck) -> Claims:
         )
     except AttestationFailed as err:
         raise ServerNotAttested(f"the server is not attested: {err.reason}") from None
-    except ValueError as err:
-        raise ServerNotAttested(f"the server's certificate cannot be read: {err}") from None
-    decision = check.policy.decide(claims, now)
-    if not decision.allowed:
-        raise ServerNotAttested(
-            "the server's attestation does not satisfy the policy: " + "; ".join(decision.reasons)
-        )
     return claims
 
 
@@ -219,8 +263,15 @@ def attested_tls(
         claims.tee,
         claims.mr_enclave or claims.mr_td,
     )
-    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    certificate = x509.load_der_x509_certificate(der)
     base = client or TlsFiles(root=None, root_path=None, cert_chain=None, cert_path=None)
+    if check.server_ca is not None and claims_in_certificate(certificate) is not None:
+        # the owner's CA and the certified name: any replica the KBS certified for that name
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        name = names.value.get_values_for_type(x509.DNSName)[0]
+        return replace(base, root=check.server_ca, root_path=None, server_name=name)
+    # RA-TLS: exactly the certificate whose evidence was verified
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
     return replace(base, root=pem, root_path=None, server_name=ATTESTED_SERVER_NAME)
 
 
@@ -272,6 +323,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIM_DIR",
         help="trust this simulated TEE's root (INSECURE: tests and demos)",
     )
+    group.add_argument(
+        "--server-ca",
+        metavar="PEM",
+        help="the owner's KBS server CA: accept certificates it issued to attested servers "
+        "(their claims are checked against the policy)",
+    )
 
 
 def requester_tls(
@@ -309,10 +366,13 @@ def server_check(args: argparse.Namespace) -> ServerCheck | None:
     if not args.verify_server:
         if args.server_collateral or args.pccs_url or args.insecure_trust_sim_root:
             raise InvalidArgument("the collateral and sim-root flags go with --verify-server")
+        if args.server_ca:
+            raise InvalidArgument("--server-ca goes with --verify-server")
         return None
     return ServerCheck.from_files(
         args.verify_server,
         collateral=args.server_collateral,
         pccs_url=args.pccs_url,
         insecure_trust_sim_root=args.insecure_trust_sim_root,
+        server_ca=args.server_ca,
     )

@@ -45,7 +45,9 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    """Create master.key (32 bytes), signing-key.pem (EC P-256) and admin.token, all 0600."""
+    """Create master.key (32 bytes), signing-key.pem (EC P-256) and admin.token, all 0600,
+    and the CA of attested servers (server-ca-key.pem 0600, server-ca.pem)."""
+    from sealserve.kbs.server_ca import CA_FILES, make_server_ca
     from sealserve.kbs.store import generate_master_key_file
 
     directory = Path(args.directory)
@@ -57,7 +59,11 @@ def run_init(args: argparse.Namespace) -> int:
         f.write(ECKey.generate_key("P-256").as_pem(private=True))
     with atomic_output_file(directory / INIT_FILES["admin"], mode=PRIVATE_FILE_MODE) as f:
         f.write(secrets.token_urlsafe(32).encode() + b"\n")
-    print(f"KBS keys written to {directory} (master.key, signing-key.pem, admin.token)")
+    make_server_ca(directory)
+    print(
+        f"KBS keys written to {directory} (master.key, signing-key.pem, admin.token; "
+        f"{CA_FILES['key']} and {CA_FILES['cert']}, the CA of attested servers' certificates)"
+    )
     return 0
 
 
@@ -92,6 +98,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", help="server certificate PEM")
     parser.add_argument("--tls-key", help="server private key PEM")
     parser.add_argument("--insecure-http", action="store_true", help="serve plain HTTP (INSECURE)")
+    parser.add_argument(
+        "--server-ca-key",
+        help="issue attested servers' TLS certificates with this CA key (kbs init's "
+        "server-ca-key.pem; with --server-ca-cert)",
+    )
+    parser.add_argument("--server-ca-cert", help="the certificate of --server-ca-key")
+    parser.add_argument(
+        "--server-cert-lifetime",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime of the server certificates issued (default 3600; servers renew them)",
+    )
     parser.add_argument(
         "--secret-prov-port",
         type=int,
@@ -146,12 +165,22 @@ def build_service(args: argparse.Namespace) -> Any:
         signing = ECKey.import_key(read_user_file(args.signing_key, "KBS signing key"))
     except ValueError as err:
         raise InvalidArgument(f"{args.signing_key} is not an EC private key: {err}") from None
+    server_ca = None
+    if bool(args.server_ca_key) != bool(args.server_ca_cert):
+        raise InvalidArgument("give both --server-ca-key and --server-ca-cert")
+    if args.server_ca_key:
+        from sealserve.kbs.server_ca import ServerCA
+
+        server_ca = ServerCA.load(
+            args.server_ca_key, args.server_ca_cert, lifetime_seconds=args.server_cert_lifetime
+        )
     store = open_store(args.db, MasterKey.load(args.master_key))
     config = KbsConfig(
         signing_key=signing,
         collateral=collateral or _no_collateral_yet,
         admin_token=_read_token(args.admin_token_file),
         insecure_trust_sim_root=sim_root,
+        server_ca=server_ca,
     )
     return KbsService(store, config)
 

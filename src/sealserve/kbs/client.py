@@ -356,6 +356,34 @@ class AttestedSession:
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def server_certificate(self, name: str, csr_pem: str) -> str:
+        """The PEM chain the KBS issues for this CSR over the attested session (sealserve's
+        extension: `POST /kbs/v0/server-certificate/<name>`, `kbs.server_ca`)."""
+        resource = f"sealserve/tls-cert/{name}"
+        for attempt in (1, 2):
+            state = self._current(resource)
+            answer = self.client.call(
+                "POST",
+                f"/kbs/v0/server-certificate/{urllib.parse.quote(name, safe='')}",
+                json_body={"csr": csr_pem},
+                headers=state.headers(),
+            )
+            if answer.status == 401 and attempt == 1:
+                self.invalidate(state)
+                continue
+            _raise_for(answer, "certificate", resource)
+            try:
+                chain = json.loads(answer.body)["certificate_chain"]
+                if not isinstance(chain, str) or "BEGIN CERTIFICATE" not in chain:
+                    raise ValueError("no chain")
+            except (ValueError, KeyError, TypeError):
+                raise SealserveError(
+                    "the key broker's certificate answer has no certificate chain",
+                    code=Code.UNKNOWN,
+                ) from None
+            return chain
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def invalidate(self, state: _Attested | None = None) -> None:
         """Forget the session (the given one only, if it is still the current one)."""
         with self._lock:

@@ -59,6 +59,8 @@ from sealserve.kbs.service import KbsService, Unauthenticated
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/healthz"
+#: sealserve's extension: attested servers' TLS certificates (kbs.server_ca)
+SERVER_CERTIFICATE_PATH = "/kbs/v0/server-certificate/{name}"
 #: admin: the resources Gramine's secret provisioning may release (kbs.secret_prov)
 SECRET_PROV_MAP_PATH = "/kbs/v0/secret-prov"
 HEALTH_PROBE_PATH = "sealserve/health/probe"  # a resource looked up (not expected to exist)
@@ -298,6 +300,22 @@ async def _get_resource(request: web.Request) -> web.StreamResponse:
     return web.Response(text=sealed, content_type="application/json")
 
 
+async def _server_certificate(request: web.Request) -> web.StreamResponse:
+    """sealserve's extension: an attested session's CSR in, its certificate chain out."""
+    service = _service(request)
+    body = await _json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("csr"), str):
+        raise InvalidArgument('the body must be {"csr": "<PEM certificate signing request>"}')
+    chain = await asyncio.to_thread(
+        service.issue_server_certificate,
+        request.match_info["name"],
+        body["csr"],
+        session_id=request.cookies.get(SESSION_COOKIE),
+        bearer=_bearer(request),
+    )
+    return web.json_response({"certificate_chain": chain})
+
+
 async def _put_resource(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     service.check_admin(_bearer(request))  # before reading a body from a stranger
@@ -419,6 +437,7 @@ def create_app(service: KbsService, *, budget: AnonymousBudget | None = None) ->
     resource = "/kbs/v0/resource/{repo}/{type}/{tag}"
     app.router.add_post("/kbs/v0/auth", _auth)
     app.router.add_post("/kbs/v0/attest", _attest)
+    app.router.add_post(SERVER_CERTIFICATE_PATH, _server_certificate)
     app.router.add_get(resource, _get_resource)
     app.router.add_put(resource, _put_resource)
     app.router.add_post(resource, _put_resource)

@@ -89,6 +89,7 @@ from sealserve.kbs.protocol import (
     new_nonce,
 )
 from sealserve.kbs.secret_prov import SecretProvMap
+from sealserve.kbs.server_ca import TLS_CERT_RESOURCE, ServerCA
 from sealserve.kbs.store import DEFAULT_POLICY, SECRET_PROV_MAP, KbsStore, check_policy_key
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,8 @@ class KbsConfig:
     #: sign a checkpoint of the audit chain every this many records (`kbs.audit`)
     audit_checkpoint_interval: int = CHECKPOINT_INTERVAL
     clock: Callable[[], float] = time.time
+    #: issues attested servers' TLS certificates (`kbs.server_ca`); None: this KBS issues none
+    server_ca: ServerCA | None = field(default=None, repr=False)
 
 
 class KbsService:
@@ -466,6 +469,49 @@ class KbsService:
         self._audit(sid, tee, claims, path, "release", "allowed", note, now)
         self.metrics.releases.labels(path, "allowed").inc()
         return sealed
+
+    # --- attested servers' TLS certificates (kbs.server_ca) -------------------------------
+
+    def issue_server_certificate(
+        self,
+        name: str,
+        csr_pem: str,
+        *,
+        session_id: str | None = None,
+        bearer: str | None = None,
+    ) -> str:
+        """A certificate chain for the CSR's key, carrying the attested session's claims,
+        when the policy of `sealserve/tls-cert/<name>` admits them. Audited like a release."""
+        now = self._now()
+        sid = session_id or ""
+        claims: Claims | None = None
+        tee = ""
+        path = ""
+        try:
+            path = check_resource_path(TLS_CERT_RESOURCE.format(name=name))
+            sid, claims, _key = self._credentials(session_id, bearer, now)
+            tee = claims.tee
+            if self.config.server_ca is None:
+                raise NotFound("this KBS issues no server certificates (no --server-ca-key)")
+            with self._timed(self.metrics.policy_seconds):
+                decision = self._policy_for(path).decide(claims, now)
+            if not decision.allowed:
+                raise PolicyDenied(
+                    f"the policy of {path} denied this TEE (the KBS's audit log says why)",
+                    reason="; ".join(decision.reasons),
+                )
+            chain = self.config.server_ca.issue(csr_pem, name, claims, now)
+        except SealserveError as err:
+            if claims is None:
+                self._unauthenticated("server-certificate", err)
+                raise
+            self.metrics.releases.labels(path, "denied").inc()
+            detail = err.reason if isinstance(err, PolicyDenied) else err.message
+            self._audit(sid, tee, claims, path, "certificate", "denied", detail, now)
+            raise
+        self._audit(sid, tee, claims, path, "certificate", "issued", "policy allowed", now)
+        self.metrics.releases.labels(path, "allowed").inc()
+        return chain
 
     # --- Gramine secret provisioning (kbs.secret_prov) ------------------------------------
 

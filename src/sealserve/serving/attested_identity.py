@@ -1,6 +1,11 @@
-"""The attested server's TLS identity: a key pair made in memory at start, and a self-signed
-RA-TLS certificate whose TEE evidence binds that key (`attestation.ratls`, the TCG DICE
-format Gramine >= 1.8 produces, plus Gramine's legacy extension).
+"""The attested server's TLS identity, in one of two forms, the key made in memory either way:
+
+- `make_attested_identity` (`serve --attested_tls`): a self-signed RA-TLS certificate whose
+  TEE evidence binds the key (`attestation.ratls`, the TCG DICE format Gramine >= 1.8
+  produces, plus Gramine's legacy extension); no KBS involved.
+- `BrokeredIdentity` (`serve --key_broker_tls_name NAME`): a certificate the owner's key
+  broker issues over the server's attested session, carrying the verified claims, renewed
+  before it expires (`kbs.server_ca`).
 
 A requester that checks the evidence before sending anything (`sealserve.client.attested`)
 knows it talks to code the owner's policy accepts, on genuine hardware, holding a key that
@@ -17,12 +22,13 @@ import base64
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sealserve.attestation.evidence import Attester
@@ -31,6 +37,7 @@ from sealserve.attestation.ratls import (
     evidence_from_certificate,
     make_certificate,
 )
+from sealserve.errors import Code, SealserveError
 from sealserve.serving.tls import SSLConfig
 
 log = logging.getLogger(__name__)
@@ -136,3 +143,100 @@ def grpc_attestation_handler(identity: AttestedIdentity) -> Any:
             )
         },
     )
+
+
+class BrokeredIdentity:
+    """A TLS identity the key broker certifies (`serve --key_broker_tls_name NAME`): a key
+    pair made in memory, a CSR sent over the server's attested KBS session, and the chain
+    the KBS issues (`kbs.server_ca`), carrying the verified claims. A daemon thread renews
+    it at two thirds of its lifetime (a new key each time), retrying until it expires;
+    `current()` is what new TLS connections get. Thread safe."""
+
+    def __init__(
+        self,
+        session: Any,  # kbs.client.AttestedSession
+        name: str,
+        given: SSLConfig | None,
+        *,
+        clock: Any = time.time,
+    ) -> None:
+        self._session = session
+        self.name = name
+        self._given = given
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._listeners: list[Any] = []
+        self._config, self._not_after = self._obtain()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_forever, daemon=True)
+
+    def current(self) -> SSLConfig:
+        with self._lock:
+            return self._config
+
+    def add_listener(self, listener: Any) -> None:
+        """`listener(config)` after each renewal (from the renewal thread)."""
+        self._listeners.append(listener)
+
+    def start(self) -> BrokeredIdentity:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _obtain(self) -> tuple[SSLConfig, float]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, self.name)]))
+            .sign(key, hashes.SHA256())
+        )
+        chain = self._session.server_certificate(
+            self.name, csr.public_bytes(serialization.Encoding.PEM).decode()
+        )
+        leaf = x509.load_pem_x509_certificate(chain.encode())
+        if leaf.public_key() != key.public_key():
+            raise SealserveError(
+                "the key broker certified another key than this server's", code=Code.DATA_LOSS
+            )
+        config = SSLConfig(
+            server_key=key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode(),
+            server_cert=chain,
+            custom_ca=self._given.custom_ca if self._given else "",
+            client_verify=self._given.client_verify if self._given else False,
+        )
+        return config, leaf.not_valid_after_utc.timestamp()
+
+    def _renew_forever(self) -> None:
+        while not self._stop.is_set():
+            now = self._clock()
+            with self._lock:
+                not_after = self._not_after
+            issued_for = max(1.0, not_after - now)
+            if self._stop.wait(issued_for * 2 / 3):
+                return
+            while not self._stop.is_set():
+                try:
+                    config, not_after = self._obtain()
+                except SealserveError as err:
+                    left = not_after - self._clock()
+                    log.warning(
+                        "renewing the TLS certificate of %s failed (%s); %.0f s left",
+                        self.name,
+                        err.message,
+                        max(0.0, left),
+                    )
+                    if self._stop.wait(min(30.0, max(1.0, left / 4))):
+                        return
+                    continue
+                with self._lock:
+                    self._config, self._not_after = config, not_after
+                log.info("TLS certificate of %s renewed by the key broker", self.name)
+                for listener in self._listeners:
+                    listener(config)
+                break

@@ -31,7 +31,7 @@ from grpc_health.v1 import health
 
 from sealserve.errors import SealserveError
 from sealserve.serving import attested_identity, grpc_service, rest
-from sealserve.serving.attested_identity import AttestedIdentity
+from sealserve.serving.attested_identity import AttestedIdentity, BrokeredIdentity
 from sealserve.serving.batching import BatchingOptions, BatchScheduler
 from sealserve.serving.dataplane import DataPlane
 from sealserve.serving.keys import KeyProvider
@@ -40,7 +40,12 @@ from sealserve.serving.metrics import Metrics, MonitoringConfig
 from sealserve.serving.model_config import ModelConfig, parse_model_config_text
 from sealserve.serving.model_management import ModelManagementPolicy
 from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
-from sealserve.serving.tls import SSLConfig, grpc_server_credentials, server_ssl_context
+from sealserve.serving.tls import (
+    SSLConfig,
+    grpc_server_credentials,
+    reload_server_certificate,
+    server_ssl_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ class ServerOptions:
     bind_address: str = "0.0.0.0"
     ssl: SSLConfig | None = None
     attested: AttestedIdentity | None = None  # --attested_tls: ssl carries its key and cert
+    brokered: BrokeredIdentity | None = None  # --key_broker_tls_name: renewed certificates
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     rest: rest.RestOptions = field(default_factory=rest.RestOptions)
     grpc_max_message_bytes: int = 256 << 20
@@ -120,6 +126,8 @@ class ModelServer:
         )
         if self.options.attested is not None:
             tls += f" with an attested certificate ({self.options.attested.tee} evidence)"
+        elif self.options.brokered is not None:
+            tls += f" with a certificate from the key broker for {self.options.brokered.name}"
         log.warning(
             "serving %s: gRPC on %s:%s%s, %s",
             ", ".join(self.manager.model_names()),
@@ -154,7 +162,10 @@ class ModelServer:
             )
         address = f"{self.options.bind_address}:{self.options.grpc_port}"
         if self.options.ssl is not None:
-            port = server.add_secure_port(address, grpc_server_credentials(self.options.ssl))
+            current = self.options.brokered.current if self.options.brokered else None
+            port = server.add_secure_port(
+                address, grpc_server_credentials(self.options.ssl, current)
+            )
         else:
             port = server.add_insecure_port(address)
         server.start()
@@ -176,6 +187,10 @@ class ModelServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         ssl_context = server_ssl_context(self.options.ssl) if self.options.ssl else None
+        if ssl_context is not None and self.options.brokered is not None:
+            self.options.brokered.add_listener(
+                functools.partial(reload_server_certificate, ssl_context)
+            )
         site = web.TCPSite(
             runner, self.options.bind_address, self.options.rest_port, ssl_context=ssl_context
         )

@@ -49,7 +49,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -454,8 +454,18 @@ def _memfd() -> int | None:
     return fd
 
 
-def grpc_server_credentials(config: SSLConfig) -> grpc.ServerCredentials:
-    """The credentials of the gRPC port.
+def reload_server_certificate(context: ssl.SSLContext, config: SSLConfig) -> None:
+    """Serve `config`'s key and certificate on a live REST context from the next handshake
+    on (a renewed certificate; client verification stays as it was)."""
+    with _private_key_file(config) as (chain_path, password):
+        context.load_cert_chain(chain_path, password=password)
+
+
+def grpc_server_credentials(
+    config: SSLConfig, current: Callable[[], SSLConfig] | None = None
+) -> grpc.ServerCredentials:
+    """The credentials of the gRPC port; with `current`, gRPC asks it for the configuration
+    at each new connection, so a renewed certificate is served without a restart.
 
     gRPC core negotiates TLS 1.2 or 1.3 only: its TLS credentials default to
     `min_tls_version = TLS1_2` (grpc_tls_credentials_options.h) and grpcio offers no way to
@@ -463,9 +473,28 @@ def grpc_server_credentials(config: SSLConfig) -> grpc.ServerCredentials:
     stays in memory (gRPC takes PEM bytes)."""
     import grpc
 
-    return grpc.ssl_server_credentials(
-        [(config.server_key.encode("ascii"), config.server_cert.encode("ascii"))],
-        # like the REST port, and TF Serving: the CA matters only when clients are verified
-        root_certificates=config.custom_ca.encode("ascii") if config.client_verify else None,
-        require_client_auth=config.client_verify,
+    # like the REST port, and TF Serving: the CA matters only when clients are verified
+    roots = config.custom_ca.encode("ascii") if config.client_verify else None
+    if current is None:
+        return grpc.ssl_server_credentials(
+            [(config.server_key.encode("ascii"), config.server_cert.encode("ascii"))],
+            root_certificates=roots,
+            require_client_auth=config.client_verify,
+        )
+
+    def certificate_configuration(cfg: SSLConfig) -> Any:
+        pair = (cfg.server_key.encode("ascii"), cfg.server_cert.encode("ascii"))
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=roots)
+
+    served = [config]
+
+    def fetch() -> Any:  # None: keep serving the configuration gRPC has
+        latest = current()
+        if latest is served[0]:
+            return None
+        served[0] = latest
+        return certificate_configuration(latest)
+
+    return grpc.dynamic_ssl_server_credentials(
+        certificate_configuration(config), fetch, require_client_authentication=config.client_verify
     )

@@ -1,0 +1,196 @@
+"""Attested server certificates issued by the owner's KBS (issue #16): the server makes its TLS
+key in memory, the KBS certifies it over the server's one attested session when the policy of
+`sealserve/tls-cert/NAME` admits it, with the verified claims inside; the server renews it
+before it expires without a restart; requesters check the KBS's server CA and the claims
+against their own policy before sending anything."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from sealserve.model_tree import encrypt_tree
+from sealserve.tools.certs import make_oneway, make_twoway
+from tests.serving.conftest import free_port
+from tests.test_attested_tls import SEALSERVE, Server, model_available, run
+
+TLS_NAME = "hpt-server"
+
+
+@pytest.fixture(scope="module")
+def kbs(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("brokered")
+    run("sim", "init", root / "sim")
+    run("kbs", "init", root / "kbs")
+    tls = make_oneway("localhost", root / "kbs-tls", sans=["127.0.0.1"])
+    port = free_port()
+    process = subprocess.Popen(
+        [SEALSERVE, "kbs", "serve", "--db", str(root / "kbs.db")]
+        + ["--master-key", str(root / "kbs" / "master.key")]
+        + ["--signing-key", str(root / "kbs" / "signing-key.pem")]
+        + ["--admin-token-file", str(root / "kbs" / "admin.token")]
+        + ["--insecure-trust-sim-root", str(root / "sim")]
+        + ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)]
+        + ["--server-ca-key", str(root / "kbs" / "server-ca-key.pem")]
+        + ["--server-ca-cert", str(root / "kbs" / "server-ca.pem")]
+        + ["--server-cert-lifetime", "6", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and "https://" in process.stdout.readline()
+    key = root / "model.key"
+    run("keygen", "-w", key)
+    encrypt_tree(half_plus_two, str(root / "models" / "hpt" / "1"), key.read_bytes())
+    certs = make_twoway(
+        "localhost",
+        "requester",
+        root / "certs",
+        sans=["127.0.0.1"],
+        encrypt_ssl_cfg_key=key.read_bytes(),
+    )
+    url = f"https://127.0.0.1:{port}"
+    admin = ["--url", url, "--ca", tls.server_cert]
+    admin += ["--admin-token-file", root / "kbs" / "admin.token"]
+    run("kbs", "secret", "put", "sealserve/model-key/hpt", "--file", key, *admin)
+    yield {"root": root, "url": url, "ca": tls.server_cert, "admin": admin, "certs": certs}
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def server_flags(kbs: dict) -> tuple[list[str], int, int]:  # type: ignore[type-arg]
+    root = kbs["root"]
+    grpc_port, rest_port = free_port(), free_port()
+    return (
+        [
+            "--model_name=hpt",
+            f"--model_base_path={root / 'models' / 'hpt'}",
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            "--bind_address=127.0.0.1",
+            f"--ssl_config_file={kbs['certs'].ssl_config}",
+            "--ssl_config_key=hpt",
+            f"--key_broker={kbs['url']}",
+            f"--key_broker_ca={kbs['ca']}",
+            "--attestation=sim",
+            f"--sim_dir={root / 'sim'}",
+            f"--key_broker_tls_name={TLS_NAME}",
+        ],
+        grpc_port,
+        rest_port,
+    )
+
+
+def sim_policy(path: Path, mr_enclave: str) -> Path:
+    path.write_text(
+        f'tee = ["sim"]\n[[sim]]\nmr_enclave = ["{mr_enclave}"]\nmr_signer = "any"\n'
+        'isv_prod_id = "any"\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(kbs) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+    flags, grpc_port, rest_port = server_flags(kbs)
+    measured = run("measure", *flags).stdout.strip()
+    policy = sim_policy(kbs["root"] / "policy.toml", measured)
+    for resource in ("sealserve/model-key/hpt", f"sealserve/tls-cert/{TLS_NAME}"):
+        run("kbs", "policy", "set", resource, policy, *kbs["admin"])
+    kbs["policy"] = policy
+    started = Server(flags, grpc_port, rest_port)
+    started.wait_ready(lambda s: model_available(s, {"certs": kbs["certs"]}))
+    yield started
+    started.stop()
+
+
+def predict(kbs: dict, server: Server, policy: Path, *, check: bool = True):  # type: ignore[no-untyped-def,type-arg]
+    certs = kbs["certs"]
+    return run(
+        "predict",
+        "--grpc",
+        f"127.0.0.1:{server.grpc}",
+        "-m",
+        "hpt",
+        "--json",
+        '{"instances": [1.0, 2.0, 5.0]}',
+        "--verify-server",
+        policy,
+        "--server-ca",
+        kbs["root"] / "kbs" / "server-ca.pem",
+        "--cert",
+        certs.client_cert,
+        "--key",
+        certs.client_key,
+        check=check,
+    )
+
+
+def served_certificate(kbs: dict, server: Server) -> x509.Certificate:  # type: ignore[type-arg]
+    from sealserve.client import tls_files
+    from sealserve.client.attested import fetch_server_certificate
+
+    certs = kbs["certs"]
+    client = tls_files(None, str(certs.client_cert), str(certs.client_key))
+    der = fetch_server_certificate(f"127.0.0.1:{server.rest}", 8501, client)
+    return x509.load_der_x509_certificate(der)
+
+
+def test_the_kbs_certifies_the_attested_server_and_requesters_check_it(kbs, server) -> None:  # type: ignore[no-untyped-def]
+    from sealserve.kbs.server_ca import claims_in_certificate
+
+    certificate = served_certificate(kbs, server)
+    claims = claims_in_certificate(certificate)
+    assert claims is not None and claims.tee == "sim"
+    assert claims.mr_enclave == run("measure", *server.flags).stdout.strip()
+
+    result = predict(kbs, server, kbs["policy"])
+    assert json.loads(result.stdout) == {"predictions": [2.5, 3.0, 4.5]}
+
+    # the model key and the certificate came over one attestation
+    audit = run("kbs", "audit", *kbs["admin"]).stdout.splitlines()
+    actions = [json.loads(line)["action"] for line in audit]
+    assert actions.count("attest") == 1
+    assert "certificate" in actions and "release" in actions
+
+
+def test_a_requester_whose_policy_the_claims_miss_sends_nothing(kbs, server) -> None:  # type: ignore[no-untyped-def]
+    other = sim_policy(kbs["root"] / "other.toml", "cd" * 32)
+    result = predict(kbs, server, other, check=False)
+    assert result.returncode != 0
+    assert "does not satisfy the policy" in result.stderr and "mr_enclave" in result.stderr
+
+
+def test_the_certificate_is_renewed_without_a_restart(kbs, server) -> None:  # type: ignore[no-untyped-def]
+    first = served_certificate(kbs, server)
+    deadline = time.monotonic() + 120
+    renewed = first
+    while renewed.serial_number == first.serial_number and time.monotonic() < deadline:
+        time.sleep(1)
+        renewed = served_certificate(kbs, server)
+    assert renewed.serial_number != first.serial_number
+    assert renewed.public_key() != first.public_key()  # a new key each time
+    assert server.process.poll() is None
+    result = predict(kbs, server, kbs["policy"])
+    assert json.loads(result.stdout) == {"predictions": [2.5, 3.0, 4.5]}
+
+
+def test_a_certificate_from_the_owner_ca_without_claims_is_refused(kbs) -> None:  # type: ignore[no-untyped-def]
+    """An ordinary server certificate (the owner's TLS CA, not the KBS's server CA) is not
+    an attested one."""
+    from sealserve.client.attested import ServerCheck, ServerNotAttested, verify_server_certificate
+
+    check = ServerCheck.from_files(
+        str(kbs["policy"]), server_ca=str(kbs["root"] / "kbs" / "server-ca.pem")
+    )
+    ordinary = x509.load_pem_x509_certificate(Path(kbs["certs"].server_cert).read_bytes())
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    with pytest.raises(ServerNotAttested, match="no claims"):
+        verify_server_certificate(ordinary.public_bytes(Encoding.DER), check)
