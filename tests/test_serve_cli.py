@@ -109,7 +109,11 @@ def test_the_seeds_launch_line(tmp_path, half_plus_two):
         ),
         (
             ["serve", "--model_base_path=/tmp", f"--admin_client_cert_sha256={'ab' * 32}"],
-            "--admin_client_cert_sha256 needs mutual TLS",
+            "--admin_client_cert_sha256 and --admin_client_ca need mutual TLS",
+        ),
+        (
+            ["serve", "--model_base_path=/tmp", "--admin_client_ca=/etc/passwd"],
+            "--admin_client_ca /etc/passwd is not PEM certificate text",
         ),
         (
             ["serve", "--model_base_path=/tmp", "--admin_base_path_root=models"],

@@ -364,6 +364,12 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         "HandleReloadConfigRequest (repeatable; default: nobody may)",
     )
     own.add_argument(
+        "--admin_client_ca",
+        metavar="PEM",
+        help="CA whose client certificates may call HandleReloadConfigRequest (measured; "
+        "also trusted in the mTLS handshake)",
+    )
+    own.add_argument(
         "--admin_base_path_root",
         metavar="DIR",
         help="absolute directory that every base_path of a reload must lie under",
@@ -590,6 +596,7 @@ MEASURED_FILE_FLAGS = (
     "ssl_config_file",
     "batching_parameters_file",
     "monitoring_config_file",
+    "admin_client_ca",
 )
 
 
@@ -715,6 +722,7 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         )
     elif args.require_client_cert:
         raise InvalidArgument("--require_client_cert needs --ssl_config_file")
+    management, ssl = _model_management(args, models, ssl)
     attested = _attested_identity(args)
     if attested is not None:
         ssl = attested_ssl_config(attested, ssl)
@@ -752,29 +760,55 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         model_config_file=args.model_config_file,
         model_config_poll_seconds=args.model_config_file_poll_wait_seconds,
         monitoring=monitoring,
-        model_management=_model_management(args, models, ssl),
+        model_management=management,
     )
 
 
 def _model_management(
     args: argparse.Namespace, models: list[ModelConfig], ssl: SSLConfig | None
-) -> ModelManagementPolicy:
+) -> tuple[ModelManagementPolicy, SSLConfig | None]:
+    """Who may reload the models; the ssl config with the admins' CA added to the CAs the
+    handshake accepts."""
+    from dataclasses import replace
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from sealserve.fsio import read_user_file
     from sealserve.serving.model_management import ModelManagementPolicy, parse_fingerprint
 
     pins = frozenset(parse_fingerprint(pin) for pin in args.admin_client_cert_sha256)
+    authorities: tuple[x509.Certificate, ...] = ()
+    if args.admin_client_ca:
+        try:
+            authorities = tuple(
+                x509.load_pem_x509_certificates(
+                    read_user_file(args.admin_client_ca, "admin client CA")
+                )
+            )
+        except ValueError:
+            raise InvalidArgument(
+                f"--admin_client_ca {args.admin_client_ca} is not PEM certificate text"
+            ) from None
     root = args.admin_base_path_root
     if root is not None and not root.startswith("/"):
         raise InvalidArgument("--admin_base_path_root must be an absolute path")
-    if pins and (ssl is None or not ssl.client_verify):
+    if (pins or authorities) and (ssl is None or not ssl.client_verify):
         raise InvalidArgument(
-            "--admin_client_cert_sha256 needs mutual TLS (--ssl_config_file with "
-            "client_verify: true): the admin is known by its client certificate"
+            "--admin_client_cert_sha256 and --admin_client_ca need mutual TLS "
+            "(--ssl_config_file with client_verify: true): the admin is known by its client "
+            "certificate"
         )
-    return ModelManagementPolicy(
+    if ssl is not None and authorities:
+        extra = "".join(c.public_bytes(Encoding.PEM).decode("ascii") for c in authorities)
+        ssl = replace(ssl, custom_ca=ssl.custom_ca + extra)
+    policy = ModelManagementPolicy(
         admin_fingerprints=pins,
+        admin_authorities=authorities,
         base_path_root=root,
         started_with={m.name: m.base_path for m in models},
     )
+    return policy, ssl
 
 
 def _attested_identity(args: argparse.Namespace) -> AttestedIdentity | None:

@@ -4,6 +4,7 @@ base paths under the configured root, and refusals that say nothing about the fi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import grpc
 import pytest
@@ -104,7 +105,7 @@ def test_an_ordinary_client_certificate_cannot_unload_the_models(mtls_server, re
     error = refused(
         lambda: requester_stub.HandleReloadConfigRequest(reload_request({}), timeout=60)
     )
-    assert "only the administrator certificate" in error.details()
+    assert "only an administrator certificate" in error.details()
     assert mtls_server.manager.model_names() == ["a"]
 
 
@@ -148,22 +149,23 @@ def test_the_admin_reloads_models_under_the_root(mtls_server, admin_stub, model_
 
 # -- the policy on its own ----------------------------------------------------------------
 
-PIN = "ab" * 32
+ADMIN_DER = b"the admin's certificate"  # the pin path never parses the certificate
+PIN = hashlib.sha256(ADMIN_DER).hexdigest()
 
 
 @pytest.mark.parametrize(
     ("client", "paths", "allowed"),
     [
-        (PIN, [("m", "/models/m")], True),
-        (PIN, [], True),
-        (PIN, [("start", "/elsewhere/start")], True),  # as measured at start-up
-        (PIN, [("other", "/elsewhere/start")], False),
-        (PIN, [("m", "/models/../etc")], False),
-        (PIN, [("m", "/models/./m/../../etc")], False),
-        (PIN, [("m", "/modelsx/m")], False),
-        (PIN, [("m", "models/m")], False),
-        (PIN, [("m", "/models/m"), ("n", "/tmp")], False),
-        ("cd" * 32, [("m", "/models/m")], False),
+        (ADMIN_DER, [("m", "/models/m")], True),
+        (ADMIN_DER, [], True),
+        (ADMIN_DER, [("start", "/elsewhere/start")], True),  # as measured at start-up
+        (ADMIN_DER, [("other", "/elsewhere/start")], False),
+        (ADMIN_DER, [("m", "/models/../etc")], False),
+        (ADMIN_DER, [("m", "/models/./m/../../etc")], False),
+        (ADMIN_DER, [("m", "/modelsx/m")], False),
+        (ADMIN_DER, [("m", "models/m")], False),
+        (ADMIN_DER, [("m", "/models/m"), ("n", "/tmp")], False),
+        (b"another certificate", [("m", "/models/m")], False),
         (None, [], False),
     ],
 )
@@ -183,13 +185,49 @@ def test_policy_decisions(client, paths, allowed):
 def test_without_a_root_no_base_path_is_allowed():
     policy = ModelManagementPolicy(admin_fingerprints=frozenset({PIN}))
     with pytest.raises(PermissionDenied, match="not under the model management root"):
-        policy.authorize(PIN, [("m", "/models/m")])
-    policy.authorize(PIN, [])  # an empty config names no path
+        policy.authorize(ADMIN_DER, [("m", "/models/m")])
+    policy.authorize(ADMIN_DER, [])  # an empty config names no path
 
 
 def test_fingerprints_in_openssl_form():
     colons = ":".join(["AB"] * 32)
-    assert parse_fingerprint(colons) == PIN
+    assert parse_fingerprint(colons) == "ab" * 32
     for bad in ("", "ab" * 31, "zz" * 32):
         with pytest.raises(InvalidArgument, match="64 hex digits"):
             parse_fingerprint(bad)
+
+
+def test_an_admin_ca_admits_its_certificates_only(model_root, pki):
+    """--admin_client_ca: any certificate of the admins' CA may reload, a requester's may not,
+    though both pass the handshake."""
+    requesters, admins = pki
+    config = load_ssl_config(requesters.ssl_config, None)
+    config = dataclasses.replace(config, custom_ca=config.custom_ca + admins.ca_cert.read_text())
+    admin_ca = x509.load_pem_x509_certificate(admins.ca_cert.read_bytes())
+    a = str(model_root / "half_plus_two")
+    policy = ModelManagementPolicy(
+        admin_authorities=(admin_ca,), base_path_root=str(model_root), started_with={"a": a}
+    )
+    server = RunningServer(
+        server_options([ModelConfig("a", a)], ssl=config, model_management=policy),
+        StaticKeyProvider({}),
+    )
+    try:
+
+        def stub(certs):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=requesters.ca_cert.read_bytes(),
+                private_key=certs.client_key.read_bytes(),
+                certificate_chain=certs.client_cert.read_bytes(),
+            )
+            channel = server.channel(
+                credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+            )
+            return model_service_pb2_grpc.ModelServiceStub(channel)
+
+        refused(lambda: stub(requesters).HandleReloadConfigRequest(reload_request({}), timeout=60))
+        assert server.manager.model_names() == ["a"]
+        stub(admins).HandleReloadConfigRequest(reload_request({}), timeout=60)
+        assert server.manager.model_names() == []
+    finally:
+        server.stop()

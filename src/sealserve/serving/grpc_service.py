@@ -1,7 +1,7 @@
 """TF Serving's gRPC API: PredictionService, ModelService, grpc.health.v1.
 
 HandleReloadConfigRequest is refused unless `ModelManagementPolicy` allows the caller (by
-the fingerprint of its verified client certificate) and every base path it names.
+its verified client certificate) and every base path it names.
 
 Thin: convert the request protos, call the data plane, convert the result, and map a
 `SealserveError` to its gRPC status code with TF Serving's message. With metrics, every
@@ -40,11 +40,7 @@ from sealserve.serving import api_protos, model_config, tensor_proto
 from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall
 from sealserve.serving.inference import examples_from_input
 from sealserve.serving.metrics import Metrics
-from sealserve.serving.model_management import (
-    NOT_ALLOWED,
-    ModelManagementPolicy,
-    certificate_fingerprint,
-)
+from sealserve.serving.model_management import NOT_ALLOWED, ModelManagementPolicy
 from sealserve.serving.signatures import CLASSIFY_METHOD, REGRESS_METHOD
 
 log = logging.getLogger(__name__)
@@ -239,7 +235,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             # before anything looks at the file system
             if not self.management.enabled:
                 raise PermissionDenied(NOT_ALLOWED)
-            client = _client_fingerprint(context)
+            client = _client_certificate(context)
             if not self.management.insecure_any_client and client is None:
                 raise PermissionDenied(NOT_ALLOWED)
             configs = model_config.from_proto(request.config, "ReloadConfigRequest")
@@ -250,8 +246,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _guarded(context, reload)
 
 
-def _client_fingerprint(context: grpc.ServicerContext) -> str | None:
-    """SHA-256 of the client certificate the mTLS handshake verified, if any."""
+def _client_certificate(context: grpc.ServicerContext) -> bytes | None:
+    """The client certificate (DER) the mTLS handshake verified, if any."""
     pems = context.auth_context().get("x509_pem_cert")
     if not pems:
         return None
@@ -259,10 +255,9 @@ def _client_fingerprint(context: grpc.ServicerContext) -> str | None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     try:
-        der = x509.load_pem_x509_certificate(pems[0]).public_bytes(Encoding.DER)
+        return x509.load_pem_x509_certificate(pems[0]).public_bytes(Encoding.DER)
     except ValueError:
         return None
-    return certificate_fingerprint(der)
 
 
 def _fill_spec(spec: Any, resolved: Any) -> None:
