@@ -106,6 +106,9 @@ def test_an_ordinary_client_certificate_cannot_unload_the_models(mtls_server, re
         lambda: requester_stub.HandleReloadConfigRequest(reload_request({}), timeout=60)
     )
     assert "only an administrator certificate" in error.details()
+    # a malformed config tells a non-admin nothing either: refused before it is parsed
+    bad = reload_request({"x": ""})
+    refused(lambda: requester_stub.HandleReloadConfigRequest(bad, timeout=60))
     assert mtls_server.manager.model_names() == ["a"]
 
 

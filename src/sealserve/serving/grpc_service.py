@@ -231,12 +231,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self, request: Any, context: grpc.ServicerContext
     ) -> Any:
         def reload() -> Any:
-            # who asks is checked before the request is even parsed, and the base paths
-            # before anything looks at the file system
-            if not self.management.enabled:
-                raise PermissionDenied(NOT_ALLOWED)
+            # who asks is checked before the request is even parsed (a non-admin learns
+            # nothing from it), and the base paths before anything looks at the file system
             client = _client_certificate(context)
-            if not self.management.insecure_any_client and client is None:
+            if not (self.management.insecure_any_client or self.management.is_admin(client)):
                 raise PermissionDenied(NOT_ALLOWED)
             configs = model_config.from_proto(request.config, "ReloadConfigRequest")
             self.management.authorize(client, ((c.name, c.base_path) for c in configs))
