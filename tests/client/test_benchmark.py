@@ -279,7 +279,8 @@ def test_mutual_tls_server_refuses_a_client_without_certificate(client_mtls_serv
         if protocol == "grpc"
         else ["--rest", "-url", client_mtls_server.rest_address]
     )
-    with pytest.raises(SealserveError, match="every warm-up request failed: UNAVAILABLE"):
+    message = r"requires a client certificate \(mutual TLS\): give -crt and -key"
+    with pytest.raises(SealserveError, match=message):
         bench(*where, "-ca", str(client_mtls_server.certs.ca_cert), "-cnum", "1", *TINY)
 
 

@@ -32,7 +32,7 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sealserve.errors import InvalidArgument
+from sealserve.errors import Code, InvalidArgument, SealserveError
 from sealserve.fsio import read_user_file
 
 if TYPE_CHECKING:
@@ -236,6 +236,49 @@ def ssl_context(tls: TlsFiles) -> ssl.SSLContext:
                 f"{exc.reason or exc}"
             ) from None
     return context
+
+
+def needs_client_certificate(address: str, tls: TlsFiles | None, timeout: float = 5.0) -> bool:
+    """Whether the TLS server at `address` (host:port or URL) turns away a client that shows
+    no certificate: after a handshake without one, it sends the certificate_required alert
+    (TLS 1.3), a handshake failure (TLS 1.2), or closes the connection before any answer.
+    Asked only after a connection failed, to say why in one sentence."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if tls is None or tls.mutual:
+        return False
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    if not parts.hostname or not parts.port:
+        return False
+    try:
+        context = ssl_context(tls)
+        context.check_hostname = False  # the question is only whether a certificate is asked
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with (
+            socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock,
+            context.wrap_socket(sock) as conn,
+        ):
+            # an HTTP/2 preface or an HTTP/1.1 request: either server answers something
+            conn.sendall(
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                if conn.selected_alpn_protocol() == "h2"
+                else b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            return conn.recv(1) == b""
+    except ssl.SSLError as err:
+        return "CERTIFICATE_REQUIRED" in str(err).upper() or "HANDSHAKE_FAILURE" in str(err).upper()
+    except OSError:
+        return False
+
+
+def client_certificate_error(flags: tuple[str, str] = ("--cert", "--key")) -> SealserveError:
+    cert, key = flags
+    return SealserveError(
+        f"the server requires a client certificate (mutual TLS): give {cert} and {key}",
+        code=Code.UNAUTHENTICATED,
+    )
 
 
 def grpc_error_text(error: Any) -> tuple[str, str]:

@@ -61,11 +61,13 @@ from sealserve.client import (
     REST_DEFAULT_PORT,
     TlsFiles,
     attested,
+    client_certificate_error,
     grpc_channel_options,
     grpc_credentials,
     grpc_error_text,
     grpc_target,
     model_path,
+    needs_client_certificate,
     rest_base_url,
     ssl_context,
 )
@@ -539,6 +541,10 @@ async def run_benchmark(
                 return result
             if warm_ok[0] == 0:  # one line says it all (and spares a -loop 0 from spinning)
                 first = warm_errors[0][2]
+                if first.code == "UNAVAILABLE" and needs_client_certificate(
+                    config.target, config.tls
+                ):
+                    raise client_certificate_error(("-crt", "-key"))
                 raise SealserveError(f"every warm-up request failed: {first.code}: {first.message}")
             for task, index, error in warm_errors:  # some failed: worth knowing, not fatal
                 reporter.failure(task, index, error, warmup=True)

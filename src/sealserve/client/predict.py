@@ -46,11 +46,13 @@ from sealserve.client import (
     REST_DEFAULT_PORT,
     TlsFiles,
     attested,
+    client_certificate_error,
     grpc_channel_options,
     grpc_credentials,
     grpc_error_text,
     grpc_target,
     model_path,
+    needs_client_certificate,
     rest_base_url,
     ssl_context,
 )
@@ -201,6 +203,8 @@ async def _post(url: str, body: bytes, options: PredictOptions) -> bytes:
             f"no answer from {url} in {options.timeout:g} s", code=Code.DEADLINE_EXCEEDED
         ) from None
     except aiohttp.ClientError as exc:
+        if needs_client_certificate(url, options.tls):
+            raise client_certificate_error() from None
         raise SealserveError(
             f"cannot reach {url}: {' '.join(str(exc).split())}", code=Code.UNAVAILABLE
         ) from None
@@ -271,6 +275,8 @@ def predict_grpc(
             response = stub.Predict(request, timeout=options.timeout)
         except grpc.RpcError as error:
             code, details = grpc_error_text(error)
+            if code == "UNAVAILABLE" and needs_client_certificate(target, options.tls):
+                raise client_certificate_error() from None
             raise SealserveError(f"{code}: {details}", code=_grpc_code(code)) from None
     from sealserve.serving.json_codec import format_predict_response
     from sealserve.serving.tensor_proto import to_numpy
