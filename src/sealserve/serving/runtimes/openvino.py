@@ -24,13 +24,16 @@ side without a lock around the model; OpenVINO releases the GIL while it infers.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
 import re
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -48,8 +51,10 @@ from sealserve.serving.tensorflow_runtime import import_tensorflow
 log = logging.getLogger(__name__)
 
 INFER_REQUESTS = 8  # per signature: more than the gRPC threads or batch threads that call
-GENERATED_RUNS = 2  # generated inputs for the accuracy gate: runs of GENERATED_BATCH rows
-GENERATED_BATCH = 8
+# Generated inputs of the accuracy gate: one run per entry, of that many rows where the batch
+# dimension is free. Few rows: each costs a TensorFlow and an OpenVINO run at load (ResNet-50:
+# ~0.1 s each); a model's warm-up requests, its real inputs, weigh more.
+GENERATED_BATCHES = (1, 3)
 OPENVINO_TYPES = {"fp32": "f32", "bf16": "bf16"}
 
 # A request to replay: (signature key, inputs by alias)
@@ -111,6 +116,7 @@ def convert_signatures(
         log.warning("%s: this CPU has no bf16 support; running OpenVINO in fp32", model)
         precision = "fp32"
     converted = Converted(precision=precision)
+    started = time.perf_counter()
     try:
         loaded = tf.saved_model.load(root, tags=list(tags))
     except (RuntimeError, ValueError, KeyError, OSError, tf.errors.OpError) as exc:
@@ -120,36 +126,74 @@ def convert_signatures(
         "PERFORMANCE_HINT": spec.hint.upper(),
         "CACHE_DIR": "",  # never a compiled blob on disk
     }
-    for key in keys:
-        function = loaded.signatures.get(key)
-        if function is None:
-            converted.unconverted[key] = "not a function of the SavedModel's object graph"
-            continue
-        strings = _string_operations(function, signature_defs[key])
-        if strings:
-            converted.unconverted[key] = strings
-            continue
-        try:
-            ov_model = convert_function(function)
-            bindings = _Bindings.of(ov_model, signature_defs[key])
-            compiled = _core().compile_model(ov_model, "CPU", config)
-        except Exception as exc:  # the frontend raises many types; each means "cannot convert"
-            converted.unconverted[key] = unsupported_operations(exc)
-            continue
-        del ov_model  # compiled holds its own (repacked) weights
-        converted.compiled[key] = compiled
-        converted.runners[key] = _runner(compiled, bindings, signature_defs[key])
-    if converted.unconverted and spec.strict:
-        key, reason = next(iter(sorted(converted.unconverted.items())))
-        raise InvalidArgument(
-            f"signature {key} cannot run on OpenVINO ({reason}) and the model's runtime is strict"
-        )
-    for key in converted.runners:
-        converted.accuracy[key] = _check_accuracy(
-            model, key, loaded.signatures[key], converted.runners[key], signature_defs[key],
-            [inputs for k, inputs in gate_inputs if k == key], spec, precision,
-        )  # fmt: skip
+    seconds = {"load": time.perf_counter() - started, "convert": 0.0, "compile": 0.0}
+    # TensorFlow's answers for the accuracy gate are computed in a thread of their own while
+    # this one converts and compiles (the frontend's graph walk is Python; TensorFlow runs
+    # without the GIL)
+    reference_pool = ThreadPoolExecutor(1, "sealserve-ov-reference")
+    cases: dict[str, list[Mapping[str, np.ndarray]]] = {}
+    references: dict[str, Future[list[dict[str, np.ndarray]]]] = {}
+    try:
+        for key in keys:
+            function = loaded.signatures.get(key)
+            if function is None:
+                converted.unconverted[key] = "not a function of the SavedModel's object graph"
+                continue
+            strings = _string_operations(function, signature_defs[key])
+            if strings:
+                converted.unconverted[key] = strings
+                continue
+            cases[key] = [inputs for k, inputs in gate_inputs if k == key]
+            cases[key] += generated_inputs(signature_defs[key], GENERATED_BATCHES)
+            references[key] = reference_pool.submit(_tensorflow_outputs, function, cases[key])
+            _convert_and_compile(key, function, signature_defs[key], config, converted, seconds)
+        if converted.unconverted and spec.strict:
+            key, reason = next(iter(sorted(converted.unconverted.items())))
+            raise InvalidArgument(
+                f"signature {key} cannot run on OpenVINO ({reason}) and the model's runtime "
+                "is strict"
+            )
+        started = time.perf_counter()
+        for key in converted.runners:
+            converted.accuracy[key] = _check_accuracy(
+                model, key, converted.runners[key], cases[key], references[key].result(),
+                spec, precision,
+            )  # fmt: skip
+        seconds["check"] = time.perf_counter() - started
+    finally:
+        reference_pool.shutdown(wait=True, cancel_futures=True)
+    log.info(
+        "%s: OpenVINO %s: %s",
+        model,
+        precision,
+        ", ".join(f"{step} {value:.2f} s" for step, value in seconds.items()),
+    )
     return converted
+
+
+def _convert_and_compile(
+    key: str,
+    function: Any,
+    signature: Any,
+    config: Mapping[str, str],
+    converted: Converted,
+    seconds: dict[str, float],
+) -> None:
+    """Add signature `key`'s runner to `converted`, or the reason it has none."""
+    try:
+        started = time.perf_counter()
+        ov_model = convert_function(function)
+        bindings = _Bindings.of(ov_model, signature)
+        seconds["convert"] += time.perf_counter() - started
+        started = time.perf_counter()
+        compiled = _core().compile_model(ov_model, "CPU", dict(config))
+        seconds["compile"] += time.perf_counter() - started
+    except Exception as exc:  # the frontend raises many types; each means "cannot convert"
+        converted.unconverted[key] = unsupported_operations(exc)
+        return
+    del ov_model  # compiled holds its own (repacked) weights
+    converted.compiled[key] = compiled
+    converted.runners[key] = _runner(compiled, bindings, signature)
 
 
 def convert_function(function: Any) -> Any:
@@ -163,9 +207,40 @@ def convert_function(function: Any) -> Any:
     from openvino.frontend import FrontEndManager
     from openvino.frontend.tensorflow.utils import create_tf_graph_iterator
 
-    iterator = create_tf_graph_iterator(function, None, None, None, False)
-    frontend = FrontEndManager().load_by_framework("tf")
-    return frontend.convert(frontend.load(iterator, False))
+    with _variables_looked_up_once():
+        iterator = create_tf_graph_iterator(function, None, None, None, False)
+        frontend = FrontEndManager().load_by_framework("tf")
+        return frontend.convert(frontend.load(iterator, False))
+
+
+_conversion = threading.Lock()
+
+
+@contextlib.contextmanager
+def _variables_looked_up_once() -> Iterator[None]:
+    """During one conversion, remember what the frontend's `get_variable` found for each
+    placeholder. It searches all of the graph's captures and variables, and reads the value
+    again, each time it is asked, several times per node: a third of ResNet-50's conversion
+    time (OpenVINO 2026.4). The answers are forgotten afterwards (they hold the weights);
+    conversions run one at a time (they hold the GIL for most of their work anyway)."""
+    from openvino.frontend.tensorflow.node_decoder import TFGraphNodeDecoder
+
+    original = TFGraphNodeDecoder.__dict__["get_variable"]
+    found: dict[int, tuple[Any, Any]] = {}
+
+    def get_variable(operation: Any) -> Any:
+        known = found.get(id(operation))
+        if known is None or known[0] is not operation:
+            known = found[id(operation)] = (operation, original.__func__(operation))
+        return known[1]
+
+    with _conversion:
+        TFGraphNodeDecoder.get_variable = staticmethod(get_variable)
+        try:
+            yield
+        finally:
+            TFGraphNodeDecoder.get_variable = original
+            found.clear()
 
 
 STRING_DTYPE = 7  # DT_STRING
@@ -285,14 +360,15 @@ def _runner(compiled: Any, bindings: _Bindings, signature: Any) -> Runner:
 
 
 def generated_inputs(
-    signature: Any, runs: int, batch: int, seed: int = 0
+    signature: Any, batches: Sequence[int], seed: int = 0
 ) -> list[dict[str, np.ndarray]]:
-    """Random inputs fitting `signature`: unknown dimensions are `batch` for the first and 1
-    for others; floats uniform in [0, 1) (image-like), integers in [0, 10). Empty when an
-    input cannot be generated (strings, unknown rank)."""
+    """Random inputs fitting `signature`, one set per entry of `batches`: an unknown first
+    dimension is that entry, other unknown dimensions 1; floats uniform in [0, 1)
+    (image-like), integers in [0, 10). Empty when an input cannot be generated (strings,
+    unknown rank). Seeded: a load is repeatable."""
     rng = np.random.default_rng(seed)
     made: list[dict[str, np.ndarray]] = []
-    for _ in range(runs):
+    for batch in batches:
         inputs: dict[str, np.ndarray] = {}
         for alias, info in sorted(signature.inputs.items()):
             dims = dims_of(info.tensor_shape)
@@ -315,20 +391,28 @@ def generated_inputs(
     return made
 
 
+def _tensorflow_outputs(
+    function: Any, cases: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    tf = import_tensorflow()
+    try:
+        return [{a: t.numpy() for a, t in function(**inputs).items()} for inputs in cases]
+    except (TypeError, ValueError, tf.errors.OpError) as exc:
+        raise InvalidArgument(f"TensorFlow cannot run the accuracy check: {_brief(exc)}") from None
+
+
 def _check_accuracy(
     model: str,
     key: str,
-    function: Any,
     runner: Runner,
-    signature: Any,
-    warmup: list[Mapping[str, np.ndarray]],
+    cases: Sequence[Mapping[str, np.ndarray]],
+    references: Sequence[Mapping[str, np.ndarray]],
     spec: RuntimeSpec,
     precision: str,
 ) -> Agreement:
     max_error, min_agreement = spec.bounds
     agreement = Agreement()
-    for inputs in [*warmup, *generated_inputs(signature, GENERATED_RUNS, GENERATED_BATCH)]:
-        reference = {alias: t.numpy() for alias, t in function(**inputs).items()}
+    for inputs, reference in zip(cases, references, strict=True):
         try:
             agreement.add(reference, runner(inputs, False))
         except (ValueError, InvalidArgument) as exc:

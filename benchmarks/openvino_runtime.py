@@ -1,0 +1,258 @@
+"""The OpenVINO runtime against TensorFlow: ResNet-50, encrypted, served over mutual-TLS gRPC.
+
+One run, side by side, on the generated ResNet-50 (`make_model("resnet50")`, encrypted) and
+the machinery of `serving.py` (its server processes, certificates, load generator and
+in-process loop):
+
+(a) Start-up and memory: `sealserve serve` with `--runtime=tensorflow`, `openvino` and
+    `openvino:bf16`, each started from nothing until its first gRPC answer (process start,
+    imports, key, decryption, load or conversion and accuracy gate, warm-up); then its
+    resident memory (VmRSS) once it has served the throughput runs, and its peak (VmHWM).
+    Targets: OpenVINO start-up <= TensorFlow's + 5 s; resident memory <= TensorFlow's.
+(b) Throughput, batch 1, with 1 and 4 clients (each on its own mTLS channel, `loadgen.py`):
+    the OpenVINO servers, against in-process TensorFlow (`tf.saved_model.load`, the signature
+    called by as many threads) and against in-process OpenVINO of the same precision (the
+    same runtime code as the server, `VersionLoader(...).load()` in this process). Targets:
+    fp32 served >= 1.7x TensorFlow, bf16 served >= 3.0x (1 client and 4 clients); served >=
+    0.90x in-process OpenVINO of its precision.
+
+All measurements of one concurrency are taken in alternating rounds (A B C ..., ... C B A), so
+that other load on the machine weighs on all alike.
+
+Usage: .venv/bin/python benchmarks/openvino_runtime.py [--duration 10] [--rounds 2] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from loadgen import random_images
+
+from sealserve.serving.keys import StaticKeyProvider
+from sealserve.serving.loader import LoadOptions, VersionLoader
+from sealserve.serving.runtimes import parse_runtime
+from sealserve.serving.tensorflow_runtime import import_tensorflow
+from serving import (
+    IMAGE_SHAPE,
+    LoadGenerator,
+    Measurement,
+    Row,
+    ServerProcess,
+    details,
+    first_answer,
+    free_port,
+    in_process,
+    port_open,
+    prepare,
+    ratio_row,
+    resnet_server_argv,
+    resnet_spec,
+    rounds_order,
+    table,
+    wait_until,
+)
+
+RUNTIMES = ("tensorflow", "openvino", "openvino:bf16")
+LABELS = {"tensorflow": "TensorFlow", "openvino": "OpenVINO fp32", "openvino:bf16": "OpenVINO bf16"}
+MIN_OVER_TF = {"openvino": 1.7, "openvino:bf16": 3.0}
+MIN_SERVED_RATIO = 0.90
+MAX_EXTRA_STARTUP_S = 5.0
+
+
+class _Servable:
+    """A loaded servable called as `in_process` expects: keyword inputs, `.numpy()` outputs."""
+
+    class _Array:
+        def __init__(self, array: np.ndarray) -> None:
+            self._array = array
+
+        def numpy(self) -> np.ndarray:
+            return self._array
+
+    def __init__(self, servable: object) -> None:
+        self._servable = servable
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, object]:
+        outputs = self._servable.run("serving_default", inputs)  # type: ignore[attr-defined]
+        return {alias: self._Array(array) for alias, array in outputs.items()}
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def start(setup, runtime: str) -> tuple[float, ServerProcess]:  # noqa: ANN001
+    port = free_port()
+    argv = resnet_server_argv(setup, port, encrypted=True, flags=(f"--runtime={runtime}",))
+    log = setup.work / f"sealserve-{runtime.replace(':', '-')}.log"
+    started = time.perf_counter()
+    server = ServerProcess(f"sealserve ({LABELS[runtime]})", argv, log, port)
+    try:
+        wait_until(server, port_open(port), timeout=600)
+        first_answer(setup, port)
+    except BaseException:
+        server.stop()
+        raise
+    return time.perf_counter() - started, server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10, help="measured s per figure")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating slices per figure")
+    parser.add_argument("--warmup", type=float, default=2, help="warm-up s before each slice")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    args = parser.parse_args()
+
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load_before = os.getloadavg()[0]
+    print(f"{date}: {os.cpu_count()} CPUs, load average {load_before:.2f} at the start")
+    work = Path(tempfile.mkdtemp(prefix="sealserve-bench-openvino-", dir="/tmp"))
+    loadgen = LoadGenerator(work / "loadgen.log")
+    servers: dict[str, ServerProcess] = {}
+    rows: list[Row] = []
+    measurements: list[Measurement] = []
+    startup: dict[str, float] = {}
+    memory: dict[str, dict[str, int]] = {}
+    try:
+        setup = prepare(work, {"resnet"})
+        for runtime in RUNTIMES:  # one at a time: start-up is measured on a quiet server set
+            startup[runtime], servers[runtime] = start(setup, runtime)
+            print(f"start-up {LABELS[runtime]}: {startup[runtime]:.1f} s", flush=True)
+        tf = import_tensorflow()
+        tf_function = tf.saved_model.load(str(setup.resnet_plain / "1")).signatures[
+            "serving_default"
+        ]
+        inputs = {"input": random_images(IMAGE_SHAPE)}
+        tf_function(**inputs)
+        local_ov = {}
+        for runtime in RUNTIMES[1:]:
+            loader = VersionLoader(
+                "resnet",
+                1,
+                setup.resnet_plain / "1",
+                StaticKeyProvider({}),
+                LoadOptions(),
+                runtime=parse_runtime(runtime),
+            )
+            local_ov[runtime] = _Servable(loader.load())
+        slice_s = args.duration / args.rounds
+        for clients in (1, 4):
+            plural = "s" if clients > 1 else ""
+            local_tf = Measurement(f"TensorFlow in-process, {clients} thread{plural}", "images/s")
+            items: list[tuple[Measurement, object]] = [(local_tf, tf_function)]
+            served, local = {}, {}
+            for runtime in RUNTIMES[1:]:
+                label = LABELS[runtime]
+                local[runtime] = Measurement(
+                    f"{label} in-process, {clients} thread{plural}", "images/s"
+                )
+                served[runtime] = Measurement(
+                    f"{label} served, mTLS gRPC, {clients} client{plural}", "images/s"
+                )
+                items += [(local[runtime], local_ov[runtime]), (served[runtime], runtime)]
+            for measurement, how in rounds_order(items, args.rounds):
+                if isinstance(how, str):
+                    measurement.add(loadgen.run(resnet_spec(setup, servers[how], clients, args)))
+                else:
+                    measurement.add(in_process(how, inputs, clients, args.warmup, slice_s))  # type: ignore[arg-type]
+                print(f"  {measurement.name}: {measurement.round_rates[-1]:.1f}", flush=True)
+            measurements += [m for m, _ in items]
+            for runtime in RUNTIMES[1:]:
+                label = LABELS[runtime]
+                minimum = MIN_OVER_TF[runtime] if clients == 1 or runtime.endswith("bf16") else 0
+                row = ratio_row(
+                    served[runtime],
+                    local_tf,
+                    f"ResNet-50 {label}, served, batch 1, {clients} client{plural}",
+                    f"TensorFlow in-process, {clients} thread{plural}",
+                    minimum,
+                    "TensorFlow",
+                )
+                rows.append(row if minimum else replace(row, target="—", passed=None))
+                rows.append(
+                    ratio_row(
+                        served[runtime],
+                        local[runtime],
+                        f"ResNet-50 {label}, served, batch 1, {clients} client{plural}",
+                        f"{label} in-process",
+                        MIN_SERVED_RATIO,
+                        "in-process",
+                    )
+                )
+        for runtime, server in servers.items():
+            memory[runtime] = memory_kib(server.pid)
+        tf_start, tf_rss = startup["tensorflow"], memory["tensorflow"]["VmRSS"]
+        for runtime in RUNTIMES[1:]:
+            label = LABELS[runtime]
+            rows.append(
+                Row(
+                    f"start-up, encrypted, {label}: process start → first answer",
+                    startup[runtime],
+                    "s",
+                    "TensorFlow",
+                    tf_start,
+                    startup[runtime] / tf_start,
+                    target=f"≤ TensorFlow + {MAX_EXTRA_STARTUP_S:g} s",
+                    passed=startup[runtime] <= tf_start + MAX_EXTRA_STARTUP_S,
+                )
+            )
+            rss = memory[runtime]["VmRSS"]
+            rows.append(
+                Row(
+                    f"resident memory after serving, {label}",
+                    rss / 1024,
+                    "MiB",
+                    "TensorFlow",
+                    tf_rss / 1024,
+                    rss / tf_rss,
+                    target="≤ TensorFlow",
+                    passed=rss <= tf_rss,
+                )
+            )
+    finally:
+        for server in servers.values():
+            server.stop()
+        loadgen.close()
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()[0]
+    print(f"\nload average {load_before:.2f} at the start, {load_after:.2f} at the end\n")
+    print(table(rows))
+    print()
+    print(details(measurements))
+    print("\nmemory (KiB): " + json.dumps(memory))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": date,
+                    "load_average": [load_before, load_after],
+                    "rows": [r.__dict__ for r in rows],
+                    "measurements": [m.summary() for m in measurements],
+                    "startup_s": startup,
+                    "memory_kib": memory,
+                },
+                indent=2,
+            )
+        )
+    if any(r.passed is False for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
