@@ -494,3 +494,29 @@ def test_images_are_decoded_resized_and_cropped(tmp_path, client_plain_server):
         load_image(str(tmp_path / "not-an-image.png"), (8, 8, 3))
     with pytest.raises(InvalidArgument, match="HEIGHT,WIDTH,3"):
         load_image(str(path), (8, 8))
+
+
+# -- the picture of a run (--plot) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_plot_draws_the_latency_distribution_and_throughput(client_plain_server, tmp_path, suffix):
+    figure = tmp_path / f"run{suffix}"
+    code, out, _ = bench(
+        "-url", grpc_url(client_plain_server), "-cnum", "2", "-loop", "20", "--quiet",
+        "--plot", str(figure), *TINY,
+    )  # fmt: skip
+    assert code == 0 and "summary:" in out
+    data = figure.read_bytes()
+    if suffix == ".png":
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    else:
+        text = data.decode()
+        assert text.lstrip().startswith("<?xml") and "<svg" in text
+        assert "latency distribution" in text and "throughput over the run" in text
+
+
+def test_plot_refuses_an_unknown_format_before_running(client_plain_server, tmp_path):
+    with pytest.raises(SealserveError, match=r"\.png or \.svg"):
+        bench("-url", grpc_url(client_plain_server), "--plot", str(tmp_path / "x.gif"), *TINY)
+    assert not (tmp_path / "x.gif").exists()

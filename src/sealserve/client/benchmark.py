@@ -117,6 +117,8 @@ class BenchmarkResult:
 
     config: BenchmarkConfig
     latencies: array = field(default_factory=lambda: array("d"))
+    #: when each successful request completed, in seconds since the timed run started
+    completed_at: array = field(default_factory=lambda: array("d"))
     errors: Counter[str] = field(default_factory=Counter)
     wall_seconds: float = 0.0
     stopped_by: int | None = None  # the signal that stopped the run
@@ -501,6 +503,7 @@ async def run_benchmark(
     connections = [connect() for _ in range(config.cnum)]
     warm_ok = [0]
     warm_errors: list[tuple[int, int, RequestFailed]] = []
+    run_started = [0.0]
 
     async def warm_up(task: int) -> None:
         for index in range(config.warmup):
@@ -528,8 +531,10 @@ async def run_benchmark(
                 result.errors[error.code] += 1
                 reporter.failure(task, index, error)
             else:
-                latency = time.perf_counter() - start
+                done = time.perf_counter()
+                latency = done - start
                 result.latencies.append(latency)
+                result.completed_at.append(done - run_started[0])
                 reporter.success(task, index, latency)
             index += 1
 
@@ -548,7 +553,7 @@ async def run_benchmark(
                 raise SealserveError(f"every warm-up request failed: {first.code}: {first.message}")
             for task, index, error in warm_errors:  # some failed: worth knowing, not fatal
                 reporter.failure(task, index, error, warmup=True)
-        start = time.perf_counter()
+        start = run_started[0] = time.perf_counter()
         await _phase(stopper, [timed(i) for i in range(config.cnum)])
         result.wall_seconds = time.perf_counter() - start
         result.stopped_by = stopper.signum
@@ -690,6 +695,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the summary as one JSON object instead of text (implies --quiet)",
     )
+    ours.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="draw the latency distribution and the throughput over the run (.png or .svg)",
+    )
     attested.add_arguments(parser)
 
 
@@ -741,12 +751,20 @@ def run(
     out = out or sys.stdout
     err = err or sys.stderr
     config = config_from_args(args)
+    if args.plot:
+        from sealserve.client.plot import check_plot_path
+
+        check_plot_path(args.plot)  # before the run, not after it
     quiet = args.quiet or args.json
     reporter = Reporter(config, per_request=not quiet, progress=quiet, out=out, err=err)
     try:
         result = asyncio.run(run_benchmark(config, reporter, on_start=on_start))
     finally:
         reporter.close()
+    if args.plot:
+        from sealserve.client.plot import plot_run
+
+        plot_run(result, args.plot)
     if args.json:
         out.write(json.dumps(result.as_json()) + "\n")
     else:
