@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,9 +14,7 @@ import pytest
 
 from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_oneway
-from tests.serving.conftest import free_port
-
-SEALSERVE = str(Path(sys.executable).parent / "sealserve")
+from tests.harness import SEALSERVE, KbsProcess, ServeProcess
 
 
 def sealserve(*args: object) -> str:
@@ -29,58 +25,39 @@ def sealserve(*args: object) -> str:
     return result.stdout
 
 
-def wait_for_status(port: int, model: str) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{model}") as r:
-                return json.loads(r.read())["model_version_status"][0]
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError("server did not come up")
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory, half_plus_two):
     root = tmp_path_factory.mktemp("attested")
     sealserve("sim", "init", root / "sim")
     sealserve("kbs", "init", root / "kbs")
     tls = make_oneway("localhost", root / "kbs-tls", sans=["127.0.0.1"])
-    port = free_port()
-    process = subprocess.Popen(
+    process = KbsProcess(
         [
-            str(a)
-            for a in [
-                SEALSERVE,
-                "kbs",
-                "serve",
-                "--db",
-                root / "kbs.db",
-                "--master-key",
-                root / "kbs" / "master.key",
-                "--signing-key",
-                root / "kbs" / "signing-key.pem",
-                "--admin-token-file",
-                root / "kbs" / "admin.token",
-                "--insecure-trust-sim-root",
-                root / "sim",
-                "--tls-cert",
-                tls.server_cert,
-                "--tls-key",
-                tls.server_key,
-                "--port",
-                port,
-            ]
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+            SEALSERVE,
+            "kbs",
+            "serve",
+            "--db",
+            root / "kbs.db",
+            "--master-key",
+            root / "kbs" / "master.key",
+            "--signing-key",
+            root / "kbs" / "signing-key.pem",
+            "--admin-token-file",
+            root / "kbs" / "admin.token",
+            "--insecure-trust-sim-root",
+            root / "sim",
+            "--tls-cert",
+            tls.server_cert,
+            "--tls-key",
+            tls.server_key,
+            "--port",
+            "0",
+        ]
     )
-    assert process.stdout is not None and "https://" in process.stdout.readline()
     key = root / "model.key"
     sealserve("keygen", "-w", key)
     encrypt_tree(half_plus_two, str(root / "models" / "hpt" / "1"), key.read_bytes())
-    url = f"https://127.0.0.1:{port}"
+    url = process.url
     admin = [
         "--url",
         url,
@@ -91,17 +68,16 @@ def broker(tmp_path_factory, half_plus_two):
     ]
     sealserve("kbs", "secret", "put", "sealserve/model-key/hpt", "--file", key, *admin)
     yield {"root": root, "url": url, "ca": tls.server_cert, "admin": admin}
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    process.stop()
 
 
-def serve_flags(broker, rest_port: int, *extra: str) -> list[str]:
+def serve_flags(broker, *extra: str) -> list[str]:
     root = broker["root"]
     return [
         "--model_name=hpt",
         f"--model_base_path={root / 'models' / 'hpt'}",
-        f"--port={free_port()}",
-        f"--rest_api_port={rest_port}",
+        "--port=0",  # ports the system picks: the measurement stays the same from run to run
+        "--rest_api_port=0",
         "--bind_address=127.0.0.1",
         f"--key_broker={broker['url']}",
         f"--key_broker_ca={broker['ca']}",
@@ -111,9 +87,13 @@ def serve_flags(broker, rest_port: int, *extra: str) -> list[str]:
     ]
 
 
+def model_status(port: int, model: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{model}") as response:
+        return json.loads(response.read())["model_version_status"][0]
+
+
 def test_the_key_goes_only_to_the_measured_server(broker):
-    rest_port = free_port()
-    flags = serve_flags(broker, rest_port)
+    flags = serve_flags(broker)
     mr_enclave = sealserve("measure", *flags).strip()
     assert len(mr_enclave) == 64
     policy = broker["root"] / "policy.toml"
@@ -123,38 +103,31 @@ def test_the_key_goes_only_to_the_measured_server(broker):
     )
     sealserve("kbs", "policy", "set", "sealserve/model-key/hpt", policy, *broker["admin"])
 
-    server = subprocess.Popen([SEALSERVE, "serve", *flags], stderr=subprocess.PIPE)
+    server = ServeProcess(*flags)  # started: the first load of each version is over
     try:
-        assert wait_for_status(rest_port, "hpt")["state"] == "AVAILABLE"
+        assert model_status(server.rest_port, "hpt")["state"] == "AVAILABLE"
         request = urllib.request.Request(
-            f"http://127.0.0.1:{rest_port}/v1/models/hpt:predict",
+            f"http://127.0.0.1:{server.rest_port}/v1/models/hpt:predict",
             method="POST",
             data=json.dumps({"instances": [1.0, 2.0, 5.0]}).encode(),
         )
         with urllib.request.urlopen(request) as response:
             assert json.loads(response.read()) == {"predictions": [2.5, 3.0, 4.5]}
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        server.stop()
 
     # a server launched differently has another measurement: the KBS refuses it, tells the
     # server only that its policy denied it, and tells the administrator why (the audit)
-    other_port = free_port()
-    tampered = subprocess.Popen(
-        [SEALSERVE, "serve", *serve_flags(broker, other_port, "--enable_model_warmup=false")],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    tampered = ServeProcess(*serve_flags(broker, "--enable_model_warmup=false"))
     try:
-        status = wait_for_status(other_port, "hpt")
+        status = model_status(tampered.rest_port, "hpt")
         assert status["state"] == "END"
         assert status["status"]["error_code"] == "PERMISSION_DENIED"
         assert "denied this TEE" in status["status"]["error_message"]
         assert "mr_enclave" not in status["status"]["error_message"]
     finally:
-        tampered.send_signal(signal.SIGTERM)
-        _, stderr = tampered.communicate(timeout=60)
-    assert "denied" in stderr and "Traceback" not in stderr
+        tampered.stop()
+    assert "denied" in tampered.stderr and "Traceback" not in tampered.stderr
 
     audit = sealserve("kbs", "audit", "--resource", "sealserve/model-key/hpt", *broker["admin"])
     assert "allowed" in audit and "denied" in audit and "mr_enclave" in audit
@@ -212,8 +185,7 @@ def test_code_on_pythonpath_is_refused_before_any_key(broker, tmp_path):
     """#12 §3: a sitecustomize.py on PYTHONPATH ran inside the measured server, with an
     unchanged measurement, and saw the released key. Now it changes the measurement and
     the attested server refuses to start before asking for a key."""
-    rest_port = free_port()
-    flags = serve_flags(broker, rest_port)
+    flags = serve_flags(broker)
     clean = pin_measurement(broker, flags)
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -254,22 +226,21 @@ def test_code_on_pythonpath_is_refused_before_any_key(broker, tmp_path):
 
 def test_an_attested_server_cannot_dump_core(broker):
     """#12 §5: RLIMIT_CORE 0 (soft and hard) and not dumpable, on the running server."""
-    rest_port = free_port()
-    flags = serve_flags(broker, rest_port)
+    flags = serve_flags(broker)
     pin_measurement(broker, flags)
-    server = subprocess.Popen([SEALSERVE, "serve", *flags], stderr=subprocess.PIPE, text=True)
+    server = ServeProcess(*flags)
     try:
-        assert wait_for_status(rest_port, "hpt")["state"] == "AVAILABLE"
-        limits = Path(f"/proc/{server.pid}/limits").read_text()
+        assert model_status(server.rest_port, "hpt")["state"] == "AVAILABLE"
+        pid = server.process.pid
+        limits = Path(f"/proc/{pid}/limits").read_text()
         core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
         assert core.split()[4:6] == ["0", "0"], core
         if os.geteuid() != 0:  # a non-dumpable process's /proc files belong to root
-            assert Path(f"/proc/{server.pid}/status").stat().st_uid == 0
+            assert Path(f"/proc/{pid}/status").stat().st_uid == 0
     finally:
-        server.send_signal(signal.SIGTERM)
-        _, stderr = server.communicate(timeout=60)
+        server.stop()
     # what prctl(PR_GET_DUMPABLE) said inside the server once it was set up
-    assert "attested: core dumps off (RLIMIT_CORE 0/0, dumpable False)" in stderr
+    assert "attested: core dumps off (RLIMIT_CORE 0/0, dumpable False)" in server.stderr
 
 
 def test_the_files_the_flags_name_are_measured(broker, tmp_path):
@@ -302,7 +273,7 @@ def test_an_attested_server_does_not_poll_its_measured_model_config(broker):
         [
             SEALSERVE,
             "serve",
-            *serve_flags(broker, free_port()),
+            *serve_flags(broker),
             "--model_config_file_poll_wait_seconds=5",
         ],
         capture_output=True,

@@ -19,7 +19,7 @@ import pytest
 
 from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_twoway
-from tests.serving.conftest import free_port
+from tests.harness import free_port
 
 SEALSERVE = str(Path(sys.executable).parent / "sealserve")
 

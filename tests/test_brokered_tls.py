@@ -18,7 +18,7 @@ from cryptography import x509
 
 from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_oneway, make_twoway
-from tests.serving.conftest import free_port
+from tests.harness import free_port
 from tests.test_attested_tls import SEALSERVE, Server, model_available, run
 
 TLS_NAME = "hpt-server"

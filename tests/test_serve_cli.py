@@ -4,34 +4,15 @@ the program name changed, then a clean shutdown on SIGTERM."""
 from __future__ import annotations
 
 import json
-import signal
 import ssl
 import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_oneway, make_twoway
-from tests.serving.conftest import free_port
-
-SEALSERVE = Path(sys.executable).parent / "sealserve"
-
-
-def wait_until_serving(process: subprocess.Popen, url: str, context: ssl.SSLContext) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stderr.read().decode()}")
-        try:
-            urllib.request.urlopen(url, timeout=2, context=context)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("server did not start")
+from tests.harness import SEALSERVE, ServeProcess
 
 
 def test_the_seeds_launch_line(tmp_path, half_plus_two):
@@ -48,47 +29,38 @@ def test_the_seeds_launch_line(tmp_path, half_plus_two):
     )
     batching = tmp_path / "batching.cfg"
     batching.write_text("max_batch_size { value: 8 }\n")
-    grpc_port, rest_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [
-            SEALSERVE,
-            "serve",
-            f"--model_name={model}",
-            f"--model_base_path={tmp_path / 'models' / model}",
-            f"--port={grpc_port}",
-            f"--rest_api_port={rest_port}",
-            "--enable_model_warmup=true",
-            f"--ssl_config_file={certs.ssl_config}",
-            "--enable_batching=true",
-            f"--batching_parameters_file={batching}",
-            "--tensorflow_intra_op_parallelism=2",
-            "--tensorflow_inter_op_parallelism=2",
-            "--file_system_poll_wait_seconds=5",
-            f"--model_key={model}={key}",
-            "--bind_address=127.0.0.1",
-        ],
-        stderr=subprocess.PIPE,
+    server = ServeProcess(
+        f"--model_name={model}",
+        f"--model_base_path={tmp_path / 'models' / model}",
+        "--port=0",  # the system picks the ports; the start-up line says which
+        "--rest_api_port=0",
+        "--enable_model_warmup=true",
+        f"--ssl_config_file={certs.ssl_config}",
+        "--enable_batching=true",
+        f"--batching_parameters_file={batching}",
+        "--tensorflow_intra_op_parallelism=2",
+        "--tensorflow_inter_op_parallelism=2",
+        "--file_system_poll_wait_seconds=5",
+        f"--model_key={model}={key}",
+        "--bind_address=127.0.0.1",
     )
     try:
         context = ssl.create_default_context(cafile=str(certs.ca_cert))
         context.load_cert_chain(str(certs.client_cert), str(certs.client_key))
-        base = f"https://localhost:{rest_port}/v1/models/{model}"
-        wait_until_serving(process, base, context)
         request = urllib.request.Request(
-            f"{base}:predict",
+            f"https://localhost:{server.rest_port}/v1/models/{model}:predict",
             method="POST",
             data=json.dumps({"instances": [1.0, 2.0, 5.0]}).encode(),
         )
         with urllib.request.urlopen(request, context=context) as response:
             assert json.loads(response.read()) == {"predictions": [2.5, 3.0, 4.5]}
     finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    log = stderr.decode()
-    assert process.returncode == 0, log
+        code = server.stop()
+    log = server.stderr
+    assert code == 0, log
     assert "Traceback" not in log
     assert "cudart_stub" not in log  # TensorFlow's start-up noise stays out of the log
-    assert f"serving {model}: gRPC on 127.0.0.1:{grpc_port}" in log
+    assert f"serving {model}: gRPC on 127.0.0.1:{server.grpc_port}" in log
     assert "mutual TLS" in log
 
 
@@ -128,7 +100,7 @@ def test_the_seeds_launch_line(tmp_path, half_plus_two):
 )
 def test_bad_launch_lines_fail_with_one_clear_line(argv, message):
     result = subprocess.run(
-        [SEALSERVE, *argv, f"--port={free_port()}"], capture_output=True, text=True, timeout=120
+        [SEALSERVE, *argv, "--port=0"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
     assert message in result.stderr
@@ -161,7 +133,7 @@ def test_a_swapped_ssl_config_stops_the_start_up(tmp_path, half_plus_two):
         f"--model_key=hpt={key}",
         f"--ssl_config_file={path}",
         "--require_client_cert",
-        f"--port={free_port()}",
+        "--port=0",
     ]
     for swapped, message in (
         (older.ssl_config, "does not require client certificates (client_verify is false)"),

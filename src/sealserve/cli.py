@@ -274,10 +274,31 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     measure.set_defaults(run=_measure)
 
 
+def _port_or_off(text: str) -> int | None:
+    """A port for a listener: a number, 0 for any free one, or `off` (None) for none."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: give 1-65535, 0 for any free port, or off"
+        )
+    return port
+
+
 def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     tf = serve.add_argument_group("TensorFlow Serving flags")
     tf.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
-    tf.add_argument("--rest_api_port", type=int, default=0, help="REST port (0: no REST API)")
+    tf.add_argument(
+        "--rest_api_port",
+        type=_port_or_off,
+        default=None,
+        help="REST port; 0: any free port, as for --port (the start-up line says which); "
+        "off (the default): no REST API. Unlike TF Serving, 0 does not mean off",
+    )
     tf.add_argument("--rest_api_timeout_in_ms", type=int, default=30000)
     tf.add_argument("--model_name", default="default", help="name of the single model")
     tf.add_argument("--model_base_path", help="base path of the single model")
@@ -710,8 +731,8 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
     monitoring = MonitoringConfig()
     if args.monitoring_config_file:
         monitoring = read_monitoring_config(args.monitoring_config_file)
-        if monitoring.enable and not args.rest_api_port:
-            log.warning("metrics are served on the REST port, and --rest_api_port is 0")
+        if monitoring.enable and args.rest_api_port is None:
+            log.warning("metrics are served on the REST port, and --rest_api_port is off")
     ssl = None
     if args.ssl_config_file:
         ssl = load_ssl_config(

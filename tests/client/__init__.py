@@ -23,8 +23,7 @@ from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.tls import load_ssl_config
 from sealserve.serving.version_policy import VersionPolicy
 from sealserve.tools.certs import CertificateSet, make_oneway, make_twoway
-from tests.serving.conftest import server_options
-from tests.serving.harness import RunningServer
+from tests.harness import RunningServer, server_options
 
 TINY_MODEL = "resnet50-v15-fp32"  # the seed's model name, so the benchmark's defaults apply
 TINY_SHAPE = (8, 8, 3)

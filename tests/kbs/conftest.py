@@ -3,14 +3,11 @@ background thread) per module, with an injectable clock reset before every test.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +16,10 @@ import pytest
 from joserfc.jwk import ECKey
 
 from sealserve.attestation.sim import SIM_MR_SIGNER, SimAttester, SimTee, init_sim, load_sim
-from sealserve.kbs.http import bound_port, server_ssl_context, start_kbs
-from sealserve.kbs.limits import AnonymousBudget
 from sealserve.kbs.service import KbsConfig, KbsService
 from sealserve.kbs.store import MasterKey, SqliteStore
 from sealserve.tools.certs import make_oneway
+from tests.harness import RunningKbs, free_port
 
 SIM_NOW = 1_800_000_000
 MR_ENCLAVE = bytes(range(32))
@@ -95,29 +91,6 @@ def make_service(
     return KbsService(store, config)
 
 
-class ServerThread:
-    """A KBS served by aiohttp on its own event loop in a background thread."""
-
-    def __init__(
-        self, service: KbsService, cert: Path, key: Path, budget: AnonymousBudget | None = None
-    ) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        context = server_ssl_context(str(cert), str(key))
-        self.runner = asyncio.run_coroutine_threadsafe(
-            start_kbs(service, host="127.0.0.1", port=0, ssl_context=context, budget=budget),
-            self.loop,
-        ).result(timeout=30)
-        self.port = bound_port(self.runner)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     return make_oneway("localhost", tmp_path_factory.mktemp("tls") / "certs", sans=["127.0.0.1"])
@@ -129,10 +102,10 @@ def kbs_module(tmp_path_factory: pytest.TempPathFactory, sim: SimTee, certs) -> 
     clock = Clock(SIM_NOW + 60)
     admin = secrets.token_urlsafe(24)
     service = make_service(directory, sim, clock, admin=admin)
-    server = ServerThread(service, certs.server_cert, certs.server_key)
+    server = RunningKbs(service, certs.server_cert, certs.server_key)
     try:
         yield Kbs(
-            url=f"https://127.0.0.1:{server.port}",
+            url=server.url,
             ca=str(certs.trust_anchor),
             service=service,
             store=service.store,  # type: ignore[arg-type]
@@ -176,9 +149,7 @@ def pg_url() -> Iterator[str]:
         pytest.skip("PostgreSQL server binaries not installed")
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         pytest.skip("running as root without runuser: initdb refuses root")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # PostgreSQL cannot bind port 0 and report it
     base = Path(tempfile.mkdtemp(prefix="kbs-pg-"))
     data, sock = base / "data", base / "sock"
     sock.mkdir()

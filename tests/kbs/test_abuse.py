@@ -35,13 +35,13 @@ from sealserve.kbs.limits import AnonymousBudget, client_key
 from sealserve.kbs.logtext import shown
 from sealserve.kbs.protocol import PROTOCOL_VERSION, tee_pubkey_jwk
 from sealserve.kbs.service import KbsService
+from tests.harness import RunningKbs, free_port
 from tests.kbs.conftest import (
     POLICY,
     RESOURCE,
     SECRET,
     SIM_NOW,
     Clock,
-    ServerThread,
     make_service,
 )
 
@@ -97,7 +97,7 @@ def abused(tmp_path_factory: pytest.TempPathFactory, sim: SimTee, certs) -> Iter
     service = make_service(directory, sim, Clock(SIM_NOW + 60), admin=secrets.token_urlsafe(24))
     service.store.put_resource(RESOURCE, SECRET)
     service.store.set_policy(RESOURCE, POLICY, "toml")
-    server = ServerThread(
+    server = RunningKbs(
         service, certs.server_cert, certs.server_key, budget=AnonymousBudget(rate=2, burst=30)
     )
     server.service = service  # type: ignore[attr-defined]
@@ -290,7 +290,7 @@ def test_idle_and_excess_connections_are_closed(
     monkeypatch.setattr(kbs_http, "IDLE_TIMEOUT_SECONDS", 1.0)
     monkeypatch.setattr(kbs_http, "MAX_CONNECTIONS_PER_CLIENT", 3)
     service = make_service(tmp_path, sim, Clock(SIM_NOW + 60), admin=None)
-    server = ServerThread(service, certs.server_cert, certs.server_key)
+    server = RunningKbs(service, certs.server_cert, certs.server_key)
     context = ssl.create_default_context(cafile=str(certs.trust_anchor))
     held = []
     try:
@@ -380,9 +380,7 @@ def test_low_fd_limit_gives_no_traceback_storm(tmp_path: Path, sim_dir: Path, ce
 
     (tmp_path / "signing.pem").write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     (tmp_path / "signing.pem").chmod(0o600)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
 
     def low_limit() -> None:
         import resource

@@ -5,8 +5,6 @@ up on the 401 "unknown session". A 401 from the KBS that holds the session stays
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,30 +13,9 @@ import pytest
 from sealserve.attestation import Evidence
 from sealserve.attestation.sim import SimAttester, SimTee
 from sealserve.kbs.client import KbsDenied, KbsKeyProvider
-from sealserve.kbs.http import server_ssl_context, start_kbs
 from sealserve.kbs.service import KbsService
+from tests.harness import RunningKbs
 from tests.kbs.conftest import POLICY, RESOURCE, SECRET, SIM_NOW, Clock, Kbs, make_service
-
-
-class Broker:
-    """A KBS on a fixed loopback port in a background thread (so another can take its place)."""
-
-    def __init__(self, service: KbsService, certs, port: int = 0) -> None:  # type: ignore[no-untyped-def]
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        context = server_ssl_context(str(certs.server_cert), str(certs.server_key))
-        self.runner = asyncio.run_coroutine_threadsafe(
-            start_kbs(service, host="127.0.0.1", port=port, ssl_context=context), self.loop
-        ).result(timeout=30)
-        self.port = port or self.runner.addresses[0][1]
-
-    def stop(self) -> None:
-        """Like a dead process: listening socket and kept-alive connections closed."""
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        self.loop.close()
 
 
 class ReplacedWhileQuoting:
@@ -66,12 +43,13 @@ def test_handshake_restarts_when_the_kbs_holding_the_session_dies(
     first.store.put_resource(RESOURCE, SECRET)
     first.store.set_policy(RESOURCE, POLICY, "toml")
     second = KbsService(first.store, first.config)  # one database, sessions of its own
-    brokers = [Broker(first, certs)]
+    brokers = [RunningKbs(first, certs.server_cert, certs.server_key)]
     port = brokers[0].port
 
     def replace() -> None:
         brokers[0].stop()
-        brokers.append(Broker(second, certs, port))
+        # the same address: a replica taking the dead one's place
+        brokers.append(RunningKbs(second, certs.server_cert, certs.server_key, port))
 
     sleeps: list[float] = []
     quoting = ReplacedWhileQuoting(attester, replace)

@@ -26,6 +26,7 @@ from sealserve.attestation.ratls import FORMATS, LEGACY, TCG_DICE, make_certific
 from sealserve.attestation.sim import SimAttester
 from sealserve.kbs.secret_prov import REQUEST, RESPONSE, SecretProvServer, server_context
 from sealserve.kbs.store import SECRET_PROV_MAP
+from tests.harness import free_port
 
 from .conftest import MR_ENCLAVE, RESOURCE, SECRET, Kbs
 
@@ -309,9 +310,7 @@ def test_end_to_end_against_sealserve_kbs_serve(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     subprocess.run([sealserve, "kbs", "init", str(keys)], check=True, capture_output=True)
     certs = make_oneway("localhost", tmp_path / "tls", sans=["127.0.0.1"])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sealserve, "kbs", "serve", "--db", str(tmp_path / "kbs.db")]
         + ["--master-key", str(keys / "master.key")]

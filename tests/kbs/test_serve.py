@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ from sealserve.attestation.sim import SimAttester, init_sim
 from sealserve.kbs import cli
 from sealserve.kbs.client import KbsKeyProvider
 from sealserve.tools.certs import make_oneway
+from tests.harness import KbsProcess
 from tests.kbs.conftest import MR_ENCLAVE, POLICY, SECRET, SVN, Kbs
 
 _MAIN = (
@@ -28,12 +27,6 @@ _MAIN = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_process_releases_a_key(tmp_path: Path) -> None:
     sim_dir = tmp_path / "sim"
     init_sim(sim_dir)  # the real clock: the process verifies at the current time
@@ -42,8 +35,7 @@ def test_serve_process_releases_a_key(tmp_path: Path) -> None:
     cli.add_arguments(parser)
     assert cli.run(parser.parse_args(["init", str(keys)])) == 0
     certs = make_oneway("localhost", tmp_path / "tls", sans=["127.0.0.1"])
-    port = _free_port()
-    proc = subprocess.Popen(
+    proc = KbsProcess(
         [
             sys.executable,
             "-c",
@@ -64,17 +56,12 @@ def test_serve_process_releases_a_key(tmp_path: Path) -> None:
             "--tls-key",
             str(certs.server_key),
             "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+            "0",
+        ]
     )
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert f"https://127.0.0.1:{port}" in line, proc.stderr.read() if proc.stderr else ""
-        url = f"https://127.0.0.1:{port}"
+        url = proc.url
+        assert url.startswith("https://127.0.0.1:") and proc.port != 0  # the bound port
         admin = ["--url", url, "--ca", str(certs.trust_anchor)]
         admin += ["--admin-token-file", str(keys / "admin.token")]
         secret = tmp_path / "model.key"
@@ -88,13 +75,8 @@ def test_serve_process_releases_a_key(tmp_path: Path) -> None:
         provider = KbsKeyProvider(url, str(certs.trust_anchor), attester)
         assert provider.key_for("served") == SECRET
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    stderr = proc.stderr.read() if proc.stderr else ""
+        proc.stop()
+    stderr = proc.stderr
     assert proc.returncode == 0, stderr
     assert "insecure_trust_sim_root" in stderr  # the warning is logged
     assert SECRET.hex() not in stderr and repr(SECRET) not in stderr

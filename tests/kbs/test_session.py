@@ -19,8 +19,8 @@ from sealserve.attestation.sim import SimAttester, SimTee
 from sealserve.errors import Code, SealserveError
 from sealserve.kbs.client import AttestedSession, KbsClient, KbsDenied, KbsKeyProvider
 from sealserve.kbs.service import KbsConfig, KbsService
+from tests.harness import RunningKbs
 from tests.kbs.conftest import POLICY, RESOURCE, SECRET, SIM_NOW, Clock, Kbs, make_service
-from tests.kbs.test_failover import Broker
 
 MODELS = {"mnist": SECRET, "resnet": b"R" * 16, "digits": b"D" * 16}
 
@@ -110,12 +110,14 @@ def test_a_restarted_kbs_with_the_same_key_accepts_the_token(
     first = make_service(tmp_path, sim, Clock(SIM_NOW + 60), admin=None)
     first.store.put_resource(RESOURCE, SECRET)
     first.store.set_policy(RESOURCE, POLICY, "toml")
-    broker = Broker(first, certs)
+    broker = RunningKbs(first, certs.server_cert, certs.server_key)
     provider = KbsKeyProvider(f"https://127.0.0.1:{broker.port}", str(certs.trust_anchor), attester)
     try:
         assert provider.key_for("mnist") == SECRET
         broker.stop()  # sessions gone with the process; keys and database stay
-        broker = Broker(KbsService(first.store, first.config), certs, broker.port)
+        broker = RunningKbs(
+            KbsService(first.store, first.config), certs.server_cert, certs.server_key, broker.port
+        )
         assert provider.key_for("mnist") == SECRET
     finally:
         broker.stop()
@@ -129,14 +131,14 @@ def test_a_kbs_that_lost_the_session_and_the_key_gets_a_new_attestation(
     first = make_service(tmp_path, sim, Clock(SIM_NOW + 60), admin=None)
     first.store.put_resource(RESOURCE, SECRET)
     first.store.set_policy(RESOURCE, POLICY, "toml")
-    broker = Broker(first, certs)
+    broker = RunningKbs(first, certs.server_cert, certs.server_key)
     provider = KbsKeyProvider(f"https://127.0.0.1:{broker.port}", str(certs.trust_anchor), attester)
     try:
         assert provider.key_for("mnist") == SECRET
         broker.stop()
         other_key = KbsConfig(**{**vars(first.config), "signing_key": ECKey.generate_key("P-256")})
         second = KbsService(first.store, other_key)
-        broker = Broker(second, certs, broker.port)
+        broker = RunningKbs(second, certs.server_cert, certs.server_key, broker.port)
         assert provider.key_for("mnist") == SECRET
     finally:
         broker.stop()

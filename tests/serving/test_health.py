@@ -16,8 +16,7 @@ from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.model_management import ModelManagementPolicy
 from sealserve.serving.rest import LIVE_PATH, READY_PATH
-from tests.serving.conftest import server_options
-from tests.serving.harness import RunningServer
+from tests.harness import RunningServer, server_options
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -28,8 +28,8 @@ from sealserve.serving.metrics import (
 )
 from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.version_policy import VersionPolicy
-from tests.serving.conftest import SECRET_KEY, server_options
-from tests.serving.harness import RunningServer
+from tests.harness import RunningServer, server_options
+from tests.serving.conftest import SECRET_KEY
 
 PATH = "/custom/metrics"
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} (\S+)$")

@@ -15,8 +15,8 @@ from sealserve.serving.loader import WARMUP_FILE
 from sealserve.serving.manager import State
 from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.tensorflow_runtime import import_tensorflow
-from tests.serving.conftest import SECRET_KEY, server_options
-from tests.serving.harness import RunningServer
+from tests.harness import RunningServer, server_options
+from tests.serving.conftest import SECRET_KEY
 
 OTHER_KEY = bytes(16)
 

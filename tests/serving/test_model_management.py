@@ -19,8 +19,8 @@ from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.model_management import ModelManagementPolicy, parse_fingerprint
 from sealserve.serving.tls import load_ssl_config
 from sealserve.tools.certs import make_twoway
-from tests.serving.conftest import SECRET_KEY, server_options
-from tests.serving.harness import RunningServer
+from tests.harness import RunningServer, server_options
+from tests.serving.conftest import SECRET_KEY
 
 
 def reload_request(models: dict[str, str]) -> model_management_pb2.ReloadConfigRequest:

@@ -24,8 +24,8 @@ from sealserve.serving.runtimes.accuracy import Agreement, relative_error
 from sealserve.serving.runtimes.openvino import bf16_supported
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 from sealserve.tools.models import digits_dataset
-from tests.serving.conftest import SECRET_KEY, server_options
-from tests.serving.harness import RunningServer
+from tests.harness import RunningServer, server_options
+from tests.serving.conftest import SECRET_KEY
 
 WARMUP_ROWS = 32  # held-out digits in the warm-up file of the encrypted digits tree
 

@@ -13,8 +13,8 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.model_management import ModelManagementPolicy
-from tests.serving.conftest import SECRET_KEY, server_options
-from tests.serving.harness import RunningServer
+from tests.harness import RunningServer, server_options
+from tests.serving.conftest import SECRET_KEY
 
 
 def config_text(models: dict[str, str]) -> str:

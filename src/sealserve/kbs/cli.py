@@ -193,7 +193,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from sealserve.attestation import CollateralCache
     from sealserve.attestation.collateral import INTEL_ROOT_CA_SHA256
     from sealserve.kbs.collateral import CachedCollateral
-    from sealserve.kbs.http import server_ssl_context, start_kbs, start_metrics
+    from sealserve.kbs.http import bound_port, server_ssl_context, start_kbs, start_metrics
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise InvalidArgument("give both --tls-cert and --tls-key")
@@ -226,7 +226,8 @@ def run_serve(args: argparse.Namespace) -> int:
                 await start_metrics(service, host=args.metrics_host, port=args.metrics_port)
             )
         scheme = "https" if context else "http"
-        print(f"KBS listening on {scheme}://{args.host}:{args.port}", flush=True)
+        # the bound port, which --port 0 leaves to the system
+        print(f"KBS listening on {scheme}://{args.host}:{bound_port(runner)}", flush=True)
         secret_prov = _start_secret_prov(args, service)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

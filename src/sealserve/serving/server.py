@@ -56,7 +56,7 @@ MAX_BATCH_WAITERS = 64  # gRPC handler threads waiting for a batch, at most, by 
 class ServerOptions:
     models: list[ModelConfig]
     grpc_port: int = 8500
-    rest_port: int = 0  # 0: no REST API
+    rest_port: int | None = None  # None: no REST API; 0: any free port (see `rest_port`)
     bind_address: str = "0.0.0.0"
     ssl: SSLConfig | None = None
     attested: AttestedIdentity | None = None  # --attested_tls: ssl carries its key and cert
@@ -98,6 +98,8 @@ class ModelServer:
                 on_queue_depth=self.metrics.set_queue_depth if self.metrics else None,
             )
         self.dataplane = DataPlane(self.manager, options.inference_threads, batcher)
+        # the ports bound (port 0 in the options: a free one), once started; in the start-up
+        # line too
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self._grpc: grpc.Server | None = None
@@ -115,7 +117,7 @@ class ModelServer:
         self.manager.add_listener(functools.partial(self._models_changed, loop))
         await loop.run_in_executor(None, self.manager.start)
         await self._start_grpc()
-        if self.options.rest_port:
+        if self.options.rest_port is not None:
             await self._start_rest()
         if self.options.model_config_file and self.options.model_config_poll_seconds > 0:
             self._config_watch = asyncio.create_task(self._watch_model_config())
@@ -133,7 +135,7 @@ class ModelServer:
             ", ".join(self.manager.model_names()),
             self.options.bind_address,
             self.grpc_port,
-            f", REST on port {self.rest_port}" if self.rest_port else "",
+            f", REST on port {self.rest_port}" if self.rest_port is not None else "",
             tls,
         )
 
