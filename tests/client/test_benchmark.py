@@ -67,18 +67,23 @@ def python_str_float(text: str) -> float:
 
 
 class StopAfter(io.StringIO):
-    """Output that stops the run (as Ctrl-C would) once `count` query lines were written,
-    optionally running `probe` at that moment."""
+    """Output that stops the run (as Ctrl-C would) once `count` query lines were written
+    (and, with `tasks`, at least one by each of that many tasks), optionally running `probe`
+    at that moment."""
 
-    def __init__(self, count: int, probe=None) -> None:
+    def __init__(self, count: int, probe=None, tasks: int = 0) -> None:
         super().__init__()
         self.count, self.seen, self.probe, self.stopper = count, 0, probe, None
-        self.probed = None
+        self.tasks, self.tasks_seen = tasks, set()
+        self.probed, self.stopped = None, False
 
     def write(self, text: str) -> int:
         if text.startswith("query:"):
             self.seen += 1
-            if self.seen == self.count:
+            self.tasks_seen.add(re.search(r"task (\d+)", text)[1])
+            ready = self.seen >= self.count and len(self.tasks_seen) >= self.tasks
+            if ready and not self.stopped:
+                self.stopped = True
                 if self.probe is not None:
                     self.probed = self.probe()
                 self.stopper.stop()
@@ -190,7 +195,8 @@ def test_each_connection_is_its_own_tcp_connection(client_plain_server):
     """gRPC shares one TCP connection between same-target channels unless told otherwise;
     the seed's "concurrent connections" must really be connections."""
     port = client_plain_server.grpc_port
-    out = StopAfter(8, probe=lambda: established_connections(port))
+    # probed once every task has had an answer: each of its connections is then up
+    out = StopAfter(4, probe=lambda: established_connections(port), tasks=4)
     code, _, _ = bench(
         "-url",
         grpc_url(client_plain_server),

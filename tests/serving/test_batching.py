@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -32,6 +32,15 @@ class Doubler:
         return {"y": inputs["x"] * 2, "n": np.arange(len(inputs["x"]))}
 
 
+def occupy(scheduler: BatchScheduler, model: Doubler, x: np.ndarray) -> Future:
+    """Keep the (one) batch thread busy inside the gated `model` with a first request, so
+    that what is submitted next queues up, whatever the timing: tests assert what the
+    scheduler does with a queue, never how fast threads happen to run."""
+    first = scheduler.submit(model, "s", {"x": x})
+    wait_until_taken(scheduler)
+    return first
+
+
 def wait_until_taken(scheduler: BatchScheduler, batches: int = 1) -> None:
     deadline = time.monotonic() + 10
     while scheduler.batches_run < batches:
@@ -53,37 +62,38 @@ def scheduler_for():
         scheduler.close()
 
 
-def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(scheduler_for):
-    model = Doubler()
-    scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1)
-
-    def call(i: int) -> np.ndarray:
-        x = np.full((1 + i % 2, 3), float(i), np.float32)
-        return scheduler.submit(model, "serving_default", {"x": x}).result(10)["y"]
-
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(call, range(16)))
-    for i, y in enumerate(results):
-        np.testing.assert_array_equal(y, np.full((1 + i % 2, 3), 2.0 * i))
-    assert sum(model.batch_rows) == sum(1 + i % 2 for i in range(16))
-    assert len(model.batch_rows) < 16  # merged: fewer model runs than requests
-    assert max(model.batch_rows) <= 8
+def test_queued_requests_are_merged_and_each_gets_its_own_rows(scheduler_for):
+    """While the batch thread is busy, 15 requests of 1 or 2 rows queue up; they then run
+    as batches of at most 8 rows, taken in order (a batch closes before the request that
+    would overflow it), and each caller gets exactly its own rows back."""
+    model = Doubler(gate=threading.Event())
+    scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=1)
+    first = occupy(scheduler, model, np.zeros((1, 3), np.float32))
+    rows = [1 + i % 2 for i in range(1, 16)]  # 2, 1, 2, 1, ...
+    futures = [
+        scheduler.submit(model, "s", {"x": np.full((n, 3), float(i), np.float32)})
+        for i, n in enumerate(rows, start=1)
+    ]
+    model.gate.set()
+    first.result(10)
+    for i, (n, future) in enumerate(zip(rows, futures, strict=True), start=1):
+        np.testing.assert_array_equal(future.result(10)["y"], np.full((n, 3), 2.0 * i))
+    # 2+1+2+1+2 = 8 | 1+2+1+2+1 = 7 (the next 2 would make 9) | 2+1+2+1+2 = 8
+    assert model.batch_rows == [1, 8, 7, 8]
 
 
 def test_batches_are_padded_to_the_next_allowed_size(scheduler_for):
     model = Doubler(gate=threading.Event())
     scheduler = scheduler_for(
-        max_batch_size=8,
-        allowed_batch_sizes=(2, 4, 8),
-        batch_timeout_micros=100_000,
-        num_batch_threads=1,
+        max_batch_size=8, allowed_batch_sizes=(2, 4, 8), batch_timeout_micros=0, num_batch_threads=1
     )
+    occupy(scheduler, model, np.array([[9.0]], np.float32))
     futures = [
         scheduler.submit(model, "s", {"x": np.array([[float(i)]], np.float32)}) for i in range(3)
     ]
     model.gate.set()
     outputs = [f.result(10) for f in futures]
-    assert model.batch_rows == [4]  # 3 rows padded to 4
+    assert model.batch_rows == [2, 4]  # 1 row padded to 2; then 3 rows padded to 4
     assert [o["y"].tolist() for o in outputs] == [[[0.0]], [[2.0]], [[4.0]]]
     assert [o["n"].tolist() for o in outputs] == [[0], [1], [2]]  # padding row dropped
 
@@ -115,15 +125,16 @@ def test_different_shapes_are_not_merged_unless_padding_is_on(scheduler_for):
         model = Doubler(gate=threading.Event())
         scheduler = scheduler_for(
             max_batch_size=8,
-            batch_timeout_micros=100_000,
+            batch_timeout_micros=0,
             num_batch_threads=1,
             pad_variable_length_inputs=pad,
         )
+        occupy(scheduler, model, np.ones((1, 2), np.float32))
         a = scheduler.submit(model, "s", {"x": np.ones((1, 2), np.float32)})
         b = scheduler.submit(model, "s", {"x": np.ones((1, 3), np.float32)})
         model.gate.set()
         assert a.result(10)["y"].shape[0] == 1 and b.result(10)["y"].shape[0] == 1
-        assert len(model.batch_rows) == expected_runs
+        assert len(model.batch_rows) == 1 + expected_runs  # after the first request's
     # padded with each tensor's first element: [1, 1] -> [1, 1, 1]
     assert a.result()["y"].tolist() == [[2.0, 2.0, 2.0]]
 
@@ -222,11 +233,15 @@ def test_the_caller_runs_a_ready_batch_itself_without_waking_the_threads(schedul
 
 def test_a_batch_not_ready_for_the_caller_is_left_to_the_threads(scheduler_for):
     model = ThreadRecorder()
-    scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1)
+    # a timeout no test waits for: the batch becomes ready only when full
+    scheduler = scheduler_for(max_batch_size=8, batch_timeout_micros=600_000_000)
     future = scheduler.submit(
         model, "serving_default", {"x": np.ones((1, 2), np.float32)}, wake_threads=False
     )
-    scheduler.run_ready(model, "serving_default")  # not full, has not waited 50 ms
+    scheduler.run_ready(model, "serving_default")  # not full, has not waited: left queued
     assert model.batch_rows == []
+    rest = scheduler.submit(model, "serving_default", {"x": np.ones((7, 2), np.float32)})
     np.testing.assert_array_equal(future.result(10)["y"], np.full((1, 2), 2.0))
-    assert model.threads[0] is not threading.current_thread()  # a batch thread, on timeout
+    rest.result(10)
+    assert model.batch_rows == [8]  # full: run by a batch thread
+    assert model.threads[0] is not threading.current_thread()

@@ -5,13 +5,13 @@ fallback to `tf.function` for a SavedModel whose variables a Session cannot rest
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sealserve.errors import InvalidArgument
+from sealserve.serving import servable as servable_module
 from sealserve.serving.batching import BatchingOptions
 from sealserve.serving.inference import run_inputs
 from sealserve.serving.keys import StaticKeyProvider
@@ -106,22 +106,37 @@ def test_the_loader_falls_back_to_tf_function_and_says_so(keras_wrapped_model, c
     assert servable.run("serving_default", {"x": x})["y"].tolist() == [[6.0], [7.0]]
 
 
-def test_a_signature_becomes_quick_after_quick_runs_only(half_plus_two):
+class RunClock:
+    """The servable's clock, made to say that every run takes `run_seconds`: whether a
+    signature counts as quick is then a matter of the rule, not of this machine's speed."""
+
+    def __init__(self, run_seconds: float) -> None:
+        self.now, self.run_seconds, self.started = 0.0, run_seconds, False
+
+    def perf_counter(self) -> float:
+        # called once as a run starts and once as it ends
+        self.now += self.run_seconds if self.started else 0.0
+        self.started = not self.started
+        return self.now
+
+
+def test_a_signature_becomes_quick_after_quick_runs_only(half_plus_two, monkeypatch):
     servable = VersionLoader(
         "half_plus_two", 1, half_plus_two, StaticKeyProvider({}), LoadOptions()
     ).load()
+    monkeypatch.setattr(servable_module, "time", RunClock(QUICK_RUN_SECONDS / 10))
     assert not servable.quick("serving_default")  # never run: not known to be quick
     for _ in range(3):
         servable.run("serving_default", {"x": np.asarray([1.0], np.float32)})
     assert servable.quick("serving_default")
 
-    signature_defs = servable.signature_defs
-
-    def slow(inputs, quick):
-        time.sleep(QUICK_RUN_SECONDS * 5)
-        return {"y": inputs["x"]}
-
-    slow_servable = Servable("slow", 1, {"serving_default": slow}, signature_defs)
+    monkeypatch.setattr(servable_module, "time", RunClock(QUICK_RUN_SECONDS * 5))
+    slow_servable = Servable(
+        "slow",
+        1,
+        {"serving_default": lambda inputs, quick: {"y": inputs["x"]}},
+        servable.signature_defs,
+    )
     slow_servable.run("serving_default", {"x": np.asarray([1.0], np.float32)})
     assert not slow_servable.quick("serving_default")
 
