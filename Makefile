@@ -60,10 +60,10 @@ test-quick: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m unit
 
 demo: install
-	$(BIN)/python -m sealserve.tools.demo
+	$(BIN)/python examples/demo.py
 
 cluster-demo: $(VENV)/.installed-postgres system-deps
-	$(BIN)/python -m sealserve.tools.cluster
+	$(BIN)/python examples/cluster.py
 
 # KServe, the reference server of benchmarks/serving.py, in a venv of its own: kserve needs
 # protobuf<7, the project >=7. It gets pyproject.toml's `bench` extra and the project's own
@@ -84,7 +84,7 @@ bench: install bench-deps
 	$(BIN)/python benchmarks/protected_files.py
 	$(BIN)/python benchmarks/serving.py
 
-CHECKED := src tests benchmarks
+CHECKED := src tests examples benchmarks
 
 check: $(VENV)/.installed-dev
 	$(BIN)/ruff check $(CHECKED)

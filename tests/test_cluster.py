@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sealserve.tools import cluster
+from examples import cluster
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from sealserve.tools import demo
+from examples import demo
 
 
 def test_demo_steps_run_end_to_end(tmp_path, capsys):

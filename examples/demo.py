@@ -17,10 +17,10 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -148,9 +148,7 @@ def run(work: Path) -> None:
     sealserve("kbs", "init", str(work / "kbs-keys"))
     kbs_tls = work / "kbs-tls"
     sealserve("certs", "oneway", "localhost", "-o", str(kbs_tls), "--san", "127.0.0.1")
-    kbs_port = free_port()
-    kbs_url = f"https://127.0.0.1:{kbs_port}"
-    broker = start_process(
+    broker, listening = start_process(
         [
             "kbs",
             "serve",
@@ -167,13 +165,14 @@ def run(work: Path) -> None:
             "--tls-key",
             str(kbs_tls / "server" / "key.pem"),
             "--port",
-            str(kbs_port),
+            "0",  # a free port, which its first line names
             "--insecure-trust-sim-root",
             str(work / "sim"),
         ],
         work / "kbs.log",
-        ready="https://",
+        ready=r"KBS listening on (?P<url>https://\S+)",
     )
+    kbs_url = listening["url"]
     try:
         admin = [
             "--url",
@@ -199,11 +198,10 @@ def run(work: Path) -> None:
         )
         print(f"  the server's {model_config} (TF Serving's ModelServerConfig):")
         print("    " + model_config.read_text().strip().replace("\n", "\n    "))
-        grpc_port, rest_port = free_port(), free_port()
         flags = [
             f"--model_config_file={model_config}",
-            f"--port={grpc_port}",
-            f"--rest_api_port={rest_port}",
+            "--port=0",  # free ports, which the server's start-up line names
+            "--rest_api_port=0",
             "--enable_model_warmup=true",
             f"--ssl_config_file={certs / 'ssl.cfg'}",
             "--ssl_config_key=half_plus_two",
@@ -229,7 +227,12 @@ def run(work: Path) -> None:
             "attests to the KBS, gets the models' keys (and the ssl.cfg's) and decrypts the "
             "models in memory only"
         )
-        server = start_process(["serve", *flags], work / "server.log", ready="serving ")
+        server, serving = start_process(
+            ["serve", *flags],
+            work / "server.log",
+            ready=r"serving .*: gRPC on \S+:(?P<grpc>\d+), REST on port (?P<rest>\d+)",
+        )
+        grpc_port, rest_port = int(serving["grpc"]), int(serving["rest"])
         try:
             requester(work, certs, grpc_port, rest_port)
 
@@ -436,23 +439,22 @@ def display_path(path: Path) -> Path:
         return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_process(args: list[str], log_path: Path, ready: str) -> subprocess.Popen[bytes]:
-    """Start `sealserve` in the background; return once its output contains `ready`."""
+def start_process(
+    args: list[str], log_path: Path, ready: str
+) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
+    """Start `sealserve` in the background; return it once a line of its output matches
+    the regular expression `ready` (the line that names the ports it bound), with the match."""
     print("$ sealserve " + " ".join(shlex.quote(a) for a in args), flush=True)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen([SEALSERVE, *args], stdout=log_file, stderr=log_file)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
-        if ready in text:
-            print("  " + next(line for line in text.splitlines() if ready in line))
-            return process
+        found = re.search(ready, text)
+        if found:
+            line = text[text.rfind("\n", 0, found.start()) + 1 :].split("\n", 1)[0]
+            print("  " + line)
+            return process, found
         if process.poll() is not None:
             raise DemoFailed(f"the server exited: {text.strip()}")
         time.sleep(0.2)
