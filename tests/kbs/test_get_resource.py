@@ -103,3 +103,33 @@ mr_enclave = ["{MR_ENCLAVE.hex()}"]
 mr_signer = "any"
 isv_prod_id = [0]
 """
+
+
+def test_from_ra_config_accepts_advisories_one_by_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A status other than UpToDate names advisories; each must be accepted by name."""
+    import json
+
+    ra_config = tmp_path / "ra_config.json"
+    ra_config.write_text(
+        json.dumps(
+            {
+                "verify_mr_enclave": "on",
+                "verify_mr_signer": "off",
+                "verify_isv_prod_id": "off",
+                "verify_isv_svn": "off",
+                "mrs": [{"mr_enclave": MR_ENCLAVE.hex()}],
+            }
+        )
+    )
+    convert = ["policy", "from-ra-config", str(ra_config)]
+    assert run(*convert, "--accept-tcb-status", "SWHardeningNeeded") == 0
+    assert json.loads(capsys.readouterr().out)["accepted_advisories"] == []
+    relaxed = ["--accept-tcb-status", "SWHardeningNeeded", "--accept-advisory", "intel-sa-00615"]
+    assert run(*convert, *relaxed) == 0
+    policy = json.loads(capsys.readouterr().out)
+    assert policy["accepted_advisories"] == ["INTEL-SA-00615"]
+    assert policy["accepted_tcb_statuses"] == ["UpToDate", "SWHardeningNeeded"]
+    with pytest.raises(SealserveError, match="advisory id"):
+        run(*convert, "--accept-advisory", "any")

@@ -350,6 +350,15 @@ def _add_tcb_relaxation(parser: argparse.ArgumentParser) -> None:
         "(UpToDate only) unless given: see docs/coming-from-gramine.md for what each costs",
     )
     parser.add_argument(
+        "--accept-advisory",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="also accept platforms whose TCB level names this advisory (e.g. INTEL-SA-00615), "
+        "one by one: a platform naming any advisory not listed is refused (statuses other than "
+        "UpToDate usually name some)",
+    )
+    parser.add_argument(
         "--insecure-sim",
         action="store_true",
         help="accept the simulated TEE with these measurements instead of SGX (INSECURE: "
@@ -368,6 +377,9 @@ def _policy_from_ra_config(args: argparse.Namespace) -> Any:
     if args.accept_tcb_status:
         statuses = (*policy.accepted_tcb_statuses, *args.accept_tcb_status)
         changes["accepted_tcb_statuses"] = tuple(dict.fromkeys(statuses))
+    if args.accept_advisory:
+        advisories = (a.strip().upper() for a in args.accept_advisory)
+        changes["accepted_advisories"] = tuple(dict.fromkeys(advisories))
     if args.insecure_sim:
         changes.update(sim=policy.sgx, sgx=(), tee=("sim",))
     return dataclasses.replace(policy, **changes) if changes else policy
@@ -545,8 +557,10 @@ def run_secret_prov(args: argparse.Namespace) -> int:
         for resource in _admin_call(args, "GET", SECRET_PROV_MAP_PATH)["resources"]:
             print(resource)
         return 0
-    if (args.accept_tcb_status or args.insecure_sim) and not args.ra_config:
-        raise InvalidArgument("--accept-tcb-status and --insecure-sim go with --ra-config")
+    if (args.accept_tcb_status or args.accept_advisory or args.insecure_sim) and not args.ra_config:
+        raise InvalidArgument(
+            "--accept-tcb-status, --accept-advisory and --insecure-sim go with --ra-config"
+        )
     if args.ra_config:
         policy = _policy_from_ra_config(args)
         text = json.dumps(policy.to_dict())
