@@ -29,6 +29,15 @@ def test_version_policies(policy, available, aspired):
 class FakeServable:
     def __init__(self, name, version):
         self.name, self.version = name, version
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def serving_version(manager, *args, **kwargs):
+    with manager.handle(*args, **kwargs) as handle:
+        return handle.servable.version
 
 
 class FakeLoaders:
@@ -78,13 +87,13 @@ def test_latest_version_loads_and_replaces_the_old_one(base):
     add_version(base, 1)
     manager = manager_for(base, loaders)
     manager.start()
-    assert manager.servable("m").version == 1
+    assert serving_version(manager, "m") == 1
     add_version(base, 2)
     manager.reconcile()
-    assert manager.servable("m").version == 2
+    assert serving_version(manager, "m") == 2
     assert states(manager) == [(2, State.AVAILABLE), (1, State.END)]
     with pytest.raises(NotFound, match=r"Specific\(m, 1\)"):
-        manager.servable("m", 1)
+        manager.handle("m", 1)
 
 
 def test_a_failed_new_version_leaves_the_old_one_serving(base):
@@ -95,7 +104,7 @@ def test_a_failed_new_version_leaves_the_old_one_serving(base):
     add_version(base, 2)
     loaders.failures[("m", 2)] = [DataLoss("authentication failed for saved_model.pb")]
     manager.reconcile()
-    assert manager.servable("m").version == 1
+    assert serving_version(manager, "m") == 1
     status = manager.status("m")
     assert (status[0].version, status[0].state) == (2, State.END)
     assert "authentication failed" in str(status[0].error)
@@ -114,7 +123,7 @@ def test_a_failed_version_is_retried_once_its_directory_changes(base):
     (base / "1" / "saved_model.pb").write_bytes(b"now complete")
     manager.reconcile()  # forgets the failure
     manager.reconcile()  # loads again
-    assert manager.servable("m").version == 1
+    assert serving_version(manager, "m") == 1
 
 
 def test_transient_failures_are_retried_permanent_ones_are_not(base):
@@ -123,7 +132,7 @@ def test_transient_failures_are_retried_permanent_ones_are_not(base):
     loaders.failures[("m", 1)] = [SealserveError("key broker unreachable", code=Code.UNAVAILABLE)]
     manager = manager_for(base, loaders, max_load_retries=2)
     manager.start()
-    assert manager.servable("m").version == 1
+    assert serving_version(manager, "m") == 1
     assert loaders.calls == [("m", 1), ("m", 1)]
 
     add_version(base, 2)
@@ -143,12 +152,12 @@ def test_all_and_specific_policies_and_labels(base):
         labels={"stable": 1, "canary": 3, "gone": 2},
     )
     manager.start()
-    assert manager.servable("m").version == 3
-    assert manager.servable("m", label="stable").version == 1
+    assert serving_version(manager, "m") == 3
+    assert serving_version(manager, "m", label="stable") == 1
     with pytest.raises(NotFound):
-        manager.servable("m", label="gone")
+        manager.handle("m", label="gone")
     with pytest.raises(InvalidArgument, match="Unrecognized servable version label: x"):
-        manager.servable("m", label="x")
+        manager.handle("m", label="x")
     assert [s.version for s in manager.status("m")] == [3, 1]
 
 
@@ -164,14 +173,14 @@ def test_a_deleted_version_disappears_and_a_reappearing_one_loads_again(base):
     assert [s.version for s in manager.status("m")] == [1]
     add_version(base, 2)
     manager.reconcile()
-    assert manager.servable("m", 2).version == 2
+    assert serving_version(manager, "m", 2) == 2
 
 
 def test_unknown_models_and_versions(base):
     manager = manager_for(base, FakeLoaders())
     manager.start()
     with pytest.raises(NotFound, match=r"Latest\(m\)"):
-        manager.servable("m")
+        manager.handle("m")
     with pytest.raises(NotFound, match="Could not find any versions of model x"):
         manager.status("x")
 

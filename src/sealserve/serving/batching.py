@@ -11,7 +11,12 @@ at once with UNAVAILABLE instead of letting them pile up.
 
 Requests that cannot share a batch — a rank-0 input, or trailing dimensions that differ
 without `pad_variable_length_inputs` — are never merged with each other: they run in their
-own batch. Thread safe.
+own batch.
+
+Queues belong to their version: they are kept in a `WeakKeyDictionary` keyed by the servable
+and hold it only weakly, so an unloaded version's queues go with it and never keep its
+weights alive; queued tasks hold the servable only until they have run (the data plane holds
+a handle to the version for as long). Thread safe.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -87,11 +93,12 @@ class _Task:
     shape_key: tuple[object, ...] | None  # None: cannot be merged with other tasks
     future: Future[Outputs]
     enqueued: float
+    servable: Servable  # until it has run
 
 
 class _Queue:
     def __init__(self, servable: Servable, signature: str) -> None:
-        self.servable = servable
+        self.name = servable.name  # no reference to the servable itself
         self.signature = signature
         self.tasks: deque[_Task] = deque()
         self.rows = 0
@@ -109,7 +116,10 @@ class BatchScheduler:
         self.options = options
         self._on_batch = on_batch
         self._on_queue_depth = on_queue_depth
-        self._queues: dict[tuple[int, str], _Queue] = {}
+        # per version (weakly: see the module docstring), its queues by signature
+        self._queues: weakref.WeakKeyDictionary[Servable, dict[str, _Queue]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._ready = threading.Condition()
         self.batches_run = 0  # model runs made (read by tests and metrics)
         self._closed = False
@@ -149,7 +159,7 @@ class BatchScheduler:
                     "The batch scheduling queue to which this task was submitted is full",
                     code=Code.UNAVAILABLE,
                 )
-            queue.tasks.append(_Task(inputs, rows, shape_key, future, time.monotonic()))
+            queue.tasks.append(_Task(inputs, rows, shape_key, future, time.monotonic(), servable))
             queue.rows += rows
             self._report_depth(queue)
             if wake_threads:
@@ -163,7 +173,7 @@ class BatchScheduler:
         a batch thread and back."""
         while True:
             with self._ready:
-                queue = self._queues.get((id(servable), signature))
+                queue = self._queues.get(servable, {}).get(signature)
                 if queue is None or self._closed:
                     return
                 picked = self._next_batch(only=queue)
@@ -178,7 +188,7 @@ class BatchScheduler:
         """Stop the threads; requests still queued fail with UNAVAILABLE."""
         with self._ready:
             self._closed = True
-            for queue in self._queues.values():
+            for queue in self._all_queues():
                 while queue.tasks:
                     queue.tasks.popleft().future.set_exception(
                         SealserveError("the server is shutting down", code=Code.UNAVAILABLE)
@@ -187,15 +197,21 @@ class BatchScheduler:
             self._ready.notify_all()
 
     def _queue(self, servable: Servable, signature: str) -> _Queue:
-        key = (id(servable), signature)
-        queue = self._queues.get(key)
-        if queue is None or queue.servable is not servable:
-            # Drop idle queues of other versions (unloaded ones must not be kept alive).
-            for old_key, old in list(self._queues.items()):
-                if not old.tasks and old.servable.name == servable.name:
-                    del self._queues[old_key]
-            queue = self._queues[key] = _Queue(servable, signature)
+        queues = self._queues.get(servable)
+        if queues is None:
+            queues = self._queues[servable] = {}
+        queue = queues.get(signature)
+        if queue is None:
+            queue = queues[signature] = _Queue(servable, signature)
         return queue
+
+    def forget(self, servable: Servable) -> None:
+        """Drop a version's (empty) queues now rather than when it is collected."""
+        with self._ready:
+            self._queues.pop(servable, None)
+
+    def _all_queues(self) -> list[_Queue]:
+        return [q for queues in list(self._queues.values()) for q in queues.values()]
 
     # -- batch threads ---------------------------------------------------------------------
 
@@ -219,7 +235,7 @@ class BatchScheduler:
         timeout = self.options.batch_timeout_micros / 1e6
         ready = [
             q
-            for q in (self._queues.values() if only is None else (only,))
+            for q in (self._all_queues() if only is None else (only,))
             if q.tasks
             and (q.rows >= self.options.max_batch_size or now - q.tasks[0].enqueued >= timeout)
         ]
@@ -242,13 +258,14 @@ class BatchScheduler:
         return queue, batch
 
     def _wait_seconds(self) -> float | None:
-        pending = [q.tasks[0].enqueued for q in self._queues.values() if q.tasks]
+        pending = [q.tasks[0].enqueued for q in self._all_queues() if q.tasks]
         if not pending:
             return None
         deadline = min(pending) + self.options.batch_timeout_micros / 1e6
         return max(0.0, deadline - time.monotonic())
 
     def _run(self, queue: _Queue, batch: list[_Task]) -> None:
+        servable = batch[0].servable
         try:
             rows = sum(task.rows for task in batch)
             padded = self._padded_size(rows)
@@ -256,8 +273,8 @@ class BatchScheduler:
                 [task.inputs for task in batch], padded, self.options.pad_variable_length_inputs
             )
             if self._on_batch is not None:
-                self._on_batch(queue.servable.name, padded)
-            outputs = queue.servable.run(queue.signature, merged)
+                self._on_batch(queue.name, padded)
+            outputs = servable.run(queue.signature, merged)
             for task, part in zip(
                 batch, split_outputs(outputs, [t.rows for t in batch], padded), strict=True
             ):
@@ -271,10 +288,13 @@ class BatchScheduler:
                 )
             )
             if not isinstance(exc, SealserveError):
-                log.exception("batch for %s failed", queue.servable.name)
+                log.exception("batch for %s failed", queue.name)
             for task in batch:
                 if not task.future.done():
                     task.future.set_exception(error)
+        finally:
+            del servable
+            batch.clear()  # the tasks (and their servable references) go now
 
     def _padded_size(self, rows: int) -> int:
         for size in self.options.allowed_batch_sizes:
@@ -284,7 +304,7 @@ class BatchScheduler:
 
     def _report_depth(self, queue: _Queue) -> None:
         if self._on_queue_depth is not None:
-            self._on_queue_depth(queue.servable.name, queue.rows)
+            self._on_queue_depth(queue.name, queue.rows)
 
 
 def _batch_shape(inputs: dict[str, np.ndarray], pad: bool) -> tuple[int, tuple[object, ...] | None]:

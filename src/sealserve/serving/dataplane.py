@@ -1,7 +1,9 @@
 """The data plane: requests on plain values, shared by the REST and gRPC adapters.
 
 A request names a model (and optionally a version or label) and a signature; `resolve` turns
-that into a handle to one loaded version and its signature, and `predict` runs it on numpy
+that into a handle to one loaded version and its signature (a `ServableHandle` the adapter
+holds, `with`, for the whole request; work that may outlive the request, a batch or a thread,
+holds a share of it), and `predict` runs it on numpy
 arrays: from the event loop (REST) in the inference thread pool, except small requests for
 quick signatures, which cost less than the trip to a thread; from a gRPC handler thread in
 that thread (`predict_blocking`). The adapters only convert their wire formats to and from
@@ -26,7 +28,7 @@ from sealserve.serving.inference import (
     regression,
     run_inputs,
 )
-from sealserve.serving.manager import ModelManager, VersionStatus
+from sealserve.serving.manager import ModelManager, ServableHandle, VersionStatus
 from sealserve.serving.servable import Servable
 from sealserve.serving.signatures import (
     CLASSIFY_METHOD,
@@ -62,11 +64,22 @@ class PredictCall:
 
 @dataclass(frozen=True)
 class Resolved:
-    """One request's model version and signature, fixed for the whole request."""
+    """One request's model version and signature, fixed for the whole request; a context
+    manager that releases the version's handle."""
 
-    servable: Servable
+    handle: ServableHandle
     signature_name: str
     signature: SignatureInfo
+
+    @property
+    def servable(self) -> Servable:
+        return self.handle.servable
+
+    def __enter__(self) -> Resolved:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.release()
 
 
 class DataPlane:
@@ -76,21 +89,26 @@ class DataPlane:
         self.manager = manager
         self.batcher = batcher
         self._executor = ThreadPoolExecutor(threads, "sealserve-infer")
-        self._batches_soon: set[tuple[int, str]] = set()  # queues the event loop will run
+        self._batches_soon: set[tuple[Servable, str]] = set()  # queues the event loop will run
 
-    def servable(self, spec: ModelSpec) -> Servable:
+    def handle(self, spec: ModelSpec) -> ServableHandle:
+        """A handle to the version `spec` names; release it (`with`) when the request ends."""
         if not spec.name:
             raise InvalidArgument("ModelSpec has no name specified.")
-        return self.manager.servable(spec.name, spec.version, spec.label)
+        return self.manager.handle(spec.name, spec.version, spec.label)
 
     def resolve(self, spec: ModelSpec) -> Resolved:
-        servable = self.servable(spec)
+        handle = self.handle(spec)
         key = spec.signature_name or DEFAULT_SIGNATURE
-        return Resolved(servable, key, servable.signature(key))
+        try:
+            return Resolved(handle, key, handle.servable.signature(key))
+        except BaseException:
+            handle.release()
+            raise
 
     async def predict(
         self,
-        servable: Servable,
+        handle: ServableHandle,
         decode: Callable[[], PredictCall],
         encode: Callable[[PredictCall, dict[str, np.ndarray]], T],
         request_bytes: int,
@@ -104,9 +122,12 @@ class DataPlane:
         handoffs, more than such work itself. With batching, the decoded request waits in
         its version's batch queue without holding a thread, so a batch can gather far more
         requests than there are threads."""
+        servable = handle.servable
         if request_bytes > INLINE_MAX_BYTES:
             if self.batcher is None:
-                return await self.call(lambda: self.predict_blocking(servable, decode, encode))
+                return await self.call(
+                    lambda: self.predict_blocking(handle, decode, encode), hold=handle
+                )
             call = await self.call(decode)
         else:
             call = decode()
@@ -114,7 +135,7 @@ class DataPlane:
         if self.batcher is not None:
             # a quick signature's batch is run by the event loop once this round of
             # requests has been decoded: no trip to a batch thread and back
-            future, wanted = self._submit(servable, call, wake_threads=not quick)
+            future, wanted = self._submit(handle, call, wake_threads=not quick)
             if quick:
                 self._run_batch_soon(servable, call.signature_name)
             batch_outputs = await asyncio.wrap_future(future)
@@ -123,7 +144,8 @@ class DataPlane:
             outputs = servable.run(call.signature_name, call.inputs, call.output_filter)
         else:
             outputs = await self.call(
-                lambda: servable.run(call.signature_name, call.inputs, call.output_filter)
+                lambda: servable.run(call.signature_name, call.inputs, call.output_filter),
+                hold=handle,
             )
         if sum(array.nbytes for array in outputs.values()) <= INLINE_MAX_BYTES:
             return encode(call, outputs)
@@ -131,12 +153,13 @@ class DataPlane:
 
     def predict_blocking(
         self,
-        servable: Servable,
+        handle: ServableHandle,
         decode: Callable[[], PredictCall],
         encode: Callable[[PredictCall, dict[str, np.ndarray]], T],
     ) -> T:
         """`predict` in the caller's own thread (gRPC's handler threads): with batching, the
         thread waits for its batch."""
+        servable = handle.servable
         call = decode()
         if self.batcher is None:
             outputs = servable.run(call.signature_name, call.inputs, call.output_filter)
@@ -144,7 +167,7 @@ class DataPlane:
             # quick: this thread runs whatever batch is ready, its own request's or one
             # that other threads' requests formed meanwhile, rather than a batch thread
             quick = servable.quick(call.signature_name)
-            future, wanted = self._submit(servable, call, wake_threads=not quick)
+            future, wanted = self._submit(handle, call, wake_threads=not quick)
             if quick:
                 self.batcher.run_ready(servable, call.signature_name)
             batch_outputs = future.result()
@@ -152,19 +175,27 @@ class DataPlane:
         return encode(call, outputs)
 
     def _submit(
-        self, servable: Servable, call: PredictCall, wake_threads: bool
+        self, handle: ServableHandle, call: PredictCall, wake_threads: bool
     ) -> tuple[Future[dict[str, np.ndarray]], Sequence[str]]:
         """Queue a request for batching, checked first (a bad one must not spoil a batch);
-        returns the batch's future and the outputs this request asked for."""
+        returns the batch's future and the outputs this request asked for. The queued task
+        holds a share of the handle until its batch has run, even if the request is gone."""
         assert self.batcher is not None
+        servable = handle.servable
         wanted = servable.check_request(call.signature_name, call.inputs, call.output_filter)
-        future = self.batcher.submit(servable, call.signature_name, call.inputs, wake_threads)
+        shared = handle.share()
+        try:
+            future = self.batcher.submit(servable, call.signature_name, call.inputs, wake_threads)
+        except BaseException:
+            shared.release()
+            raise
+        future.add_done_callback(lambda _: shared.release())
         return future, wanted
 
     def _run_batch_soon(self, servable: Servable, signature: str) -> None:
         """Have the event loop run the ready batches of this queue once the requests it
         is handling now have been queued (once per queue and round)."""
-        key = (id(servable), signature)
+        key = (servable, signature)
         if key in self._batches_soon:
             return
         self._batches_soon.add(key)
@@ -193,9 +224,20 @@ class DataPlane:
             raise InvalidArgument("ModelSpec has no name specified.")
         return self.manager.status(name, version)
 
-    async def call(self, work: Callable[[], T]) -> T:
-        """Run blocking work (decoding, TensorFlow, encoding) in the inference pool."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+    async def call(self, work: Callable[[], T], hold: ServableHandle | None = None) -> T:
+        """Run blocking work (decoding, TensorFlow, encoding) in the inference pool; with
+        `hold`, a share of that handle is kept until the work has ended (or was cancelled
+        before it started), even if the awaiting request is cancelled meanwhile."""
+        if hold is None:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        shared = hold.share()
+        try:
+            future = self._executor.submit(work)
+        except BaseException:
+            shared.release()
+            raise
+        future.add_done_callback(lambda _: shared.release())
+        return await asyncio.wrap_future(future)
 
     def close(self) -> None:
         if self.batcher is not None:

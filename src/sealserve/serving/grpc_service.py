@@ -18,6 +18,7 @@ Thread safe.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -100,8 +101,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def predict() -> Any:
-            resolved = self.dataplane.resolve(model_spec(request.model_spec))
+            with self.dataplane.resolve(model_spec(request.model_spec)) as resolved:
+                return run(resolved)
 
+        def run(resolved: Any) -> Any:
             def decode() -> PredictCall:
                 inputs = {alias: tensor_proto.to_numpy(t) for alias, t in request.inputs.items()}
                 return PredictCall(resolved.signature_name, inputs, tuple(request.output_filter))
@@ -113,7 +116,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 _fill_spec(response.model_spec, resolved)
                 return response
 
-            return self.dataplane.predict_blocking(resolved.servable, decode, encode)
+            return self.dataplane.predict_blocking(resolved.handle, decode, encode)
 
         return _guarded(context, predict, self.metrics, request.model_spec.name, "Predict")
 
@@ -127,8 +130,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             for field in fields:
                 if field != "signature_def":
                     raise InvalidArgument(f"Metadata field {field} is not supported")
-            servable = self.dataplane.servable(model_spec(request.model_spec))
-            return api_protos.model_metadata_response(servable)
+            with self.dataplane.handle(model_spec(request.model_spec)) as handle:
+                return api_protos.model_metadata_response(handle.servable)
 
         return _guarded(
             context, metadata, self.metrics, request.model_spec.name, "GetModelMetadata"
@@ -136,35 +139,31 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def classify() -> Any:
-            resolved = self.dataplane.resolve(model_spec(request.model_spec))
+            with self.dataplane.resolve(model_spec(request.model_spec)) as resolved:
+                return work(resolved)
 
-            def work() -> Any:
-                examples = self._examples(request.model_spec.name, request.input)
-                rows = self.dataplane.classify(resolved, examples)
-                response = classification_pb2.ClassificationResponse()
-                _fill_spec(response.model_spec, resolved)
-                _fill_classifications(response.result, rows)
-                return response
-
-            return work()
+        def work(resolved: Any) -> Any:
+            examples = self._examples(request.model_spec.name, request.input)
+            rows = self.dataplane.classify(resolved, examples)
+            response = classification_pb2.ClassificationResponse()
+            _fill_spec(response.model_spec, resolved)
+            _fill_classifications(response.result, rows)
+            return response
 
         return _guarded(context, classify, self.metrics, request.model_spec.name, "Classify")
 
     def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def regress() -> Any:
-            resolved = self.dataplane.resolve(model_spec(request.model_spec))
+            with self.dataplane.resolve(model_spec(request.model_spec)) as resolved:
+                return work(resolved)
 
-            def work() -> Any:
-                examples = self._examples(request.model_spec.name, request.input)
-                values = self.dataplane.regress(resolved, examples)
-                response = regression_pb2.RegressionResponse()
-                _fill_spec(response.model_spec, resolved)
-                response.result.regressions.extend(
-                    regression_pb2.Regression(value=v) for v in values
-                )
-                return response
-
-            return work()
+        def work(resolved: Any) -> Any:
+            examples = self._examples(request.model_spec.name, request.input)
+            values = self.dataplane.regress(resolved, examples)
+            response = regression_pb2.RegressionResponse()
+            _fill_spec(response.model_spec, resolved)
+            response.result.regressions.extend(regression_pb2.Regression(value=v) for v in values)
+            return response
 
         return _guarded(context, regress, self.metrics, request.model_spec.name, "Regress")
 
@@ -177,30 +176,33 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise InvalidArgument(
                     "All ModelSpecs in a MultiInferenceRequest must access the same model name."
                 )
-            tasks = [
-                (self.dataplane.resolve(model_spec(t.model_spec)), t.method_name)
-                for t in request.tasks
-            ]
+            with contextlib.ExitStack() as held:
+                tasks = [
+                    (
+                        held.enter_context(self.dataplane.resolve(model_spec(t.model_spec))),
+                        t.method_name,
+                    )
+                    for t in request.tasks
+                ]
+                return work(tasks)
 
-            def work() -> Any:
-                serialized = self._examples(request.tasks[0].model_spec.name, request.input)
-                response = inference_pb2.MultiInferenceResponse()
-                for resolved, method in tasks:
-                    result = response.results.add()
-                    _fill_spec(result.model_spec, resolved)
-                    if method == CLASSIFY_METHOD:
-                        rows = self.dataplane.classify(resolved, serialized)
-                        _fill_classifications(result.classification_result, rows)
-                    elif method == REGRESS_METHOD:
-                        values = self.dataplane.regress(resolved, serialized)
-                        result.regression_result.regressions.extend(
-                            regression_pb2.Regression(value=v) for v in values
-                        )
-                    else:
-                        raise InvalidArgument(f"Unsupported signature method_name: {method}")
-                return response
-
-            return work()
+        def work(tasks: list[tuple[Any, str]]) -> Any:
+            serialized = self._examples(request.tasks[0].model_spec.name, request.input)
+            response = inference_pb2.MultiInferenceResponse()
+            for resolved, method in tasks:
+                result = response.results.add()
+                _fill_spec(result.model_spec, resolved)
+                if method == CLASSIFY_METHOD:
+                    rows = self.dataplane.classify(resolved, serialized)
+                    _fill_classifications(result.classification_result, rows)
+                elif method == REGRESS_METHOD:
+                    values = self.dataplane.regress(resolved, serialized)
+                    result.regression_result.regressions.extend(
+                        regression_pb2.Regression(value=v) for v in values
+                    )
+                else:
+                    raise InvalidArgument(f"Unsupported signature method_name: {method}")
+            return response
 
         model = request.tasks[0].model_spec.name if request.tasks else ""
         return _guarded(context, multi, self.metrics, model, "MultiInference")

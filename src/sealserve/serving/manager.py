@@ -8,12 +8,17 @@ ones are unloaded, so a version that fails to load leaves the old one serving. S
 in END with its error, which `status()` reports. Transient failures (e.g. a key broker that
 cannot be reached) are retried; permanent ones (wrong key, tampered tree) are not.
 
-Request paths call `servable()` for a short-lived handle (the `Servable` itself: a version is
-unloaded by dropping the manager's reference, and the object lives on until in-flight
-requests finish). Listeners (`add_listener`) are called, from whichever thread made the change
-and without the manager's lock held, whenever availability may have changed: a version
-loaded, failed, unloaded, or the model list replaced; they must return quickly (health
-checks re-read `ready()` on their own loop). All public methods are thread safe.
+Request paths take a `ServableHandle` (`handle()`) and hold it for the whole request (TF
+Serving's ServableHandle): a reference-counted lease on one AVAILABLE version. Unloading a
+version first stops new handles (UNLOADING), then, once the last handle is released, closes
+the servable (its TensorFlow Session and runners; batch queues are keyed weakly by the
+servable and go with it), drops the manager's reference and only then reports END. Nothing
+else may keep a servable: request paths never cache one.
+
+Listeners (`add_listener`) are called, from whichever thread made the change and without the
+manager's lock held, whenever availability may have changed: a version loaded, failed,
+unloaded, or the model list replaced; they must return quickly (health checks re-read
+`ready()` on their own loop). All public methods are thread safe.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +76,13 @@ class _Version:
     status: VersionStatus
     servable: Servable | None = None
     fingerprint: tuple[float, int] | None = None  # of its directory when the load began
+    handles: int = 0  # handles not yet released (guarded by the manager's lock)
+    name: str = ""  # the model's
+
+    @property
+    def serving(self) -> bool:
+        """New handles may be taken (AVAILABLE, not yet unloading)."""
+        return self.servable is not None and self.status.state == State.AVAILABLE
 
 
 @dataclass
@@ -79,7 +91,53 @@ class _Model:
     versions: dict[int, _Version] = field(default_factory=dict)
 
     def available(self) -> list[int]:
-        return sorted((v for v, e in self.versions.items() if e.servable is not None), reverse=True)
+        return sorted((v for v, e in self.versions.items() if e.serving), reverse=True)
+
+
+class ServableHandle:
+    """A lease on one loaded version, held for one whole request (a context manager).
+
+    While any handle to a version is unreleased, the version's servable stays loaded, even
+    if the version is being unloaded. `share()` takes another lease on the same version for
+    work that may outlive the request's own (a batch run, a thread). Release each handle
+    exactly once; a handle dropped unreleased is released when it is garbage collected.
+    Thread safe."""
+
+    __slots__ = ("_manager", "_entry", "_servable", "__weakref__")
+
+    def __init__(self, manager: ModelManager, entry: _Version, servable: Servable) -> None:
+        self._manager: ModelManager | None = manager
+        self._entry = entry
+        self._servable: Servable | None = servable
+
+    @property
+    def servable(self) -> Servable:
+        servable = self._servable
+        if servable is None:
+            raise SealserveError("servable handle used after release", code=Code.INTERNAL)
+        return servable
+
+    def share(self) -> ServableHandle:
+        """Another handle to the same version (even while it is unloading)."""
+        manager = self._manager
+        if manager is None:
+            raise SealserveError("servable handle used after release", code=Code.INTERNAL)
+        return manager._share(self._entry, self.servable)
+
+    def release(self) -> None:
+        manager, self._manager, self._servable = self._manager, None, None
+        if manager is not None:
+            manager._release(self._entry)
+
+    def __enter__(self) -> ServableHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a request path that forgot to release must not pin a model
+        if getattr(self, "_manager", None) is not None:
+            self.release()
 
 
 @dataclass(frozen=True)
@@ -111,6 +169,7 @@ class ModelManager:
         self._poller: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max(1, options.load_threads), "sealserve-load")
         self._listeners: list[Callable[[], None]] = []
+        self._finishing: list[threading.Thread] = []  # unloads finished by a last release
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` whenever the availability of versions may have changed."""
@@ -138,10 +197,22 @@ class ModelManager:
             self._poller.start()
 
     def stop(self) -> None:
+        """Stop polling and loading, and unload every version (each as its last handle is
+        released; the caller has drained requests first)."""
         self._stopped.set()
         if self._poller is not None:
             self._poller.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            ends = [
+                self._begin_unload(model.config.name, version, entry)
+                for model in self._models.values()
+                for version, entry in model.versions.items()
+                if entry.serving
+            ]
+        self._finish_unloads(ends)
+        for thread in list(self._finishing):
+            thread.join(timeout=10)
 
     def _poll(self) -> None:
         while not self._stopped.wait(self.options.poll_seconds):
@@ -167,15 +238,18 @@ class ModelManager:
         with self._reconcile_lock:
             with self._lock:
                 wanted = {c.name: c for c in configs}
+                ends = []
                 for name in [n for n in self._models if n not in wanted]:
-                    for entry in self._models.pop(name).versions.values():
-                        entry.servable = None  # in-flight requests keep their reference
-                    log.info("model %s removed from the configuration and unloaded", name)
+                    for version, entry in self._models.pop(name).versions.items():
+                        if entry.serving:
+                            ends.append(self._begin_unload(name, version, entry))
+                    log.info("model %s removed from the configuration", name)
                 for name, config in wanted.items():
                     if name in self._models:
                         self._models[name].config = config
                     else:
                         self._models[name] = _Model(config)
+            self._finish_unloads(ends)
             self._notify()  # dropped models, and new ones not loaded yet
             self._reconcile_locked()
 
@@ -188,8 +262,10 @@ class ModelManager:
         ]
         for future in loads:
             future.result()
+        ends = []
         for model in models:
-            self._unload_and_forget(model)
+            ends += self._unload_and_forget(model)
+        self._finish_unloads(ends)
         self._notify()
 
     def _aspired(self, model: _Model) -> set[int]:
@@ -211,7 +287,9 @@ class ModelManager:
     def _load(self, model: _Model, version: int) -> None:
         name = model.config.name
         path = Path(model.config.base_path) / str(version)
-        entry = _Version(VersionStatus(version, State.START), fingerprint=_fingerprint(path))
+        entry = _Version(
+            VersionStatus(version, State.START), fingerprint=_fingerprint(path), name=name
+        )
         with self._lock:
             model.versions[version] = entry
         attempts = 1 + max(0, self.options.max_load_retries)
@@ -227,8 +305,19 @@ class ModelManager:
                 error = SealserveError(f"{type(exc).__name__}: {exc}", code=Code.INTERNAL)
             else:
                 with self._lock:
+                    wanted = (
+                        not self._stopped.is_set()
+                        and self._models.get(name) is model
+                        and model.versions.get(version) is entry
+                    )
                     entry.servable = servable
                     entry.status = VersionStatus(version, State.AVAILABLE)
+                    if not wanted:  # removed (or the server stopped) while it loaded
+                        unload = self._begin_unload(name, version, entry)
+                del servable
+                if not wanted:
+                    self._finish_unloads([unload])
+                    return
                 self._notify()
                 log.info(
                     "model %s version %d is available (loaded in %.2f s)",
@@ -254,22 +343,19 @@ class ModelManager:
             entry.status = VersionStatus(version, State.END, error)
         log.error("model %s version %d failed to load: %s", name, version, error)
 
-    def _unload_and_forget(self, model: _Model) -> None:
-        """Unload versions no longer aspired (once an aspired one serves), and forget ended
-        versions that left the disk or changed after failing."""
+    def _unload_and_forget(self, model: _Model) -> list[_Unload]:
+        """Begin unloading versions no longer aspired (once an aspired one serves), and
+        forget ended versions that left the disk or changed after failing. Returns the
+        unloads that no handle holds up, for `_finish_unloads` (outside the lock)."""
         aspired = self._aspired(model)
+        ends = []
         with self._lock:
-            serving_aspired = any(
-                model.versions[v].servable is not None for v in aspired if v in model.versions
-            )
+            serving_aspired = any(model.versions[v].serving for v in aspired if v in model.versions)
             for version, entry in list(model.versions.items()):
                 if version in aspired:
                     continue
-                if entry.servable is not None and (serving_aspired or not aspired):
-                    entry.status = VersionStatus(version, State.UNLOADING)
-                    entry.servable = None  # in-flight requests keep their own reference
-                    entry.status = VersionStatus(version, State.END)
-                    log.info("model %s version %d unloaded", model.config.name, version)
+                if entry.serving and (serving_aspired or not aspired):
+                    ends.append(self._begin_unload(model.config.name, version, entry))
             for version, entry in list(model.versions.items()):
                 if entry.servable is None and entry.status.state == State.END:
                     # Gone from disk, or failed and changed since (a copy that was still in
@@ -279,11 +365,72 @@ class ModelManager:
                         entry.status.error is not None and _fingerprint(path) != entry.fingerprint
                     ):
                         del model.versions[version]
+        return [end for end in ends if end is not None]
+
+    # -- unloading -----------------------------------------------------------------------
+
+    def _begin_unload(self, name: str, version: int, entry: _Version) -> _Unload | None:
+        """UNLOADING: no new handles. Returns the unload to finish now if no handle is out;
+        otherwise the last `release` finishes it (caller holds the lock)."""
+        entry.status = VersionStatus(version, State.UNLOADING)
+        if entry.handles:
+            log.info(
+                "model %s version %d unloading once %d request(s) finish",
+                name,
+                version,
+                entry.handles,
+            )
+            return None
+        return self._take_for_unload(entry)
+
+    def _take_for_unload(self, entry: _Version) -> _Unload:
+        servable, entry.servable = entry.servable, None
+        return _Unload(entry.name, entry.status.version, entry, servable)
+
+    def _finish_unloads(self, unloads: Sequence[_Unload | None]) -> None:
+        """Close each servable (its Session, runners and queues), then report END."""
+        for unload in unloads:
+            if unload is None:
+                continue
+            try:
+                if unload.servable is not None:
+                    unload.servable.close()
+            except Exception:  # the version ends anyway: nothing may keep it
+                log.exception("closing model %s version %d", unload.name, unload.version)
+            unload.servable = None
+            with self._lock:
+                unload.entry.status = VersionStatus(unload.version, State.END)
+            log.info("model %s version %d unloaded", unload.name, unload.version)
+        if any(u is not None for u in unloads):
+            self._notify()
+
+    def _share(self, entry: _Version, servable: Servable) -> ServableHandle:
+        with self._lock:
+            entry.handles += 1
+        return ServableHandle(self, entry, servable)
+
+    def _release(self, entry: _Version) -> None:
+        with self._lock:
+            entry.handles -= 1
+            if entry.handles or entry.status.state != State.UNLOADING or entry.servable is None:
+                return
+            unload = self._take_for_unload(entry)
+        # The last request of an unloading version: close it off the request's thread (a
+        # Session holding a large model takes a while to free, and this may be the loop).
+        thread = threading.Thread(
+            target=self._finish_unloads, args=([unload],), name="sealserve-unload", daemon=True
+        )
+        with self._lock:
+            self._finishing = [t for t in self._finishing if t.is_alive()] + [thread]
+        thread.start()
 
     # -- queries -------------------------------------------------------------------------
 
-    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """A handle to an AVAILABLE version: the given one, the labelled one, or the latest."""
+    def handle(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> ServableHandle:
+        """A handle to an AVAILABLE version: the given one, the labelled one, or the latest.
+        Hold it for the whole request and release it (`with manager.handle(...) as h:`)."""
         with self._lock:
             model = self._models.get(name)
             if label is not None:
@@ -296,9 +443,10 @@ class ModelManager:
                     raise NotFound(f"Servable not found for request: Latest({name})")
                 version = available[0]
             entry = model.versions.get(version) if model else None
-            if entry is None or entry.servable is None:
+            if entry is None or not entry.serving or entry.servable is None:
                 raise NotFound(f"Servable not found for request: Specific({name}, {version})")
-            return entry.servable
+            entry.handles += 1
+            return ServableHandle(self, entry, entry.servable)
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """Version states, highest version first (GetModelStatus)."""
@@ -335,6 +483,16 @@ class ModelManager:
     def _snapshot(self) -> list[_Model]:
         with self._lock:
             return list(self._models.values())
+
+
+@dataclass
+class _Unload:
+    """A version taken out of service, to be closed and reported END."""
+
+    name: str
+    version: int
+    entry: _Version
+    servable: Servable | None
 
 
 def _version_dirs(base_path: str) -> set[int]:

@@ -31,8 +31,8 @@ from aiohttp import web
 
 from sealserve.errors import Code, InvalidArgument, SealserveError
 from sealserve.serving import api_protos, inference, json_codec
-from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall
-from sealserve.serving.manager import ModelManager
+from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall, Resolved
+from sealserve.serving.manager import ModelManager, ServableHandle
 from sealserve.serving.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,8 @@ class _RestApi:
                 raise InvalidArgument("Missing model name in request.")
             spec = _spec(name, version, label)
             if metadata:
-                servable = self.dataplane.servable(spec)
-                return json_response(api_protos.metadata_json(servable))
+                with self.dataplane.handle(spec) as handle:
+                    return json_response(api_protos.metadata_json(handle.servable))
             if spec.label is not None:
                 raise InvalidArgument("Model status by label is not supported; use a version")
             statuses = self.dataplane.status(spec.name, spec.version)
@@ -230,7 +230,11 @@ class _RestApi:
         raise InvalidArgument(f"Malformed request: {request.method} {path}")
 
     async def _predict(self, spec: ModelSpec, body: bytes) -> bytes:
-        servable = self.dataplane.servable(spec)
+        with self.dataplane.handle(spec) as handle:
+            return await self._predict_on(handle, body)
+
+    async def _predict_on(self, handle: ServableHandle, body: bytes) -> bytes:
+        servable = handle.servable
         depth = self.options.max_json_depth
 
         def lookup(signature_name: str):  # noqa: ANN202 - SignatureInfo
@@ -252,12 +256,17 @@ class _RestApi:
         def encode(call: PredictCall, outputs: dict[str, np.ndarray]) -> bytes:
             return json_codec.format_predict_response(outputs, bool(call.context))
 
-        return await self.dataplane.predict(servable, decode, encode, len(body))
+        return await self.dataplane.predict(handle, decode, encode, len(body))
 
     async def _classify_or_regress(self, spec: ModelSpec, body: bytes, verb: str) -> bytes:
         document = json_codec.loads(body, max_depth=self.options.max_json_depth)
         signature_name, serialized = inference.examples_from_json(document)
-        resolved = self.dataplane.resolve(replace(spec, signature_name=signature_name))
+        with self.dataplane.resolve(replace(spec, signature_name=signature_name)) as resolved:
+            return await self._classify_or_regress_on(resolved, spec, serialized, verb)
+
+    async def _classify_or_regress_on(
+        self, resolved: Resolved, spec: ModelSpec, serialized: list[bytes], verb: str
+    ) -> bytes:
         if self.metrics is not None:
             self.metrics.record_examples(spec.name, len(serialized))
 
@@ -271,7 +280,7 @@ class _RestApi:
                 results = self.dataplane.regress(resolved, serialized)
             return json.dumps({"results": results}).encode()
 
-        return await self.dataplane.call(work)
+        return await self.dataplane.call(work, hold=resolved.handle)
 
 
 def _spec(name: str, version: str | None, label: str | None) -> ModelSpec:

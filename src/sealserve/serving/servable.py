@@ -4,6 +4,8 @@ Built by the loader from one runner per signature (a `SessionBundle` callable, o
 `tf.function`) and the SavedModel's own `SignatureDef`s (what TF Serving's metadata API
 returns). `run` is thread safe: the runners may be called from several threads at once, and
 do their work without the GIL.
+`close()` (the manager's, once the version's last handle is released) closes what the
+runners run on and drops them; a closed servable refuses runs with UNAVAILABLE.
 An optional `run_observer` hears how long each successful run spent in TensorFlow (metrics);
 the loader sets it once warmup is done, so warmup runs are not counted as serving.
 """
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sealserve.errors import FailedPrecondition, InvalidArgument, SealserveError
+from sealserve.errors import Code, FailedPrecondition, InvalidArgument, SealserveError
 from sealserve.serving.signatures import SignatureInfo, TensorInfo
 from sealserve.serving.tensor_proto import data_type_name, data_type_string, dtype_name
 from sealserve.serving.tensorflow_runtime import import_tensorflow
@@ -73,6 +75,23 @@ class Servable:
         self._fast_run: dict[str, float] = {}  # per signature: its fastest recent run, s
         self.run_observer: RunObserver | None = None
         self.runtime_labels: dict[str, str] = {}  # per signature, when not "TF"
+        self._closed = False
+
+    def close(self) -> None:
+        """Close the Session (or drop the loaded functions) and every runner: the model's
+        weights are freed with them. Idempotent."""
+        self._closed = True
+        resources, self._resources = self._resources, None
+        self._runners = {}
+        self._fast_run = {}
+        self.run_observer = None
+        close = getattr(resources, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def signature(self, key: str) -> SignatureInfo:
         try:
@@ -114,6 +133,10 @@ class Servable:
     ) -> Sequence[str]:
         """TF Serving's checks before a run; returns the output aliases to answer with."""
         signature = self.signature(key)
+        if self.closed:
+            raise SealserveError(
+                f"model {self.name} version {self.version} is unloaded", code=Code.UNAVAILABLE
+            )
         if key not in self._runners:
             raise FailedPrecondition(f'Serving signature key "{key}" cannot be run.')
         check_inputs(signature, inputs)
