@@ -21,7 +21,7 @@ from sealserve.errors import FailedPrecondition, InvalidArgument, NotFound, Seal
 if TYPE_CHECKING:
     from sealserve.serving.attested_identity import AttestedIdentity, BrokeredIdentity
     from sealserve.serving.keys import KeyProvider
-    from sealserve.serving.model_config import ModelConfig
+    from sealserve.serving.model_config import ModelConfig, ModelTrust
     from sealserve.serving.model_management import ModelManagementPolicy
     from sealserve.serving.server import ServerOptions
     from sealserve.serving.tls import SSLConfig
@@ -97,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(1, 2),
         default=2,
         help="2 for Gramine >= 1.9 (default), 1 for Gramine <= 1.8",
+    )
+    encrypt.add_argument(
+        "--bind-to",
+        metavar="PATH",
+        help="(a directory) bind the tree to PATH, where the server will load it from, "
+        "e.g. /models/NAME/VERSION, instead of the output path; a server refuses a tree "
+        "bound elsewhere",
+    )
+    encrypt.add_argument(
+        "--model-id",
+        metavar="ID",
+        help="(a directory) the manifest's model id (default: a new one); give every "
+        "version of a model the same id to pin it with `serve --model_pin`",
     )
     encrypt.set_defaults(run=_encrypt)
 
@@ -361,6 +374,22 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         help="wrap key of model NAME (repeatable)",
     )
     own.add_argument(
+        "--model_pin",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL_ID[:MIN_VERSION]",
+        help="serve model NAME only from trees with this manifest model id (* for any) and "
+        "versions >= MIN_VERSION (refuses rollbacks; repeatable)",
+    )
+    own.add_argument(
+        "--insecure_plain_model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --key_broker: serve model NAME from plain, unauthenticated SavedModels "
+        "(every other model needs a key; repeatable)",
+    )
+    own.add_argument(
         "--ssl_config_key",
         metavar="NAME",
         help="--model_key entry that decrypts a protected --ssl_config_file "
@@ -467,7 +496,13 @@ def _encrypt(args: argparse.Namespace) -> None:
     if source.is_dir():
         with _progress(args, _tree_size(source), "encrypt") as progress:
             manifest = model_tree.encrypt_tree(
-                source, args.output, key, version=args.format_version, progress=progress
+                source,
+                args.output,
+                key,
+                version=args.format_version,
+                model_id=args.model_id,
+                bound_root=args.bind_to,
+                progress=progress,
             )
         print(
             f"encrypted {len(manifest.files)} files ({manifest.total_size} bytes) into "
@@ -478,6 +513,8 @@ def _encrypt(args: argparse.Namespace) -> None:
             f'"{manifest.bound_root}")'
         )
     else:
+        if args.bind_to or args.model_id:
+            raise InvalidArgument("--bind-to and --model-id apply to directories only")
         with _progress(args, source.stat().st_size, "encrypt") as progress:
             bound = model_tree.encrypt_file(
                 source, args.output, key, version=args.format_version, progress=progress
@@ -782,6 +819,7 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         model_config_poll_seconds=args.model_config_file_poll_wait_seconds,
         monitoring=monitoring,
         model_management=management,
+        trust=_model_trust(args),
     )
 
 
@@ -858,6 +896,26 @@ def _brokered_identity(
     from sealserve.serving.attested_identity import BrokeredIdentity
 
     return BrokeredIdentity(broker.session, args.key_broker_tls_name, given).start()
+
+
+def _model_trust(args: argparse.Namespace) -> ModelTrust:
+    """Which models are keyed, which may be plain, and the owner's pins (measured flags)."""
+    from sealserve.serving.model_config import ModelTrust, parse_model_pin
+
+    pins = dict(parse_model_pin(flag) for flag in args.model_pin)
+    if len(pins) != len(args.model_pin):
+        raise InvalidArgument("--model_pin names a model twice")
+    if args.insecure_plain_model and not args.key_broker:
+        log.warning(
+            "--insecure_plain_model only matters with --key_broker: models without a "
+            "--model_key are served plain"
+        )
+    return ModelTrust(
+        keyed_models=frozenset(flag.partition("=")[0] for flag in args.model_key),
+        every_model_keyed=bool(args.key_broker),
+        plain_models=frozenset(args.insecure_plain_model),
+        pins=pins,
+    )
 
 
 def _ssl_config_key(args: argparse.Namespace, keys: KeyProvider) -> bytes | None:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from sealserve.model_tree import ProtectedTree, TreeIntegrityError, encrypt_tree
-from sealserve.serving.memory_load import load_protected_saved_model
+from sealserve.serving.memory_load import files_in_memory, load_protected_saved_model
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 
 
@@ -72,3 +72,28 @@ def test_in_memory_copy_is_removed_even_with_prefix_sharing_directories(
     load_protected_saved_model(ProtectedTree(tmp_path / "enc", wrap_key))
     assert tf.io.gfile.glob("ram://sealserve-*") == []
     assert tf.io.gfile.glob("ram://sealserve-*/*/*") == []
+
+
+def test_decrypted_chunks_are_overwritten_once_written():
+    chunks = [bytearray(b"secret weights " * 1000), bytearray(b"and the rest")]
+    expected = b"".join(bytes(c) for c in chunks)
+    tf = import_tensorflow()
+    with files_in_memory([], [("w", iter(chunks))]) as root:
+        with tf.io.gfile.GFile(f"{root}/w", "rb") as f:
+            assert f.read() == expected
+        assert all(not any(chunk) for chunk in chunks)
+    assert not tf.io.gfile.exists(root)
+
+
+def test_a_protected_file_readers_plaintext_buffer_is_overwritten_on_close(tmp_path, wrap_key):
+    from sealserve.model_tree import encrypt_file
+    from sealserve.protected_files import ProtectedFileReader
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"weights!" * 40_000)
+    encrypt_file(plain, str(tmp_path / "enc"), wrap_key)
+    reader = ProtectedFileReader(tmp_path / "enc", wrap_key)
+    assert b"".join(bytes(c) for c in reader.iter_chunks()) == plain.read_bytes()
+    assert any(reader._group)
+    reader.close()
+    assert not any(reader._group)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from sealserve.model_tree import MANIFEST_NAME, encrypt_file, encrypt_tree
+from sealserve.model_tree import MANIFEST_NAME, encrypt_tree
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.loader import WARMUP_FILE
 from sealserve.serving.manager import State
@@ -23,6 +23,11 @@ OTHER_KEY = bytes(16)
 
 def predict(server, model, xs=(1.0, 2.0, 5.0)):
     return server.http("POST", f"/v1/models/{model}:predict", {"instances": list(xs)})
+
+
+def serving_version(manager, name):
+    with manager.handle(name) as handle:
+        return handle.servable.version
 
 
 def wait_for(condition, timeout=30.0):
@@ -87,26 +92,16 @@ def test_an_encrypted_model_without_its_key_says_which_flag_is_missing(
     assert "--model_key m=PATH" in status["status"]["error_message"]
 
 
-def test_the_seeds_layout_encrypted_saved_model_pb_alone(tmp_path, half_plus_two, running):
-    # gramine-sgx-pf-crypt encrypt -w key -i saved_model.pb -o models/seed/1/saved_model.pb
-    version = tmp_path / "models" / "seed" / "1"
-    shutil.copytree(half_plus_two, version)
-    (version / "saved_model.pb").unlink()
-    encrypt_file(half_plus_two / "saved_model.pb", str(version / "saved_model.pb"), SECRET_KEY)
-    server = running([ModelConfig("seed", str(tmp_path / "models" / "seed"))], {"seed": SECRET_KEY})
-    assert predict(server, "seed").json() == {"predictions": [2.5, 3.0, 4.5]}
-
-
 def test_polling_loads_a_new_version_before_unloading_the_old(tmp_path, half_plus_two, running):
     base = tmp_path / "m"
     encrypt_tree(half_plus_two, str(base / "1"), SECRET_KEY)
     server = running([ModelConfig("m", str(base))], {"m": SECRET_KEY})
     assert server.http("GET", "/v1/models/m").json()["model_version_status"][0]["version"] == "1"
     staged = tmp_path / "staging"
-    encrypt_tree(half_plus_two, str(staged), SECRET_KEY)
+    encrypt_tree(half_plus_two, str(staged), SECRET_KEY, bound_root=str(base / "2"))
     staged.rename(base / "2")  # what a deployment does: an atomic rename
     wait_for(lambda: [s.state for s in server.manager.status("m")] == [State.AVAILABLE, State.END])
-    assert server.manager.servable("m").version == 2
+    assert serving_version(server.manager, "m") == 2
     assert predict(server, "m").json() == {"predictions": [2.5, 3.0, 4.5]}
 
 
@@ -115,10 +110,11 @@ def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path, half_plus_two
     encrypt_tree(half_plus_two, str(base / "1"), SECRET_KEY)
     server = running([ModelConfig("m", str(base))], {"m": SECRET_KEY})
     staged = tmp_path / "staging"
-    encrypt_tree(half_plus_two, str(staged), OTHER_KEY)  # encrypted with the wrong key
+    # encrypted with the wrong key
+    encrypt_tree(half_plus_two, str(staged), OTHER_KEY, bound_root=str(base / "2"))
     staged.rename(base / "2")
     wait_for(lambda: server.manager.status("m")[0].state == State.END)
-    assert server.manager.servable("m").version == 1
+    assert serving_version(server.manager, "m") == 1
     assert predict(server, "m").json() == {"predictions": [2.5, 3.0, 4.5]}
 
 

@@ -64,6 +64,22 @@ def is_protected_tree(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
+def bound_root_matches(bound_root: str, served_as: str | os.PathLike[str]) -> bool:
+    """Whether a tree bound to `bound_root` may be served from directory `served_as`.
+
+    An absolute bound root must be the served path exactly (both Gramine-normalized, the
+    served path made absolute). A relative one (the owner encrypted with `-o
+    models/m/1`) binds the tree relative to the model repository: it must equal the served
+    path's last components (`/srv/models/m/1` serves it; `/srv/models/m/9` does not)."""
+    bound = normalize_path(bound_root)
+    served = normalize_path(os.path.abspath(os.fspath(served_as)))
+    if not bound or bound in (b".", b"/"):
+        return False
+    if bound.startswith(b"/"):
+        return bound == served
+    return served.endswith(b"/" + bound)
+
+
 # -- reading a tree ----------------------------------------------------------------------
 
 
@@ -74,7 +90,15 @@ class ProtectedTree:
     node (bound path and size: a swapped, moved or truncated file is found before any data is
     decrypted); each file's content digest is checked as it is read."""
 
-    def __init__(self, root: str | os.PathLike[str], wrap_key: bytes) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        wrap_key: bytes,
+        *,
+        served_as: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """`served_as`: the path the tree must be bound to (see `bound_root_matches`); a
+        tree bound elsewhere (a copy of another version or model) is refused."""
         self.root = Path(root)
         self.wrap_key = wrap_key
         manifest_path = self.root / MANIFEST_NAME
@@ -92,15 +116,29 @@ class ProtectedTree:
                     f"{manifest_path} belongs to another tree (bound to "
                     f"'{display_path(reader.bound_path)}')"
                 )
+        if served_as is not None and not bound_root_matches(self.manifest.bound_root, served_as):
+            raise TreeIntegrityError(
+                f"{self.root} is bound to '{self.manifest.bound_root}', not to "
+                f"'{os.fspath(served_as)}' (a copy of another version or model)"
+            )
         self._check_listing()
 
     def _check_listing(self) -> None:
-        present, _ = list_tree(self.root)
+        present, directories = list_tree(self.root)
         listed = {f.path for f in self.manifest.files}
         for path in sorted(listed - set(present)):
             raise TreeIntegrityError(f"{self.root}: file '{path}' is missing")
         for path in sorted(set(present) - listed):
             raise TreeIntegrityError(f"{self.root}: unexpected file '{path}' (not in the manifest)")
+        # the directory list too: an added directory (even empty) can change what a
+        # loader finds (e.g. a variables/ or assets.extra/ that the owner never shipped)
+        listed_dirs = set(self.manifest.directories)
+        for path in sorted(listed_dirs - set(directories)):
+            raise TreeIntegrityError(f"{self.root}: directory '{path}' is missing")
+        for path in sorted(set(directories) - listed_dirs):
+            raise TreeIntegrityError(
+                f"{self.root}: unexpected directory '{path}' (not in the manifest)"
+            )
         for entry in self.manifest.files:
             self.open_file(entry.path).close()
 
@@ -228,11 +266,15 @@ def encrypt_tree(
     *,
     version: int = DEFAULT_VERSION,
     model_id: str | None = None,
+    bound_root: str | None = None,
     progress: Progress = None,
 ) -> ModelManifest:
-    """Mirror directory `src` into `out`, every file encrypted, plus the manifest."""
+    """Mirror directory `src` into `out`, every file encrypted, plus the manifest. Files are
+    bound to `bound_root` (default `out`): the path the server will load the tree from, when
+    it is written elsewhere first (a staging directory renamed into place)."""
     src_root = Path(src)
     files, directories = list_tree(src_root)
+    bind = out if bound_root is None else bound_root
     entries = []
     with _new_tree(out, directories) as tmp:
         for relative in files:
@@ -246,14 +288,14 @@ def encrypt_tree(
                     size,
                     dst,
                     wrap_key,
-                    bound_path_in(out, relative),
+                    bound_path_in(bind, relative),
                     version=version,
                     progress=progress,
                 )
                 entries.append(FileEntry(relative, size, _sha256_of(source)))
         manifest = ModelManifest(
             model_id=model_id or new_model_id(),
-            bound_root=_bound_root(out),
+            bound_root=_bound_root(bind),
             files=tuple(entries),
             directories=tuple(directories),
         )

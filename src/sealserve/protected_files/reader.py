@@ -271,6 +271,9 @@ class ProtectedFileReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed and getattr(self, "_owns_file", False):
             self._file.close()
+        group = getattr(self, "_group", None)
+        if group is not None:  # the last plaintext decrypted: overwritten, not just freed
+            memoryview(group)[:] = bytes(len(group))
         super().close()
 
 

@@ -1,13 +1,15 @@
 """Loading one model version: key → decryption into memory → TensorFlow → warmup.
 
-A version directory is one of:
-- a sealserve protected tree (with its manifest): opened with the model's key, checked
-  against the manifest, decrypted into `ram://` (see `memory_load`);
-- a plain SavedModel;
-- a SavedModel in which some files are Gramine protected files but there is no manifest
-  (the seed's way: `gramine-sgx-pf-crypt encrypt` of `saved_model.pb` alone). Those files are
-  decrypted in memory too, each checked to be bound to a path ending with its own relative
-  path; the load logs that, without a manifest, missing or rolled-back files go unnoticed.
+What a version directory must be depends on its model (`ModelTrust`, from measured flags):
+- a model with a key (`--model_key`, or any model with a key broker) serves only a
+  sealserve protected tree whose manifest is authenticated by that key, bound to this very
+  directory (`base_path/<version>`), with exactly the files and directories it lists, at or
+  above the owner's pinned minimum version and with the pinned model id; the tree is
+  decrypted into `ram://` (see `memory_load`). Anything else — a plain SavedModel dropped in,
+  a copy without its manifest, a copy of another version, an older tree — is refused with
+  PERMISSION_DENIED or DATA_LOSS, so that version ends in END and the others keep serving;
+- a model without a key serves plain SavedModels only, and refuses protected files (it has
+  no key to authenticate them with).
 
 All expensive work happens in `load()` (TF Serving's Loader idea); the result is a `Servable`.
 The model's `RuntimeSpec` picks what runs its signatures: a TensorFlow Session (the default),
@@ -15,28 +17,36 @@ or OpenVINO (`runtimes.openvino`: converted in memory from the same `ram://` roo
 against TensorFlow on the warm-up requests; signatures it cannot convert stay on TensorFlow).
 With `metrics`, each load attempt (outcome, duration) and the decryption (plaintext bytes,
 time) are recorded, and the servable reports its run times once warmup is done.
-A loader is used by one thread at a time.
+A key provider may also pin models (the key broker's resource metadata): if it has a
+`pin_for(name) -> ModelPin | None` method, its pin is applied with the flags' (the
+stricter of both). A loader is used by one thread at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sealserve.errors import DataLoss, InvalidArgument, NotFound, SealserveError
-from sealserve.model_tree import ProtectedTree, is_protected_tree
+from sealserve.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SealserveError,
+)
+from sealserve.model_tree import MANIFEST_NAME, ProtectedTree, is_protected_tree
 from sealserve.model_tree.tree import list_tree
-from sealserve.protected_files import ProtectedFileReader
-from sealserve.protected_files.format import FILE_ID
+from sealserve.protected_files.format import FILE_ID, GRAPHENE_FILE_ID
 from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.keys import KeyProvider
-from sealserve.serving.memory_load import files_in_memory, tree_in_memory
+from sealserve.serving.memory_load import tree_in_memory
+from sealserve.serving.model_config import ModelPin, ModelTrust
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, OPENVINO, RuntimeSpec
 from sealserve.serving.servable import Runner, Servable
 from sealserve.serving.session_bundle import SessionBundle
@@ -69,10 +79,12 @@ class VersionLoader:
         options: LoadOptions,
         metrics: Metrics | None = None,
         runtime: RuntimeSpec = DEFAULT_RUNTIME,
+        trust: ModelTrust | None = None,
     ) -> None:
         self.name, self.version, self.path = name, version, Path(path)
         self.keys, self.options, self.metrics = keys, options, metrics
         self.runtime = runtime
+        self.trust = trust if trust is not None else trust_for(keys)
 
     def load(self) -> Servable:
         if self.metrics is None:
@@ -92,32 +104,76 @@ class VersionLoader:
         return servable
 
     def _load(self) -> Servable:
-        if is_protected_tree(self.path):
-            key = self.keys.key_for(self.name)  # may ask a key broker: not decryption time
-            started = time.perf_counter()
-            tree = ProtectedTree(self.path, key)  # authenticates every file's metadata
-            with tree_in_memory(tree) as root:  # decrypts and verifies every file
-                self._record_decryption(tree.manifest.total_size, started)
-                return self._from_root(root)
+        if self.trust.keyed(self.name):
+            return self._load_keyed()
+        return self._load_unkeyed()
+
+    def _load_keyed(self) -> Servable:
+        """Only a tree authenticated by the model's key, bound here, within the pins."""
+        where = f"model {self.name} version {self.version}"
+        self._check_pin(self.trust.pin(self.name))
+        if not is_protected_tree(self.path):
+            raise PermissionDenied(
+                f"{where} is refused: it is not a tree encrypted with the model's key (no "
+                f"{MANIFEST_NAME}); model {self.name} has a key, so only trees that key "
+                "authenticates are served (`sealserve encrypt` the whole SavedModel)"
+            )
+        key = self.keys.key_for(self.name)  # may ask a key broker: not decryption time
+        pin = self._pin()
+        self._check_pin(pin)
+        started = time.perf_counter()
+        # authenticates the manifest and every file's metadata, checks the listing, and
+        # that the tree is bound to this very directory (not a copy of another version)
+        tree = ProtectedTree(self.path, key, served_as=self.path)
+        del key
+        if pin.model_id is not None and tree.manifest.model_id != pin.model_id:
+            raise PermissionDenied(
+                f"{where} is refused: its model id {tree.manifest.model_id} is not the pinned "
+                f"{pin.model_id}"
+            )
+        with tree_in_memory(tree) as root:  # decrypts and verifies every file
+            self._record_decryption(tree.manifest.total_size, started)
+            return self._from_root(root)
+
+    def _load_unkeyed(self) -> Servable:
+        """A plain SavedModel (nothing to authenticate it with, by configuration)."""
+        where = f"model {self.name} version {self.version}"
         files, _ = list_tree(self.path)
+        if is_protected_tree(self.path) or any(_is_protected_file(self.path / f) for f in files):
+            hint = (
+                f"it is marked --insecure_plain_model {self.name}"
+                if self.name in self.trust.plain_models
+                else f"give --model_key {self.name}=PATH or a --key_broker"
+            )
+            raise FailedPrecondition(
+                f"{where} is encrypted but model {self.name} has no key ({hint})"
+            )
         if SAVED_MODEL_PB not in files and "saved_model.pbtxt" not in files:
             raise NotFound(f"no SavedModel in {self.path}")
-        protected = [f for f in files if _is_protected_file(self.path / f)]
-        if not protected:
-            return self._load_plain()
-        log.warning(
-            "model %s version %d: %d protected file(s) but no manifest; without one, missing, "
-            "swapped or rolled-back files cannot all be detected (encrypt the whole tree with "
-            "`sealserve encrypt`)",
-            self.name,
-            self.version,
-            len(protected),
-        )
-        loose = _LooseProtectedFiles(self.path, files, protected, self.keys.key_for(self.name))
-        started = time.perf_counter()
-        with files_in_memory(loose.directories(), loose.files()) as root:
-            self._record_decryption(loose.decrypted_bytes, started)
-            return self._from_root(root)
+        if self.name in self.trust.plain_models:
+            log.warning(
+                "%s: served as a plain SavedModel, unauthenticated (--insecure_plain_model)",
+                where,
+            )
+        return self._load_plain()
+
+    def _pin(self) -> ModelPin:
+        """The flags' pin, with the key provider's (the key broker's metadata) if it has one."""
+        pin = self.trust.pin(self.name)
+        pin_for = getattr(self.keys, "pin_for", None)
+        if pin_for is not None:
+            try:
+                pin = pin.merged(pin_for(self.name))
+            except InvalidArgument as exc:
+                raise PermissionDenied(f"model {self.name}: {exc}") from None
+        return pin
+
+    def _check_pin(self, pin: ModelPin) -> None:
+        if self.version < pin.min_version:
+            raise PermissionDenied(
+                f"model {self.name} version {self.version} is refused: below the pinned "
+                f"minimum version {pin.min_version} (a rollback)"
+            )
 
     def _record_decryption(self, plaintext_bytes: int, started: float) -> None:
         if self.metrics is not None:
@@ -266,37 +322,19 @@ def replay_warmup(servable: Servable, requests: str | list[WarmupRequest]) -> No
     )
 
 
-class _LooseProtectedFiles:
-    """A directory whose protected files are decrypted and plain files read as they are."""
-
-    def __init__(self, root: Path, files: list[str], protected: list[str], key: bytes):
-        self.root, self._files, self._protected, self._key = root, files, set(protected), key
-        self.decrypted_bytes = 0  # plaintext of the protected files, counted as it is read
-
-    def directories(self) -> Sequence[str]:
-        return list_tree(self.root)[1]
-
-    def files(self) -> Iterator[tuple[str, Iterator[memoryview | bytes]]]:
-        for relative in self._files:
-            path = self.root / relative
-            if relative in self._protected:
-                yield relative, self._decrypt(path, relative)
-            else:
-                yield relative, iter([path.read_bytes()])
-
-    def _decrypt(self, path: Path, relative: str) -> Iterator[memoryview]:
-        with ProtectedFileReader(path, self._key) as reader:
-            bound = reader.bound_path.decode("utf-8", "replace")
-            if bound != relative and not bound.endswith("/" + relative):
-                raise DataLoss(f"{path} is bound to '{bound}', which is not a path to {relative}")
-            for chunk in reader.iter_chunks():
-                self.decrypted_bytes += len(chunk)
-                yield chunk
-
-
 def _is_protected_file(path: Path) -> bool:
     with open(path, "rb") as f:
-        return f.read(len(FILE_ID)) == FILE_ID
+        magic = f.read(max(len(FILE_ID), len(GRAPHENE_FILE_ID)))
+    return magic.startswith((FILE_ID, GRAPHENE_FILE_ID))
+
+
+def trust_for(keys: object) -> ModelTrust:
+    """The trust a key provider implies when the caller gives none: keys by name (local key
+    files) key those models; any other provider (a key broker) keys every model."""
+    names = getattr(keys, "names", None)
+    if names is None:
+        return ModelTrust(every_model_keyed=True)
+    return ModelTrust(keyed_models=frozenset(names()))
 
 
 def _public_call(function: Any) -> Runner:

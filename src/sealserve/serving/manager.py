@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from sealserve.errors import Code, InvalidArgument, NotFound, SealserveError
 from sealserve.serving.loader import LoadOptions, VersionLoader
-from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.model_config import ModelConfig, ModelTrust
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, RuntimeSpec
 from sealserve.serving.servable import Servable
 
@@ -521,11 +521,23 @@ def _fingerprint(path: Path) -> tuple[float, int]:
 
 
 def loader_factory(
-    keys: object, options: LoadOptions, metrics: Metrics | None = None
+    keys: object,
+    options: LoadOptions,
+    metrics: Metrics | None = None,
+    trust: ModelTrust | None = None,
 ) -> LoaderFactory:
     def new_loader(
         name: str, version: int, path: Path, runtime: RuntimeSpec = DEFAULT_RUNTIME
     ) -> VersionLoader:
-        return VersionLoader(name, version, path, keys, options, metrics, runtime)  # type: ignore[arg-type]
+        return VersionLoader(
+            name,
+            version,
+            path,
+            keys,  # type: ignore[arg-type]
+            options,
+            metrics,
+            runtime,
+            trust,
+        )
 
     return new_loader

@@ -5,6 +5,13 @@ in-memory file system (`ram://`), read from there while the load needs them, and
 soon as it is done — plaintext never reaches a disk, /tmp or /dev/shm. Each load uses a fresh
 random `ram://` prefix, so concurrent loads never see each other's files. Every file is
 verified against the tree's manifest before TensorFlow reads any of it.
+
+Decrypted bytes pass through Python in mutable buffers only (the reader's `bytearray`, one
+`bytearray` per chunk handed to TensorFlow's writer), each overwritten with zeros once
+written, so no immutable copy of plaintext is left for the garbage collector. What
+TensorFlow copies into its own memory (the `ram://` file's string, then the Session's
+tensors) is freed, not overwritten, when the file is deleted and the Session closed: Python
+cannot reach it.
 """
 
 from __future__ import annotations
@@ -33,9 +40,7 @@ def files_in_memory(
         for relative, chunks in files:
             path = f"{root}/{relative}"
             written.append(path)
-            with tf.io.gfile.GFile(path, "wb") as out:
-                for chunk in chunks:
-                    out.write(bytes(chunk))
+            _write_wiped(path, chunks)
         yield root
     finally:
         # Remove every file we wrote (they hold the plaintext), then the directories. The
@@ -46,6 +51,32 @@ def files_in_memory(
                 tf.io.gfile.remove(path)
         with contextlib.suppress(tf.errors.NotFoundError):
             tf.io.gfile.rmtree(root)
+
+
+def _write_wiped(path: str, chunks: Iterable[bytes | memoryview]) -> None:
+    """Write `chunks` to a TensorFlow file, each through a bytearray zeroed afterwards.
+    (GFile.write takes only bytes, which could not be overwritten: its writer takes a
+    bytearray.)"""
+    from tensorflow.python.lib.io import _pywrap_file_io
+
+    out = _pywrap_file_io.WritableFile(path.encode(), b"w")
+    try:
+        for chunk in chunks:
+            buffer = bytearray(chunk)
+            try:
+                out.append(buffer)
+            finally:
+                wipe(buffer)
+            if isinstance(chunk, bytearray):
+                wipe(chunk)
+    finally:
+        out.close()
+
+
+def wipe(buffer: bytearray | memoryview) -> None:
+    """Overwrite a writable buffer with zeros, in place."""
+    view = memoryview(buffer).cast("B")
+    view[:] = bytes(len(view))
 
 
 def tree_in_memory(tree: ProtectedTree) -> contextlib.AbstractContextManager[str]:

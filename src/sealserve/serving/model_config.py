@@ -4,6 +4,13 @@
 Parsed with TF Serving's own protos, so users bring their files unchanged. `model_platform`
 picks the runtime ("tensorflow", the default, or "openvino[:options]": see `runtimes`).
 Produces plain `ModelConfig` values; nothing here loads anything. Thread safe.
+
+`ModelTrust` says, per model name, what a version must be to be served: a tree authenticated
+by the model's key (every model with a key: `--model_key`, or all of them with a key broker),
+or a plain SavedModel (only models without a key; with a key broker, only those named by
+`--insecure_plain_model`), plus the owner's pins (`--model_pin`: model id, minimum version).
+It comes from flags, which the measurement covers, never from the model config file or a
+reload request, which the host controls; it applies by name to models added by a reload too.
 """
 
 from __future__ import annotations
@@ -23,6 +30,65 @@ class ModelConfig:
     version_policy: VersionPolicy = LATEST_ONE
     version_labels: dict[str, int] = field(default_factory=dict)
     runtime: RuntimeSpec = DEFAULT_RUNTIME
+
+
+@dataclass(frozen=True)
+class ModelPin:
+    """What the owner pins for a model: its manifest's model id, and the lowest version that
+    may be served (older, consistent trees are a rollback)."""
+
+    model_id: str | None = None
+    min_version: int = 0
+
+    def merged(self, other: ModelPin | None) -> ModelPin:
+        """Both pins at once (the stricter minimum); conflicting ids pin nothing servable."""
+        if other is None:
+            return self
+        if self.model_id and other.model_id and self.model_id != other.model_id:
+            raise InvalidArgument(
+                f"conflicting model id pins {self.model_id!r} and {other.model_id!r}"
+            )
+        return ModelPin(self.model_id or other.model_id, max(self.min_version, other.min_version))
+
+
+@dataclass(frozen=True)
+class ModelTrust:
+    """Which models are keyed (only authenticated trees) and which may be plain."""
+
+    keyed_models: frozenset[str] = frozenset()
+    every_model_keyed: bool = False  # a key broker: every model has a key unless plain
+    plain_models: frozenset[str] = frozenset()  # --insecure_plain_model (key broker only)
+    pins: dict[str, ModelPin] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        both = sorted(self.keyed_models & self.plain_models)
+        if both:
+            raise InvalidArgument(f"model {both[0]} has a key and is marked plain")
+
+    def keyed(self, name: str) -> bool:
+        if name in self.plain_models:
+            return False
+        return self.every_model_keyed or name in self.keyed_models
+
+    def pin(self, name: str) -> ModelPin:
+        return self.pins.get(name, ModelPin())
+
+
+def parse_model_pin(flag: str) -> tuple[str, ModelPin]:
+    """`NAME=MODEL_ID[:MIN_VERSION]` (MODEL_ID may be `*`: any) -> (name, pin)."""
+    name, sep, rest = flag.partition("=")
+    model_id, _, minimum = rest.partition(":")
+    if not sep or not name or not model_id:
+        raise InvalidArgument(f"--model_pin must be NAME=MODEL_ID[:MIN_VERSION], got {flag!r}")
+    try:
+        min_version = int(minimum) if minimum else 0
+    except ValueError:
+        raise InvalidArgument(
+            f"--model_pin {flag!r}: the minimum version is not a number"
+        ) from None
+    if min_version < 0:
+        raise InvalidArgument(f"--model_pin {flag!r}: the minimum version is negative")
+    return name, ModelPin(None if model_id == "*" else model_id, min_version)
 
 
 def single_model(

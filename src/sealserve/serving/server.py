@@ -37,7 +37,7 @@ from sealserve.serving.dataplane import DataPlane
 from sealserve.serving.keys import KeyProvider
 from sealserve.serving.manager import ManagerOptions, ModelManager, loader_factory
 from sealserve.serving.metrics import Metrics, MonitoringConfig
-from sealserve.serving.model_config import ModelConfig, parse_model_config_text
+from sealserve.serving.model_config import ModelConfig, ModelTrust, parse_model_config_text
 from sealserve.serving.model_management import ModelManagementPolicy
 from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
 from sealserve.serving.tls import (
@@ -76,6 +76,7 @@ class ServerOptions:
     batching: BatchingOptions | None = None  # --enable_batching; None: each request alone
     # who may call HandleReloadConfigRequest; the default: nobody
     model_management: ModelManagementPolicy = ModelManagementPolicy()
+    trust: ModelTrust | None = None  # keyed / plain models and pins; None: from the keys
 
 
 class ModelServer:
@@ -87,7 +88,7 @@ class ModelServer:
             self.metrics.admit_models(c.name for c in options.models)
         self.manager = ModelManager(
             options.models,
-            loader_factory(keys, options.manager.load, self.metrics),
+            loader_factory(keys, options.manager.load, self.metrics, options.trust),
             options.manager,
         )
         batcher = None
