@@ -24,8 +24,8 @@ from sealserve.serving.model_config import ModelConfig, ModelPin, ModelTrust
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 from sealserve.serving.tls import load_ssl_config
 from sealserve.tools.certs import make_twoway
-from tests.serving.conftest import SECRET_KEY, server_options
-from tests.serving.harness import RunningServer
+from tests.harness import RunningServer, server_options
+from tests.serving.conftest import SECRET_KEY
 
 tf = import_tensorflow()
 GENUINE = [2.5, 3.0, 4.5]  # half_plus_two of [1, 2, 5]
