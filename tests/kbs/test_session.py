@@ -230,3 +230,21 @@ def test_429_until_the_attempts_run_out_is_unavailable() -> None:
     finally:
         server.shutdown()
     assert err.value.code == Code.UNAVAILABLE
+
+
+def test_a_stored_policy_that_no_longer_loads_denies_without_detail(
+    kbs: Kbs, attester: SimAttester
+) -> None:
+    """A policy stored before the workload-pin rules (here: mr_signer without isv_prod_id)
+    is written straight into the store, as an older KBS did; releases are refused with 403,
+    the reason only in the audit."""
+    old = 'tee = ["sim"]\n[[sim]]\nmr_enclave = "any"\nmr_signer = ["' + "ab" * 32 + '"]\n'
+    old += 'isv_prod_id = "any"\n'
+    kbs.store.set_policy(RESOURCE, old, "toml")
+    provider = KbsKeyProvider(kbs.url, kbs.ca, attester)
+    with pytest.raises(KbsDenied) as err:
+        provider.key_for("mnist")
+    assert err.value.status == 403 and "isv_prod_id" not in str(err.value)
+    record = kbs.store.audit_records(limit=100_000)[-1]
+    assert record.decision == "denied" and "does not load" in record.reason
+    assert "isv_prod_id" in record.reason

@@ -609,7 +609,17 @@ class KbsService:
                 f"the resource policy of {path} denied this TEE (the KBS's audit log says why)",
                 reason=f"no policy allows {path} (set one with `sealserve kbs policy set`)",
             )
-        return self._parsed(*stored)
+        try:
+            return self._parsed(*stored)
+        except InvalidArgument as err:
+            # Stored before today's rules (e.g. a TD policy pinning mr_td alone): it admits
+            # nobody until the owner sets a policy that loads. Not a 400 to the TEE: the TEE
+            # did nothing wrong and must not learn what the policy says.
+            log.error("the stored policy for %s does not load: %s", path, err.message)
+            raise PolicyDenied(
+                f"the resource policy of {path} denied this TEE (the KBS's audit log says why)",
+                reason=f"the stored policy does not load, so it admits nobody: {err.message}",
+            ) from None
 
     def _parsed(self, text: str, fmt: str) -> Policy:
         """The policy of a stored text, parsed once (warnings are logged once per change)."""
