@@ -4,17 +4,19 @@ TensorFlow is imported once, and only by the tests that need it) and the suite's
 Tiers are pytest markers, assigned here rather than in each file (`pytest -m unit`):
 - `e2e`: the product as a user runs it, across processes (the `sealserve` command, the demo,
   the cluster): the modules in `E2E_MODULES`;
-- `integration`: real components in-process: TensorFlow models, servers on loopback (REST,
-  gRPC, KBS), PostgreSQL, child processes: a test that uses a fixture in
-  `INTEGRATION_FIXTURES` (directly or through another fixture) or lives in a module of
-  `INTEGRATION_MODULES` (whose tests start such things themselves);
+- `integration`: real components: TensorFlow, servers on loopback (REST, gRPC, KBS),
+  PostgreSQL, child processes: a test that uses a fixture in `INTEGRATION_FIXTURES`
+  (directly or through another fixture), or whose own code names one of `STARTS` (it starts
+  such a thing itself);
 - `unit`: everything else: pure Python in-process, seconds for the whole tier.
 A test may carry one of the three markers itself; then that one holds.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,8 @@ TIERS = ("unit", "integration", "e2e")
 
 E2E_MODULES = {
     "tests/test_attested_serving.py",
+    "tests/test_attested_tls.py",
+    "tests/test_brokered_tls.py",
     "tests/test_cli.py",
     "tests/test_cluster.py",
     "tests/test_demo.py",
@@ -45,7 +49,11 @@ INTEGRATION_FIXTURES = {
     "pg_url",
 }
 
-INTEGRATION_MODULES: set[str] = set()
+# Names in a test function's own code that start a real component (read from its source).
+STARTS = re.compile(
+    r"\b(subprocess|Popen|RunningServer|RunningKbs|ServeProcess|KbsProcess|start_kbs"
+    r"|import_tensorflow|make_model|VersionLoader|ModelServer)\b"
+)
 
 
 def tier(item: pytest.Item) -> str:
@@ -55,9 +63,10 @@ def tier(item: pytest.Item) -> str:
     module = Path(item.fspath).relative_to(Path(__file__).parent.parent).as_posix()
     if module in E2E_MODULES:
         return "e2e"
-    if module in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(
-        getattr(item, "fixturenames", ())
-    ):
+    if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "integration"
+    function = getattr(item, "function", None)
+    if function is not None and STARTS.search(inspect.getsource(function)):
         return "integration"
     return "unit"
 
