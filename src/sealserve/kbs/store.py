@@ -343,22 +343,51 @@ class SqlStore:
             self._write_manifest(db, manifest)
         return ResourceInfo(path=path, version=version, size=len(value), updated=now)
 
-    def get_resource(self, path: str) -> bytes:
-        path = check_resource_path(path)
+    def _checked_read(
+        self,
+        what: str,
+        statement: str,
+        path: str,
+        check: Callable[[_Manifest, Any], str | None],
+    ) -> tuple[_Manifest, Any]:
+        """The manifest and `path`'s row, checked with `check` (None: consistent, else what
+        is wrong). The fast read takes two statements; a mismatch is read again inside a
+        write transaction (serialised with every writer, other KBS replicas included) before
+        it is called tampering, so a rotation racing the read is no false alarm."""
         with self._lock:
             manifest = self._read_manifest(self._db)
-            row = self._db.execute(
-                self._sql("SELECT ciphertext, version FROM kbs_resources WHERE path=?"), (path,)
-            ).fetchone()
-        entry = manifest.resources.get(path)
-        if row is None and entry is None:
+            row = self._db.execute(self._sql(statement), (path,)).fetchone()
+        if check(manifest, row) is None:
+            return manifest, row
+        with self._write() as db:
+            manifest = self._read_manifest(db)
+            row = db.execute(self._sql(statement), (path,)).fetchone()
+        problem = check(manifest, row)
+        if problem is not None:
+            self._tampered(what, problem)
+        return manifest, row
+
+    def get_resource(self, path: str) -> bytes:
+        path = check_resource_path(path)
+
+        def check(manifest: _Manifest, row: Any) -> str | None:
+            entry = manifest.resources.get(path)
+            if row is None and entry is None:
+                return None
+            if row is None or entry is None:
+                return f"resource {path} was deleted or added behind the KBS"
+            if int(row[1]) != entry["version"] or (
+                hashlib.sha256(bytes(row[0])).hexdigest() != entry["digest"]
+            ):
+                return f"stored resource {path} is not the one the KBS wrote"
+            return None
+
+        _, row = self._checked_read(
+            "resource", "SELECT ciphertext, version FROM kbs_resources WHERE path=?", path, check
+        )
+        if row is None:
             raise NotFound(f"resource {path} not found")
-        if row is None or entry is None:
-            self._tampered("resource", f"resource {path} was deleted or added behind the KBS")
-        blob, version = bytes(row[0]), int(row[1])
-        if version != entry["version"] or hashlib.sha256(blob).hexdigest() != entry["digest"]:
-            self._tampered("resource", f"stored resource {path} is not the one the KBS wrote")
-        return self._key.open_resource(path, version, blob)
+        return self._key.open_resource(path, int(row[1]), bytes(row[0]))
 
     def resource_exists(self, path: str) -> bool:
         path = check_resource_path(path)
@@ -409,26 +438,30 @@ class SqlStore:
 
     def get_policy(self, path: str) -> tuple[str, str] | None:
         path = check_policy_key(path)
-        with self._lock:
-            manifest = self._read_manifest(self._db)
-            row = self._db.execute(
-                self._sql("SELECT text, format, version, mac FROM kbs_policies WHERE path=?"),
-                (path,),
-            ).fetchone()
-        entry = manifest.policies.get(path)
-        if row is None and entry is None:
+
+        def check(manifest: _Manifest, row: Any) -> str | None:
+            entry = manifest.policies.get(path)
+            if row is None and entry is None:
+                return None
+            if row is None or entry is None:
+                return f"the policy of {path} was deleted or added behind the KBS"
+            text, fmt, version, mac = str(row[0]), str(row[1]), int(row[2]), row[3]
+            fields = self._policy_fields(path, version, fmt, text)
+            if (
+                version != entry["version"]
+                or mac != entry["mac"]
+                or not self._key.check_record_mac("policy", fields, mac)
+            ):
+                return f"the stored policy of {path} is not the one the KBS wrote"
             return None
-        if row is None or entry is None:
-            self._tampered("policy", f"the policy of {path} was deleted or added behind the KBS")
-        text, fmt, version, mac = str(row[0]), str(row[1]), int(row[2]), row[3]
-        fields = self._policy_fields(path, version, fmt, text)
-        if (
-            version != entry["version"]
-            or mac != entry["mac"]
-            or not self._key.check_record_mac("policy", fields, mac)
-        ):
-            self._tampered("policy", f"the stored policy of {path} is not the one the KBS wrote")
-        return text, fmt
+
+        _, row = self._checked_read(
+            "policy",
+            "SELECT text, format, version, mac FROM kbs_policies WHERE path=?",
+            path,
+            check,
+        )
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def delete_policy(self, path: str) -> None:
         path = check_policy_key(path)
