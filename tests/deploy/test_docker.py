@@ -664,3 +664,15 @@ def test_healthcheck_main_exit_codes(http_server: str, monkeypatch: pytest.Monke
     assert healthcheck.main() == 0
     monkeypatch.setenv("SEALSERVE_HEALTH_URL", http_server + "/not-ready")
     assert healthcheck.main() == 1
+
+
+def test_the_podman_script_builds_on_a_debootstrap_base() -> None:
+    """No registry: debootstrap makes the base, podman builds the Dockerfile on it (run by hand,
+    docs/deployment.md: root, network and minutes)."""
+    script = DOCKER / "build-with-podman.sh"
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert "debootstrap --variant=minbase" in text and "python-is-python3" in text
+    assert '--build-arg PYTHON_IMAGE="$BASE"' in text and '--target "${TARGET:-$IMAGE}"' in text
+    _, stages = load("server.Dockerfile")
+    assert {"server"} <= set(stages)  # the default target of `server`
