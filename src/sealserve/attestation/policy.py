@@ -19,6 +19,12 @@ accepted too, chosen by a `.json` suffix). Top-level keys come before the tables
     max_collateral_age_seconds = 2592000          # the default (30 days): collateral issued
                                                   #   longer ago than this is refused
     allow_debug_insecure = false                  # debug enclaves/TDs: never in production
+    key_lease_seconds = 0                         # 0: a released key is the server's for good;
+                                                  #   N: lent for N s, renewed over the server's
+                                                  #   attested session (revocable: the server
+                                                  #   drops it when renewal is refused)
+    keep_key_when_kbs_unreachable = false         # with a lease: keep serving past its end
+                                                  #   while the KBS cannot be reached
 
     [[sgx]]                                       # one table per accepted enclave identity
     mr_enclave = ["33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"]
@@ -126,6 +132,7 @@ _TDX_HEX_FIELDS = (
 _TDX_MEASUREMENT_SIZE = 48
 #: Intel's PCS reissues TCB Info and QE Identity with a 30-day `nextUpdate`.
 DEFAULT_MAX_COLLATERAL_AGE_SECONDS = 30 * 86400
+MIN_KEY_LEASE_SECONDS = 4  # servers renew at half the lease: shorter ones are for tests
 
 HexPin = tuple[str, ...] | None  # None = "any"
 IntPin = tuple[int, ...] | None
@@ -326,6 +333,8 @@ class Policy:
     denied_advisories: tuple[str, ...] = ()
     max_collateral_age_seconds: int = DEFAULT_MAX_COLLATERAL_AGE_SECONDS
     allow_debug_insecure: bool = False
+    key_lease_seconds: int = 0
+    keep_key_when_kbs_unreachable: bool = False
     #: where the policy came from, for messages ("policy.toml")
     source: str = field(default="policy", compare=False)
 
@@ -362,6 +371,13 @@ class Policy:
             raise InvalidArgument("max_collateral_age_seconds must be a positive integer")
         if not isinstance(self.allow_debug_insecure, bool):
             raise InvalidArgument("allow_debug_insecure must be true or false")
+        lease = self.key_lease_seconds
+        if isinstance(lease, bool) or not isinstance(lease, int) or not 0 <= lease <= 31_536_000:
+            raise InvalidArgument("key_lease_seconds must be 0 (no lease) to 31536000 (a year)")
+        if 0 < lease < MIN_KEY_LEASE_SECONDS:
+            raise InvalidArgument(f"key_lease_seconds must be at least {MIN_KEY_LEASE_SECONDS}")
+        if not isinstance(self.keep_key_when_kbs_unreachable, bool):
+            raise InvalidArgument("keep_key_when_kbs_unreachable must be true or false")
         if not any(self.identities(t) for t in self.tee):
             raise InvalidArgument(
                 "the policy has no [[sgx]], [[tdx]] or [[sim]] entry for any TEE type it "
@@ -490,6 +506,8 @@ class Policy:
             "denied_advisories": list(self.denied_advisories),
             "max_collateral_age_seconds": self.max_collateral_age_seconds,
             "allow_debug_insecure": self.allow_debug_insecure,
+            "key_lease_seconds": self.key_lease_seconds,
+            "keep_key_when_kbs_unreachable": self.keep_key_when_kbs_unreachable,
         }
         for name in ("sgx", "tdx", "sim"):
             entries = getattr(self, name)
@@ -556,8 +574,13 @@ class Policy:
                     )
             if "max_collateral_age_seconds" in data:
                 kwargs["max_collateral_age_seconds"] = data["max_collateral_age_seconds"]
-            if "allow_debug_insecure" in data:
-                kwargs["allow_debug_insecure"] = data["allow_debug_insecure"]
+            for name in (
+                "allow_debug_insecure",
+                "key_lease_seconds",
+                "keep_key_when_kbs_unreachable",
+            ):
+                if name in data:
+                    kwargs[name] = data[name]
             kwargs["sgx"] = _entries(data, "sgx", _sgx_entry)
             kwargs["sim"] = _entries(data, "sim", _sgx_entry)
             kwargs["tdx"] = _entries(data, "tdx", _tdx_entry)

@@ -301,6 +301,13 @@ def add_secret_arguments(parser: argparse.ArgumentParser) -> None:
     delete = sub.add_parser("delete", help="delete a secret")
     delete.add_argument("resource")
     _add_admin_connection(delete)
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke a secret: never released again, and servers holding it on a lease "
+        "(key_lease_seconds in its policy) unload what it protects within one lease",
+    )
+    revoke.add_argument("resource")
+    _add_admin_connection(revoke)
     parser.set_defaults(kbs_run=run_secret)
 
 
@@ -319,6 +326,9 @@ def run_secret(args: argparse.Namespace) -> int:
     elif command == "delete":
         _admin_call(args, "DELETE", f"/kbs/v0/resource/{args.resource}")
         print(f"deleted {args.resource}")
+    elif command == "revoke":
+        _admin_call(args, "DELETE", f"/kbs/v0/resource/{args.resource}?revoke=true")
+        print(f"revoked {args.resource}: servers holding it on a lease drop it when it ends")
     return 0
 
 

@@ -48,7 +48,7 @@ from joserfc.jwk import ECKey, RSAKey
 
 from sealserve.attestation import Attester
 from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
-from sealserve.kbs.jwe import b64url_decode, open_resource
+from sealserve.kbs.jwe import LEASE_HEADER, b64url_decode, open_resource_with_header
 from sealserve.kbs.protocol import (
     PROTOCOL_VERSION,
     SESSION_COOKIE,
@@ -78,6 +78,20 @@ class KbsDenied(PermissionDenied):
         super().__init__(message)
         self.reason = reason or message
         self.status = status
+
+
+@dataclass(frozen=True)
+class Lease:
+    """How long a released key is lent (the KBS's authenticated JWE header member)."""
+
+    seconds: int
+    keep_when_unreachable: bool = False
+
+    @classmethod
+    def from_header(cls, value: Any) -> Lease | None:
+        if value is None:
+            return None
+        return cls(int(value["seconds"]), bool(value.get("keep_when_unreachable", False)))
 
 
 @dataclass(frozen=True)
@@ -331,6 +345,10 @@ class AttestedSession:
 
     def get_resource(self, resource: str) -> bytes:
         """The plaintext of `resource` (`<repository>/<type>/<tag>`)."""
+        return self.get_leased_resource(resource)[0]
+
+    def get_leased_resource(self, resource: str) -> tuple[bytes, Lease | None]:
+        """The plaintext of `resource` and its lease (None: released for good)."""
         resource = check_resource_path(resource)
         for attempt in (1, 2):
             state = self._current(resource)
@@ -347,7 +365,8 @@ class AttestedSession:
                 continue
             _raise_for(answer, "release", resource)
             try:
-                return open_resource(answer.body, state.key)
+                secret, header = open_resource_with_header(answer.body, state.key)
+                return secret, Lease.from_header(header.get(LEASE_HEADER))
             except ValueError as err:
                 log.error("the KBS's JWE for %s does not decrypt: %s", resource, err)
                 raise SealserveError(

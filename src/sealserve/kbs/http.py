@@ -328,7 +328,10 @@ async def _put_resource(request: web.Request) -> web.StreamResponse:
 
 async def _delete_resource(request: web.Request) -> web.StreamResponse:
     service = _service(request)
-    await asyncio.to_thread(service.admin_delete_resource, _bearer(request), _path(request))
+    revoke = request.query.get("revoke", "") == "true"
+    await asyncio.to_thread(
+        service.admin_delete_resource, _bearer(request), _path(request), revoke=revoke
+    )
     return web.Response(status=204)
 
 

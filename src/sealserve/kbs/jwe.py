@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 from typing import Any
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from joserfc import jwe
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
+from joserfc.registry import HeaderParameter, InvalidHeaderValueError
 
 from sealserve.errors import InvalidArgument
 
@@ -122,9 +124,13 @@ def _wrap_for_rsa(jwk: dict[str, Any], cek: bytes) -> tuple[dict[str, Any], byte
     return {"alg": RSA_OAEP_256, "enc": A256GCM}, public.encrypt(cek, oaep)
 
 
-def seal_resource(secret: bytes, tee_pubkey: dict[str, Any]) -> dict[str, str]:
+def seal_resource(
+    secret: bytes, tee_pubkey: dict[str, Any], extra_header: dict[str, Any] | None = None
+) -> dict[str, str]:
     """`secret` as a flattened-JSON JWE to the TEE's public JWK (already validated by
-    `protocol.TeePubKey`: a public EC P-256/384/521 or RSA ≥ 2048 key)."""
+    `protocol.TeePubKey`: a public EC P-256/384/521 or RSA ≥ 2048 key). `extra_header`
+    members join the protected header (authenticated with the ciphertext; other clients
+    ignore members they do not know, RFC 7516 §4)."""
     cek = AESGCM.generate_key(bit_length=8 * _CEK_BYTES)
     if tee_pubkey.get("kty") == "EC":
         header, encrypted_key = _wrap_for_ec(tee_pubkey, cek)
@@ -132,7 +138,7 @@ def seal_resource(secret: bytes, tee_pubkey: dict[str, Any]) -> dict[str, str]:
         header, encrypted_key = _wrap_for_rsa(tee_pubkey, cek)
     else:
         raise InvalidArgument("tee-pubkey kty must be EC or RSA")
-    protected = b64url(protected_header_bytes(header))
+    protected = b64url(protected_header_bytes({**header, **(extra_header or {})}))
     iv = os.urandom(_IV_BYTES)
     sealed = AESGCM(cek).encrypt(iv, secret, protected.encode("ascii"))
     del cek
@@ -145,12 +151,42 @@ def seal_resource(secret: bytes, tee_pubkey: dict[str, Any]) -> dict[str, str]:
     }
 
 
+#: sealserve's protected-header member: the key's lease, `{"seconds": N,
+#: "keep_when_unreachable": bool}` (`attestation.policy`'s key_lease_seconds)
+LEASE_HEADER = "sealserve-lease"
+
+
+def _check_lease(value: Any) -> None:
+    if not (
+        isinstance(value, dict)
+        and isinstance(value.get("seconds"), int)
+        and not isinstance(value.get("seconds"), bool)
+        and value["seconds"] > 0
+        and isinstance(value.get("keep_when_unreachable", False), bool)
+    ):
+        raise InvalidHeaderValueError(f"{LEASE_HEADER} must be {{seconds, keep_when_unreachable}}")
+
+
+@functools.cache
+def _registry() -> jwe.JWERegistry:
+    return jwe.JWERegistry(
+        header_registry={LEASE_HEADER: HeaderParameter("the key's lease", _check_lease)},
+        algorithms=[ECDH_ES_A256KW, RSA_OAEP_256, A256GCM],
+    )
+
+
 def open_resource(body: bytes | str, key: ECKey | RSAKey) -> bytes:
     """The plaintext of a KBS resource answer: a flattened JSON JWE (Trustee, sealserve ≥ this
     version) or a compact JWE (older sealserve KBSs). ValueError if it does not decrypt."""
+    return open_resource_with_header(body, key)[0]
+
+
+def open_resource_with_header(
+    body: bytes | str, key: ECKey | RSAKey
+) -> tuple[bytes, dict[str, Any]]:
+    """`open_resource`, and the JWE's protected header (authenticated)."""
     text = body.decode("ascii", "replace") if isinstance(body, bytes) else body
     text = text.strip()
-    algorithms = [ECDH_ES_A256KW, RSA_OAEP_256, A256GCM]
     try:
         if text.startswith("{"):
             data = json.loads(text)
@@ -160,9 +196,11 @@ def open_resource(body: bytes | str, key: ECKey | RSAKey) -> bytes:
                 # Trustee's protocol document describes `aad` as the protected header itself,
                 # which is the AAD without the member; drop it rather than fold it in twice.
                 data = {k: v for k, v in data.items() if k != "aad"}
-            plaintext = jwe.decrypt_json(data, key, algorithms=algorithms).plaintext  # type: ignore[arg-type]
+            opened = jwe.decrypt_json(data, key, registry=_registry())  # type: ignore[arg-type]
+            plaintext, header = opened.plaintext, dict(opened.protected)
         else:
-            plaintext = jwe.decrypt_compact(text, key, algorithms=algorithms).plaintext
+            compact = jwe.decrypt_compact(text, key, registry=_registry())
+            plaintext, header = compact.plaintext, dict(compact.protected)
     except (JoseError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"the JWE does not decrypt ({type(err).__name__})") from None
-    return bytes(plaintext or b"")
+    return bytes(plaintext or b""), header

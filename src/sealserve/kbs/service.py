@@ -77,7 +77,7 @@ from sealserve.attestation.ratls import evidence_from_certificate
 from sealserve.attestation.verify import pck_root_der
 from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
 from sealserve.kbs.audit import CHECKPOINT_INTERVAL, sign_checkpoint
-from sealserve.kbs.jwe import seal_resource
+from sealserve.kbs.jwe import LEASE_HEADER, seal_resource
 from sealserve.kbs.logtext import LogThrottle, shown
 from sealserve.kbs.metrics import KbsMetrics
 from sealserve.kbs.protocol import (
@@ -120,6 +120,18 @@ class Unauthenticated(SealserveError):
     """No, expired or forged session / token / admin token (HTTP 401)."""
 
     code = Code.UNAUTHENTICATED
+
+
+def _lease_header(policy: Policy) -> dict[str, Any] | None:
+    """The JWE header member lending a key for the policy's lease (none: given for good)."""
+    if not policy.key_lease_seconds:
+        return None
+    return {
+        LEASE_HEADER: {
+            "seconds": policy.key_lease_seconds,
+            "keep_when_unreachable": policy.keep_key_when_kbs_unreachable,
+        }
+    }
 
 
 class _SecretProvDenied(PermissionDenied):
@@ -450,7 +462,7 @@ class KbsService:
                     reason="; ".join(decision.reasons),
                 )
             secret = self.store.get_resource(path)
-            sealed = json.dumps(seal_resource(secret, key.jwk))
+            sealed = json.dumps(seal_resource(secret, key.jwk, _lease_header(policy)))
             del secret
         except SealserveError as err:
             if claims is None:  # no valid credentials: anyone can send this
@@ -707,10 +719,12 @@ class KbsService:
         self._admin_audit(f"put version {info.version}", info.path)
         return info.to_json()
 
-    def admin_delete_resource(self, token: str | None, path: str) -> None:
+    def admin_delete_resource(self, token: str | None, path: str, *, revoke: bool = False) -> None:
+        """Delete a secret; `revoke` records why: servers holding it on a lease drop it
+        when they next renew (within one lease period)."""
         self.check_admin(token)
         self.store.delete_resource(path)
-        self._admin_audit("delete", check_resource_path(path))
+        self._admin_audit("revoke" if revoke else "delete", check_resource_path(path))
 
     def admin_list_resources(self, token: str | None) -> list[dict[str, Any]]:
         self.check_admin(token)
