@@ -12,7 +12,7 @@ Measured in one run, on generated models (nothing is downloaded):
     and by 4 threads. Target: served >= 90% of in-process at each concurrency, i.e. serving
     (gRPC, TLS, tensor conversion, the thread hop) costs under a tenth of the model's time.
 (b) half_plus_two with 16 concurrent clients, requests/s: our REST API
-    (`{"instances": [1.0, 2.0, 5.0]}`) and our gRPC API, against a KServe `ModelServer`
+    (`{"instances": [[1.0], [2.0], [5.0]]}`) and our gRPC API, against a KServe `ModelServer`
     serving the same SavedModel through its v1 REST predict (`kserve_savedmodel.py`: KServe
     has no TensorFlow runtime in Python, so a minimal `kserve.Model` calls the same
     signature). Each server is a process of its own, plaintext, on loopback, driven by the
@@ -92,8 +92,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESNET = "resnet50-v15-fp32"  # the name the seed's client asks for
 H2 = "half_plus_two"
-H2_BODY = {"instances": [1.0, 2.0, 5.0]}
-H2_ANSWER = [2.5, 3.0, 4.5]
+# TF Serving's half_plus_two takes x as [?,1]: rows of one value, which KServe's call of the
+# signature (TensorFlow's shape-checked public call) accepts too
+H2_BODY = {"instances": [[1.0], [2.0], [5.0]]}
+H2_ANSWER = [[2.5], [3.0], [4.5]]
 IMAGE_SHAPE = [1, 224, 224, 3]  # batch 1
 MIN_SERVED_RATIO = 0.90  # (a) served >= 90% of in-process
 MIN_KSERVE_RATIO = 2.0  # (b) ours >= 2x KServe

@@ -100,6 +100,16 @@ def half_plus_two(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def half_plus_two_tf2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TF Serving's TF2 half_plus_two (tf.functions, `x` of shape [1]), shared (read-only)."""
+    from sealserve.tools.models import make_model
+
+    directory = tmp_path_factory.mktemp("models") / "half_plus_two_tf2"
+    make_model("half_plus_two_tf2", directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated digits SavedModel (trained at generation), shared by the session
     (read-only)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from sealserve import __version__
 from sealserve.errors import FailedPrecondition, InvalidArgument, NotFound, SealserveError
+from sealserve.serving.request_budget import BudgetOptions  # no TensorFlow: a dataclass
 
 if TYPE_CHECKING:
     from sealserve.serving.attested_identity import AttestedIdentity, BrokeredIdentity
@@ -442,6 +443,32 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     own.add_argument("--rest_api_max_json_depth", type=int, default=100)
     own.add_argument("--grpc_max_message_bytes", type=int, default=256 << 20)
     own.add_argument(
+        "--grpc_max_concurrent_rpcs",
+        type=int,
+        default=0,
+        help="gRPC calls in progress at once; more are refused with RESOURCE_EXHAUSTED "
+        "(default 0: four per gRPC thread)",
+    )
+    own.add_argument(
+        "--max_request_bytes",
+        type=int,
+        default=BudgetOptions.max_request_bytes,
+        help="a gRPC request's bytes, received and decoded, at most (RESOURCE_EXHAUSTED beyond)",
+    )
+    own.add_argument(
+        "--max_in_flight_request_bytes",
+        type=int,
+        default=BudgetOptions.max_in_flight_bytes,
+        help="bytes of gRPC requests and responses held at once, server-wide; a request "
+        "beyond is refused with RESOURCE_EXHAUSTED (clients retry)",
+    )
+    own.add_argument(
+        "--rest_api_idle_timeout_seconds",
+        type=float,
+        default=30.0,
+        help="close a REST connection that sends no complete request headers for this long",
+    )
+    own.add_argument(
         "--inference_threads",
         type=int,
         default=8,
@@ -807,10 +834,13 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
             timeout_seconds=args.rest_api_timeout_in_ms / 1000,
             max_body_bytes=args.rest_api_max_body_bytes,
             max_json_depth=args.rest_api_max_json_depth,
+            idle_timeout_seconds=args.rest_api_idle_timeout_seconds,
         ),
         grpc_max_message_bytes=args.grpc_max_message_bytes,
         grpc_health_check=args.enable_grpc_healthcheck_service,
         grpc_threads=args.grpc_max_threads,
+        grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
+        request_budget=BudgetOptions(args.max_request_bytes, args.max_in_flight_request_bytes),
         intra_op_threads=args.tensorflow_intra_op_parallelism,
         inter_op_threads=args.tensorflow_inter_op_parallelism,
         inference_threads=args.inference_threads,

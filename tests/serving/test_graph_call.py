@@ -27,23 +27,19 @@ def _assert_same_as_public(function, inputs: dict[str, np.ndarray]) -> None:
 
 
 @pytest.fixture(scope="module")
-def half_plus_two_signatures(half_plus_two):
-    return tf.saved_model.load(str(half_plus_two)).signatures
+def half_plus_two_signatures(half_plus_two_tf2):
+    return tf.saved_model.load(str(half_plus_two_tf2)).signatures
 
 
 def test_predict_signature_matches_public_call(half_plus_two_signatures):
-    x = np.asarray([1.0, 2.0, 5.0], np.float32)
+    x = np.asarray([5.0], np.float32)
     _assert_same_as_public(half_plus_two_signatures["serving_default"], {"x": x})
     assert GraphCall.build(half_plus_two_signatures["serving_default"])({"x": x})["y"].tolist() == [
-        2.5,
-        3.0,
-        4.5,
+        4.5
     ]
 
 
-@pytest.mark.parametrize(
-    "key", ["classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"]
-)
+@pytest.mark.parametrize("key", ["classify_x_to_y", "regress_x_to_y", "regress_x_to_y2"])
 def test_string_input_signatures_match_public_call(half_plus_two_signatures, key):
     examples = [serialized_example(x=1.0, x2=3.0), serialized_example(x=4.0, x2=-1.0)]
     _assert_same_as_public(half_plus_two_signatures[key], run_inputs(examples))
@@ -60,7 +56,7 @@ def test_cnn_with_fixed_dimensions_matches_public_call(digits_model):
 
 def test_shape_not_matching_the_signature_is_invalid_argument(half_plus_two_signatures):
     direct = GraphCall.build(half_plus_two_signatures["serving_default"])
-    with pytest.raises(InvalidArgument, match=r"input 'x' has shape \[2,2\]; .* takes \[\?\]"):
+    with pytest.raises(InvalidArgument, match=r"input 'x' has shape \[2,2\]; .* takes \[1\]"):
         direct({"x": np.ones((2, 2), np.float32)})
 
 

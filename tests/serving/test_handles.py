@@ -16,7 +16,7 @@ import pytest
 from sealserve.errors import NotFound
 from sealserve.model_tree import encrypt_tree
 from sealserve.serving.batching import BatchingOptions, BatchScheduler
-from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall
+from sealserve.serving.dataplane import DataPlane, ModelSpec
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.loader import LoadOptions
 from sealserve.serving.manager import ManagerOptions, ModelManager, State, loader_factory
@@ -114,12 +114,9 @@ def ram_files() -> list[str]:
 
 
 def predict(dataplane: DataPlane, name: str) -> list[float]:
-    with dataplane.handle(ModelSpec(name)) as handle:
-        return dataplane.predict_blocking(
-            handle,
-            lambda: PredictCall("serving_default", {"x": np.array([1.0, 2.0], np.float32)}),
-            lambda call, outputs: outputs["y"].tolist(),
-        )
+    with dataplane.resolve(ModelSpec(name)) as resolved:
+        outputs = dataplane.predict_blocking(resolved, {"x": np.array([1.0, 2.0], np.float32)})
+        return outputs["y"].tolist()
 
 
 def version_refs(manager: ModelManager, name: str) -> list[weakref.ref]:
@@ -182,8 +179,9 @@ def test_a_plain_model_replaced_while_a_request_holds_it(tmp_path, half_plus_two
         shutil.copytree(half_plus_two, base / "2")
         manager.reconcile()
         # the held version still answers, though a newer one serves everyone else
-        call = PredictCall("serving_default", {"x": np.array([4.0], np.float32)})
-        assert dataplane.predict_blocking(held, lambda: call, lambda c, o: o["y"].tolist()) == [4.0]
+        resolved = DataPlane.resolve_signature(held, "serving_default")
+        outputs = dataplane.predict_blocking(resolved, {"x": np.array([4.0], np.float32)})
+        assert outputs["y"].tolist() == [4.0]
         refs = [weakref.ref(held.servable)]
         held.release()
         wait_for(lambda: manager.status("plain")[1].state == State.END)

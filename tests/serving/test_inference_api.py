@@ -55,12 +55,12 @@ def test_rest_context_features_reach_every_example(server):
         "POST",
         "/v1/models/half_plus_two:regress",
         {
-            "signature_name": "regress_x2_to_y3",
-            "context": {"x2": 4.0},
-            "examples": [{"x": 1.0}, {"x": 2.0, "x2": 10.0}],
+            "signature_name": "regress_x_to_y2",
+            "context": {"x": 4.0},
+            "examples": [{"x2": 1.0}, {"x": 10.0}],
         },
     )
-    assert result.json() == {"results": [5.0, 8.0]}  # the example's own x2 wins
+    assert result.json() == {"results": [5.0, 8.0]}  # the example's own x wins
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_rest_context_features_reach_every_example(server):
             "regress",
             {"signature_name": "regress_x_to_y", "examples": [{"x": [1.0, "a"]}]},
             400,
-            "mixed types",
+            "Unexpected element type in feature: x expecting type: float",
         ),
     ],
 )

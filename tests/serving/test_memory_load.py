@@ -52,8 +52,8 @@ def test_a_corrupted_file_stops_the_load_before_tensorflow_reads_it(encrypted_mo
 
 
 def test_a_missing_file_is_refused(encrypted_model, wrap_key):
-    (encrypted_model / "fingerprint.pb").unlink()
-    with pytest.raises(TreeIntegrityError, match="'fingerprint.pb' is missing"):
+    (encrypted_model / "saved_model.pb").unlink()
+    with pytest.raises(TreeIntegrityError, match="'saved_model.pb' is missing"):
         load_protected_saved_model(ProtectedTree(encrypted_model, wrap_key))
 
 

@@ -95,7 +95,7 @@ def test_rest_requests_are_counted_and_timed(monitored):
     ok = monitored.http("POST", "/v1/models/half_plus_two:predict", {"instances": [1.0, 2.0]})
     assert ok.status == 200
     assert monitored.http("POST", "/v1/models/nope:predict", {"instances": [1.0]}).status == 404
-    bad = monitored.http("POST", "/v1/models/half_plus_two:predict", {"instances": [[[1.0]]]})
+    bad = monitored.http("POST", "/v1/models/half_plus_two:predict", {"instances": ["one"]})
     assert bad.status == 400
     assert monitored.http("GET", "/v1/models/half_plus_two").status == 200
     after = scrape(monitored)

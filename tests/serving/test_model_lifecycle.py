@@ -76,11 +76,11 @@ def test_wrong_key_ends_the_version_with_a_clear_error_and_others_keep_serving(
 def test_a_tampered_tree_is_refused_with_the_reason_in_its_status(tmp_path, half_plus_two, running):
     tree = tmp_path / "m" / "1"
     encrypt_tree(half_plus_two, str(tree), SECRET_KEY)
-    (tree / "fingerprint.pb").unlink()
+    (tree / "saved_model.pb").unlink()
     server = running([ModelConfig("m", str(tmp_path / "m"))], {"m": SECRET_KEY})
     status = server.http("GET", "/v1/models/m").json()["model_version_status"][0]
     assert status["state"] == "END"
-    assert "'fingerprint.pb' is missing" in status["status"]["error_message"]
+    assert "'saved_model.pb' is missing" in status["status"]["error_message"]
 
 
 def test_an_encrypted_model_without_its_key_says_which_flag_is_missing(
@@ -118,13 +118,13 @@ def test_a_broken_new_version_leaves_the_old_one_serving(tmp_path, half_plus_two
     assert predict(server, "m").json() == {"predictions": [2.5, 3.0, 4.5]}
 
 
-def _warmup_file(path, xs):
+def _warmup_file(path, xs, alias="x"):
     tf = import_tensorflow()
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "m"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.asarray(xs, np.float32)))
+    request.inputs[alias].CopyFrom(tf.make_tensor_proto(np.asarray(xs, np.float32)))
     record = prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=request)
     )
@@ -150,7 +150,7 @@ def test_warmup_requests_are_replayed_from_inside_the_encrypted_tree(
 def test_a_failing_warmup_request_fails_the_load(tmp_path, half_plus_two, running):
     plain = tmp_path / "plain"
     shutil.copytree(half_plus_two, plain)
-    _warmup_file(plain / WARMUP_FILE, [[1.0, 2.0]])  # wrong rank for x
+    _warmup_file(plain / WARMUP_FILE, [[1.0, 2.0]], alias="x2")  # no such input
     encrypt_tree(plain, str(tmp_path / "m" / "1"), SECRET_KEY)
     server = running([ModelConfig("m", str(tmp_path / "m"))], {"m": SECRET_KEY})
     status = server.http("GET", "/v1/models/m").json()["model_version_status"][0]

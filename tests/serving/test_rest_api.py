@@ -82,7 +82,10 @@ def test_metadata_describes_the_signatures(server):
     assert signature["method_name"] == "tensorflow/serving/predict"
     x = signature["inputs"]["x"]
     assert x["dtype"] == "DT_FLOAT"
-    assert x["tensor_shape"] == {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
+    assert x["tensor_shape"] == {
+        "dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}],
+        "unknown_rank": False,
+    }
     assert signature["outputs"]["y"]["dtype"] == "DT_FLOAT"
     latest = server.http("GET", "/v1/models/half_plus_two/metadata").json()
     assert latest["model_spec"]["version"] == "2"

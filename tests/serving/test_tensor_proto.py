@@ -17,8 +17,10 @@ from sealserve.errors import Code, InvalidArgument, SealserveError
 from sealserve.serving.tensor_proto import (
     DATA_TYPES,
     DTYPE_NAMES,
+    MAX_FILLED_BYTES,
     data_type_name,
     data_type_string,
+    decoded_bytes,
     dtype_name,
     from_numpy,
     numpy_dtype,
@@ -60,7 +62,7 @@ def assert_same(actual: np.ndarray, expected: np.ndarray) -> None:
 
 def test_module_imports_no_tensorflow():
     code = (
-        "import sys; import sealserve.serving.tensor_proto, sealserve.serving.json_codec; "
+        "import sys; import sealserve.serving.tensor_proto, sealserve.serving.rest_json; "
         "print('tensorflow' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -167,7 +169,7 @@ ERROR_CASES = [
     ),
     (
         make("DT_FLOAT", [1] * 255, float_val=[1]),
-        "tensor_shape has 255 dimensions, more than the 254 TensorFlow allows",
+        "tensor_shape has 255 dimensions; at most 64 are supported (254 in TensorFlow)",
     ),
     (
         make("DT_FLOAT", [2**40, 2**40], float_val=[1]),
@@ -187,6 +189,40 @@ ERROR_CASES = [
         "tensor_content of a DT_STRING tensor does not hold 2 string lengths",
     ),
 ]
+
+
+# Beyond TensorFlow, which accepts these: numpy holds at most 64 dimensions, and a few bytes
+# on the wire must not declare megabytes of filled tensor (issue #12 §4)
+GUARD_CASES = [
+    (
+        make("DT_FLOAT", [1] * 100, float_val=[1]),
+        "tensor_shape has 100 dimensions; at most 64 are supported",
+    ),
+    (
+        make("DT_FLOAT", [60_000_000]),
+        "tensor of shape [60000000] and dtype DT_FLOAT carries 0 values; a tensor filled from "
+        "fewer values than its shape holds may take at most 1048576 bytes",
+    ),
+    (
+        make("DT_STRING", [20_000_000]),
+        "tensor of shape [20000000] and dtype DT_STRING carries 0 values; a tensor filled "
+        "from fewer values than its shape holds may take at most 1048576 bytes",
+    ),
+    (
+        make("DT_STRING", [3000], string_val=[b"x" * 1000]),
+        "tensor of shape [3000] and dtype DT_STRING carries 1 values; a tensor filled "
+        "from fewer values than its shape holds may take at most 1048576 bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(("proto", "message"), GUARD_CASES)
+def test_refuses_tiny_protos_declaring_huge_or_deep_tensors(proto, message):
+    with pytest.raises(InvalidArgument) as info:
+        decoded_bytes(proto)
+    assert str(info.value) == message
+    with pytest.raises(InvalidArgument):
+        to_numpy(proto)
 
 
 @pytest.mark.parametrize(("proto", "message"), ERROR_CASES)
@@ -221,17 +257,27 @@ def test_unknown_and_reference_dtypes():
 
 
 def test_size_guard():
-    proto = make("DT_FLOAT", [1 << 20, 1 << 20], float_val=[1])
+    proto = make("DT_FLOAT", [1 << 10, 1 << 10], tensor_content=bytes(4 << 20))
     with pytest.raises(SealserveError) as info:
-        to_numpy(proto)
+        to_numpy(proto, max_bytes=1 << 20)
     assert info.value.code is Code.RESOURCE_EXHAUSTED
     assert str(info.value) == (
-        "tensor of shape [1048576,1048576] and dtype DT_FLOAT needs 4398046511104 bytes, "
-        "more than the 2147483648 allowed"
+        "tensor of shape [1024,1024] and dtype DT_FLOAT needs 4194304 bytes, "
+        "more than the 1048576 allowed"
     )
     assert to_numpy(make("DT_FLOAT", [4], float_val=[1]), max_bytes=16).shape == (4,)
     with pytest.raises(SealserveError, match="more than the 15 allowed"):
         to_numpy(make("DT_FLOAT", [4], float_val=[1]), max_bytes=15)
+
+
+def test_a_few_values_may_fill_a_small_tensor_as_in_tensorflow():
+    """`make_tensor_proto(0.5, shape=[...])` sends one value: TensorFlow repeats the last
+    value given, within MAX_FILLED_BYTES; the declared size is checked before any copy."""
+    assert to_numpy(make("DT_FLOAT", [3], float_val=[0.5])).tolist() == [0.5, 0.5, 0.5]
+    assert to_numpy(make("DT_FLOAT", [MAX_FILLED_BYTES // 4])).shape == (MAX_FILLED_BYTES // 4,)
+    assert decoded_bytes(make("DT_FLOAT", [2, 3], float_val=[1] * 6)) == 24
+    with pytest.raises(InvalidArgument):
+        decoded_bytes(make("DT_FLOAT", [MAX_FILLED_BYTES // 4 + 1]))
 
 
 def test_tensor_content_is_zero_copy():

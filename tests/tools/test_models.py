@@ -28,7 +28,11 @@ def test_half_plus_two_answers_like_tf_servings(half_plus_two):
         "regress_x2_to_y3",
     }
     predict = model.signatures["serving_default"]
-    assert predict(x=tf.constant([1.0, 2.0, 5.0]))["y"].numpy().tolist() == [2.5, 3.0, 4.5]
+    assert predict(x=tf.constant([[1.0], [2.0], [5.0]]))["y"].numpy().ravel().tolist() == [
+        2.5,
+        3.0,
+        4.5,
+    ]
     regress = model.signatures["regress_x_to_y"]
     assert regress(inputs=tf.constant([serialized_example(x=80.0)]))[
         "outputs"
@@ -41,10 +45,41 @@ def test_half_plus_two_answers_like_tf_servings(half_plus_two):
         "outputs"
     ]
     assert y2.numpy().ravel().tolist() == [4.0]
-    y3 = model.signatures["regress_x2_to_y3"](
-        inputs=tf.constant([serialized_example(x=0.0, x2=4.0)])
-    )
+    y3 = model.signatures["regress_x2_to_y3"](inputs=tf.constant([[4.0]]))
     assert y3["outputs"].numpy().ravel().tolist() == [5.0]
+
+
+def test_half_plus_two_has_tf_servings_metadata(half_plus_two):
+    """The signatures of TF Serving's testdata `half_plus_two_model_metadata.json`, but
+    `tf_example`'s shape, which TF Serving's generator now declares as [?]."""
+    sigs = saved_signatures(half_plus_two)
+    assert sigs["serving_default"] == (
+        "tensorflow/serving/predict",
+        {"x": ("DT_FLOAT", [-1, 1])},
+        {"y": ("DT_FLOAT", [-1, 1])},
+    )
+    assert sigs["regress_x2_to_y3"] == (
+        "tensorflow/serving/regress",
+        {"inputs": ("DT_FLOAT", [-1, 1])},
+        {"outputs": ("DT_FLOAT", [-1, 1])},
+    )
+    assert sigs["classify_x_to_y"] == (
+        "tensorflow/serving/classify",
+        {"inputs": ("DT_STRING", [-1])},
+        {"scores": ("DT_FLOAT", [-1, 1])},
+    )
+
+
+def test_half_plus_three_and_the_tf2_variant(tmp_path):
+    tf = import_tensorflow()
+    make_model("half_plus_three", tmp_path / "h3")
+    three = tf.saved_model.load(str(tmp_path / "h3")).signatures
+    assert set(three) == {"serving_default", "tensorflow/serving/regress"}
+    assert three["serving_default"](x=tf.constant([[1.0]]))["y"].numpy().tolist() == [[3.5]]
+    make_model("half_plus_two_tf2", tmp_path / "tf2")
+    tf2 = tf.saved_model.load(str(tmp_path / "tf2")).signatures
+    assert tf2["serving_default"](x=tf.constant([1.0]))["y"].numpy().tolist() == [2.5]
+    assert "classify_x2_to_y3" in tf2
 
 
 def test_make_refuses_an_existing_directory_and_unknown_names(half_plus_two, tmp_path):
@@ -97,7 +132,14 @@ def test_half_plus_two_signatures_carry_tf_servings_method_names(half_plus_two):
 
 
 def test_the_cli_offers_the_generated_models():
-    assert {"half_plus_two", "resnet50", "digits"} <= set(MODEL_NAMES)
+    assert {
+        "half_plus_two",
+        "half_plus_three",
+        "half_plus_two_tf2",
+        "string_echo",
+        "resnet50",
+        "digits",
+    } <= set(MODEL_NAMES)
 
 
 # -- resnet50 ----------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def read_json_argument(value: str, stdin: TextIO | None = None) -> str:
 def request_document(text: str, signature_name: str | None) -> tuple[dict[str, Any], bool]:
     """The REST request body for `text`, and whether it differs from `text` (the shorthands
     of the module docstring, or a signature name added)."""
-    from sealserve.serving.json_codec import loads
+    from sealserve.serving.rest_json import loads
 
     try:
         value = loads(text)
@@ -278,7 +278,7 @@ def predict_grpc(
             if code == "UNAVAILABLE" and needs_client_certificate(target, options.tls):
                 raise client_certificate_error() from None
             raise SealserveError(f"{code}: {details}", code=_grpc_code(code)) from None
-    from sealserve.serving.json_codec import format_predict_response
+    from sealserve.serving.rest_json import format_predict_response
     from sealserve.serving.tensor_proto import to_numpy
 
     outputs = {alias: to_numpy(tensor) for alias, tensor in response.outputs.items()}
@@ -328,7 +328,7 @@ def _predict_request(
 ) -> tuple[Any, bool]:
     from tensorflow_serving.apis import predict_pb2
 
-    from sealserve.serving.json_codec import parse_predict_request
+    from sealserve.serving.rest_json import parse_predict_request
     from sealserve.serving.signatures import DEFAULT_SIGNATURE
     from sealserve.serving.tensor_proto import from_numpy
 

@@ -1,13 +1,15 @@
 """The data plane: requests on plain values, shared by the REST and gRPC adapters.
 
 A request names a model (and optionally a version or label) and a signature; `resolve` turns
-that into a handle to one loaded version and its signature (a `ServableHandle` the adapter
-holds, `with`, for the whole request; work that may outlive the request, a batch or a thread,
-holds a share of it), and `predict` runs it on numpy
-arrays: from the event loop (REST) in the inference thread pool, except small requests for
-quick signatures, which cost less than the trip to a thread; from a gRPC handler thread in
-that thread (`predict_blocking`). The adapters only convert their wire formats to and from
-these values. Thread and async safe.
+that into one loaded version and its signature (one lookup for both APIs; a `Resolved` the
+adapter holds, `with`, for the whole request: it releases the version's `ServableHandle`;
+work that may outlive the request, a batch or a thread, holds a share of it), and `predict`,
+`classify` and `regress` run it on plain values: numpy arrays by alias in and out, serialized
+tf.Examples in, classes/scores or regressions out. From the event loop (REST) a run goes to
+the inference thread pool, except for quick signatures, which cost less than the trip to a
+thread; from a gRPC handler thread it runs in that thread (`*_blocking`, `classify`,
+`regress`). The adapters decode their wire formats into these values and encode the results:
+the data plane calls nothing of theirs. Thread and async safe.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sealserve.serving.inference import (
     run_inputs,
 )
 from sealserve.serving.manager import ModelManager, ServableHandle, VersionStatus
+from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.servable import Servable
 from sealserve.serving.signatures import (
     CLASSIFY_METHOD,
@@ -38,9 +41,6 @@ from sealserve.serving.signatures import (
 )
 
 T = TypeVar("T")
-# Requests (and outputs) up to this size are decoded (encoded) on the event loop: a few KiB
-# of JSON take tens of µs, less than a trip to a thread.
-INLINE_MAX_BYTES = 16 << 10
 Classifications = list[list[tuple[str, float]]]  # per example: (label, score) per class
 
 
@@ -50,16 +50,6 @@ class ModelSpec:
     version: int | None = None
     label: str | None = None
     signature_name: str = ""
-
-
-@dataclass(frozen=True)
-class PredictCall:
-    """A decoded Predict request; `context` is the adapter's own (e.g. the REST format)."""
-
-    signature_name: str
-    inputs: dict[str, np.ndarray]
-    output_filter: tuple[str, ...] = ()
-    context: object = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +72,9 @@ class Resolved:
         self.handle.release()
 
 
+Outputs = dict[str, np.ndarray]
+
+
 class DataPlane:
     def __init__(
         self, manager: ModelManager, threads: int = 8, batcher: BatchScheduler | None = None
@@ -91,101 +84,89 @@ class DataPlane:
         self._executor = ThreadPoolExecutor(threads, "sealserve-infer")
         self._batches_soon: set[tuple[Servable, str]] = set()  # queues the event loop will run
 
+    def resolve(self, spec: ModelSpec) -> Resolved:
+        """The one lookup of both APIs: model, version or label, then signature
+        (FAILED_PRECONDITION `Serving signature key "s" not found.` when it has none)."""
+        handle = self.handle(spec)
+        try:
+            return self.resolve_signature(handle, spec.signature_name)
+        except BaseException:
+            handle.release()
+            raise
+
+    @staticmethod
+    def resolve_signature(handle: ServableHandle, signature_name: str) -> Resolved:
+        """`resolve`'s second step, for a request that names its signature in a body read
+        after the version was looked up (REST). The Resolved releases `handle` when done
+        (the caller releases it itself if this raises)."""
+        key = signature_name or DEFAULT_SIGNATURE
+        return Resolved(handle, key, handle.servable.signature(key))
+
     def handle(self, spec: ModelSpec) -> ServableHandle:
         """A handle to the version `spec` names; release it (`with`) when the request ends."""
         if not spec.name:
             raise InvalidArgument("ModelSpec has no name specified.")
         return self.manager.handle(spec.name, spec.version, spec.label)
 
-    def resolve(self, spec: ModelSpec) -> Resolved:
-        handle = self.handle(spec)
-        key = spec.signature_name or DEFAULT_SIGNATURE
-        try:
-            return Resolved(handle, key, handle.servable.signature(key))
-        except BaseException:
-            handle.release()
-            raise
-
     async def predict(
-        self,
-        handle: ServableHandle,
-        decode: Callable[[], PredictCall],
-        encode: Callable[[PredictCall, dict[str, np.ndarray]], T],
-        request_bytes: int,
-    ) -> T:
-        """Decode, run and encode one Predict request of `request_bytes` without blocking the
-        event loop for long.
+        self, resolved: Resolved, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
+    ) -> Outputs:
+        """Run one Predict request from the event loop without blocking it for long.
 
-        A large request is decoded, run and encoded in one trip to the inference pool. A
-        small one is decoded on the event loop, and run there too when its signature is
-        quick (`Servable.quick`): a trip to a thread costs about 80 µs of CPU and two GIL
-        handoffs, more than such work itself. With batching, the decoded request waits in
-        its version's batch queue without holding a thread, so a batch can gather far more
-        requests than there are threads."""
-        servable = handle.servable
-        if request_bytes > INLINE_MAX_BYTES:
-            if self.batcher is None:
-                return await self.call(
-                    lambda: self.predict_blocking(handle, decode, encode), hold=handle
-                )
-            call = await self.call(decode)
-        else:
-            call = decode()
-        quick = servable.quick(call.signature_name)
+        A quick signature (`Servable.quick`) runs on the event loop itself: a trip to a
+        thread costs about 80 µs of CPU and two GIL handoffs, more than such a run. Others
+        run in the inference pool. With batching, the request waits in its version's batch
+        queue without holding a thread, so a batch can gather far more requests than there
+        are threads; a quick signature's batch is run by the event loop once this round of
+        requests has been queued."""
+        servable, key = resolved.servable, resolved.signature_name
+        quick = servable.quick(key)
         if self.batcher is not None:
-            # a quick signature's batch is run by the event loop once this round of
-            # requests has been decoded: no trip to a batch thread and back
-            future, wanted = self._submit(handle, call, wake_threads=not quick)
+            future, wanted = self._submit(resolved.handle, key, inputs, output_filter, not quick)
             if quick:
-                self._run_batch_soon(servable, call.signature_name)
+                self._run_batch_soon(servable, key)
             batch_outputs = await asyncio.wrap_future(future)
-            outputs = {alias: batch_outputs[alias] for alias in wanted}
-        elif quick:
-            outputs = servable.run(call.signature_name, call.inputs, call.output_filter)
-        else:
-            outputs = await self.call(
-                lambda: servable.run(call.signature_name, call.inputs, call.output_filter),
-                hold=handle,
-            )
-        if sum(array.nbytes for array in outputs.values()) <= INLINE_MAX_BYTES:
-            return encode(call, outputs)
-        return await self.call(lambda: encode(call, outputs))
+            return {alias: batch_outputs[alias] for alias in wanted}
+        if quick:
+            return servable.run(key, inputs, output_filter)
+        return await self._call(
+            lambda: servable.run(key, inputs, output_filter), hold=resolved.handle
+        )
 
     def predict_blocking(
-        self,
-        handle: ServableHandle,
-        decode: Callable[[], PredictCall],
-        encode: Callable[[PredictCall, dict[str, np.ndarray]], T],
-    ) -> T:
+        self, resolved: Resolved, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
+    ) -> Outputs:
         """`predict` in the caller's own thread (gRPC's handler threads): with batching, the
         thread waits for its batch."""
-        servable = handle.servable
-        call = decode()
+        servable, key = resolved.servable, resolved.signature_name
         if self.batcher is None:
-            outputs = servable.run(call.signature_name, call.inputs, call.output_filter)
-        else:
-            # quick: this thread runs whatever batch is ready, its own request's or one
-            # that other threads' requests formed meanwhile, rather than a batch thread
-            quick = servable.quick(call.signature_name)
-            future, wanted = self._submit(handle, call, wake_threads=not quick)
-            if quick:
-                self.batcher.run_ready(servable, call.signature_name)
-            batch_outputs = future.result()
-            outputs = {alias: batch_outputs[alias] for alias in wanted}
-        return encode(call, outputs)
+            return servable.run(key, inputs, output_filter)
+        # quick: this thread runs whatever batch is ready, its own request's or one that
+        # other threads' requests formed meanwhile, rather than a batch thread
+        quick = servable.quick(key)
+        future, wanted = self._submit(resolved.handle, key, inputs, output_filter, not quick)
+        if quick:
+            self.batcher.run_ready(servable, key)
+        batch_outputs = future.result()
+        return {alias: batch_outputs[alias] for alias in wanted}
 
     def _submit(
-        self, handle: ServableHandle, call: PredictCall, wake_threads: bool
-    ) -> tuple[Future[dict[str, np.ndarray]], Sequence[str]]:
+        self,
+        handle: ServableHandle,
+        key: str,
+        inputs: dict[str, np.ndarray],
+        output_filter: Sequence[str],
+        wake_threads: bool,
+    ) -> tuple[Future[Outputs], Sequence[str]]:
         """Queue a request for batching, checked first (a bad one must not spoil a batch);
         returns the batch's future and the outputs this request asked for. The queued task
         holds a share of the handle until its batch has run, even if the request is gone."""
         assert self.batcher is not None
         servable = handle.servable
-        wanted = servable.check_request(call.signature_name, call.inputs, call.output_filter)
+        wanted = servable.check_request(key, inputs, output_filter)
         shared = handle.share()
         try:
-            future = self.batcher.submit(servable, call.signature_name, call.inputs, wake_threads)
+            future = self.batcher.submit(servable, key, inputs, wake_threads)
         except BaseException:
             shared.release()
             raise
@@ -207,6 +188,14 @@ class DataPlane:
 
         asyncio.get_running_loop().call_soon(run)
 
+    async def classify_async(
+        self, resolved: Resolved, serialized: Sequence[bytes]
+    ) -> Classifications:
+        return await self._call(lambda: self.classify(resolved, serialized), resolved.handle)
+
+    async def regress_async(self, resolved: Resolved, serialized: Sequence[bytes]) -> list[float]:
+        return await self._call(lambda: self.regress(resolved, serialized), resolved.handle)
+
     def classify(self, resolved: Resolved, serialized: Sequence[bytes]) -> Classifications:
         """Run a classification signature on serialized tf.Examples (blocking)."""
         check_signature(resolved.signature, CLASSIFY_METHOD, resolved.signature_name)
@@ -219,17 +208,27 @@ class DataPlane:
         check_signature(resolved.signature, REGRESS_METHOD, resolved.signature_name)
         return regression(resolved.servable.run(resolved.signature_name, run_inputs(serialized)))
 
+    def ready(self) -> bool:
+        """Every configured model has an available version (readiness probes)."""
+        return self.manager.ready()
+
+    def not_ready(self) -> dict[str, list[VersionStatus]]:
+        """The versions of models that are not ready, by model (why a probe says 503)."""
+        return self.manager.not_ready()
+
+    def reload(self, configs: list[ModelConfig]) -> None:
+        """Replace the model list (ReloadConfigRequest)."""
+        self.manager.reload(configs)
+
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         if not name:
             raise InvalidArgument("ModelSpec has no name specified.")
         return self.manager.status(name, version)
 
-    async def call(self, work: Callable[[], T], hold: ServableHandle | None = None) -> T:
-        """Run blocking work (decoding, TensorFlow, encoding) in the inference pool; with
-        `hold`, a share of that handle is kept until the work has ended (or was cancelled
-        before it started), even if the awaiting request is cancelled meanwhile."""
-        if hold is None:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+    async def _call(self, work: Callable[[], T], hold: ServableHandle) -> T:
+        """Run blocking work (TensorFlow) in the inference pool; a share of `hold` is kept
+        until the work has ended (or was cancelled before it started), even if the awaiting
+        request is cancelled meanwhile."""
         shared = hold.share()
         try:
             future = self._executor.submit(work)

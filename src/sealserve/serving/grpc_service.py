@@ -38,16 +38,20 @@ from tensorflow_serving.apis import (
 
 from sealserve.errors import Code, InvalidArgument, PermissionDenied, SealserveError
 from sealserve.serving import api_protos, model_config, tensor_proto
-from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall
+from sealserve.serving.dataplane import DataPlane, ModelSpec, Resolved
 from sealserve.serving.inference import examples_from_input
 from sealserve.serving.metrics import Metrics
 from sealserve.serving.model_management import NOT_ALLOWED, ModelManagementPolicy
-from sealserve.serving.signatures import CLASSIFY_METHOD, REGRESS_METHOD
+from sealserve.serving.request_budget import RequestBudget, ResourceExhausted
+from sealserve.serving.signatures import CLASSIFY_METHOD, REGRESS_METHOD, check_aliases
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# framing of a PredictResponse around its values: model spec, map entries, dtype and shape
+RESPONSE_OVERHEAD_BYTES = 256
+TENSOR_OVERHEAD_BYTES = 64
 
 
 def _guarded(
@@ -89,9 +93,17 @@ def model_spec(proto: Any) -> ModelSpec:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, dataplane: DataPlane, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: Metrics | None = None,
+        budget: RequestBudget | None = None,
+        max_response_bytes: int = 1 << 31,
+    ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
+        self.budget = budget if budget is not None else RequestBudget()
+        self.max_response_bytes = max_response_bytes
 
     def _examples(self, model: str, request_input: Any) -> list[bytes]:
         serialized = examples_from_input(request_input)
@@ -104,19 +116,35 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             with self.dataplane.resolve(model_spec(request.model_spec)) as resolved:
                 return run(resolved)
 
-        def run(resolved: Any) -> Any:
-            def decode() -> PredictCall:
-                inputs = {alias: tensor_proto.to_numpy(t) for alias, t in request.inputs.items()}
-                return PredictCall(resolved.signature_name, inputs, tuple(request.output_filter))
-
-            def encode(call: PredictCall, outputs: dict[str, Any]) -> Any:
+        def run(resolved: Resolved) -> Any:
+            protos = request.inputs
+            # aliases, then each tensor's declared size against its bytes on the wire, then
+            # the budget: all before anything is decoded
+            check_aliases(resolved.signature, protos)
+            sizes = {alias: tensor_proto.decoded_bytes(t) for alias, t in protos.items()}
+            with self.budget.reserve(request.ByteSize() + sum(sizes.values())) as reservation:
+                inputs = {
+                    alias: tensor_proto.to_numpy(t, size=sizes[alias])
+                    for alias, t in protos.items()
+                }
+                outputs = self.dataplane.predict_blocking(
+                    resolved, inputs, tuple(request.output_filter)
+                )
+                estimate = RESPONSE_OVERHEAD_BYTES + sum(
+                    TENSOR_OVERHEAD_BYTES + tensor_proto.encoded_bytes_estimate(array)
+                    for array in outputs.values()
+                )
+                if estimate > self.max_response_bytes:
+                    raise ResourceExhausted(
+                        f"response of about {estimate} bytes exceeds the "
+                        f"{self.max_response_bytes}-byte message limit"
+                    )
+                reservation.grow(estimate)
                 response = predict_pb2.PredictResponse()
                 for alias, array in outputs.items():  # typed fields, as TF Serving answers
                     tensor_proto.from_numpy(array, out=response.outputs[alias])
                 _fill_spec(response.model_spec, resolved)
                 return response
-
-            return self.dataplane.predict_blocking(resolved.handle, decode, encode)
 
         return _guarded(context, predict, self.metrics, request.model_spec.name, "Predict")
 
@@ -240,7 +268,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                 raise PermissionDenied(NOT_ALLOWED)
             configs = model_config.from_proto(request.config, "ReloadConfigRequest")
             self.management.authorize(client, ((c.name, c.base_path) for c in configs))
-            self.dataplane.manager.reload(configs)
+            self.dataplane.reload(configs)
             return model_management_pb2.ReloadConfigResponse()  # status OK
 
         return _guarded(context, reload)
@@ -280,11 +308,13 @@ def add_services(
     health_check: bool,
     metrics: Metrics | None = None,
     management: ModelManagementPolicy | None = None,
+    budget: RequestBudget | None = None,
+    max_response_bytes: int = 1 << 31,
 ) -> health.HealthServicer | None:
     """Add TF Serving's services (and grpc.health.v1 if asked, returned so that the caller
     keeps it in step with readiness: see `set_health`)."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(dataplane, metrics), server
+        PredictionService(dataplane, metrics, budget, max_response_bytes), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(dataplane, metrics, management), server
@@ -292,7 +322,7 @@ def add_services(
     if not health_check:
         return None
     servicer = health.HealthServicer()
-    set_health(servicer, dataplane.manager.ready())
+    set_health(servicer, dataplane.ready())
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return servicer
 

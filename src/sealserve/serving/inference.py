@@ -1,18 +1,15 @@
 """Classify and Regress: tf.Example inputs in, TF Serving's results out, for both APIs.
 
-Inputs are TF Serving's `Input` (a list of examples, optionally with a context whose features
-every example inherits) or the REST form `{"examples": [...], "context": {...}}`, where a
-feature value is a string, `{"b64": ...}`, an integer, a decimal, a bool or a list of one of
-those (`json_tensor.cc` FillClassificationRequestFromJson). The signature must be a
-classification (outputs `classes` DT_STRING and/or `scores` DT_FLOAT, [batch, classes]) or a
-regression (output `outputs`, [batch] or [batch, 1]) signature reading serialized examples
-from its input `inputs` (`classifier.cc`, `regressor.cc`). Pure conversion; thread safe.
+Inputs are serialized examples: from gRPC's `Input` here (a list of examples, optionally with
+a context whose features every example inherits), from REST's JSON in `rest_json.examples`.
+The signature must be a classification (outputs `classes` DT_STRING and/or `scores`
+DT_FLOAT, [batch, classes]) or a regression (output `outputs`, [batch] or [batch, 1])
+signature reading serialized examples from its input `inputs` (`classifier.cc`,
+`regressor.cc`). Pure conversion; thread safe.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,77 +109,12 @@ def examples_from_input(proto: Any) -> list[bytes]:
     return [prefix + e.SerializeToString() for e in examples]
 
 
-def examples_from_json(body: Any) -> tuple[str, list[bytes]]:
-    """(signature name, serialized examples) from a REST classify/regress body."""
-    from tensorflow.core.example import example_pb2
-
-    if not isinstance(body, dict):
-        raise InvalidArgument("Request body must be a JSON object")
-    signature = body.get("signature_name", "")
-    if not isinstance(signature, str):
-        raise InvalidArgument("'signature_name' key must be a string value.")
-    examples = body.get("examples")
-    if not isinstance(examples, list) or not examples:
-        raise InvalidArgument("'examples' key must be a non-empty JSON array of objects")
-    context = example_pb2.Example()
-    if "context" in body:
-        _fill_example(body["context"], context, "context")
-    prefix = context.SerializeToString() if "context" in body else b""
-    serialized = []
-    for index, value in enumerate(examples):
-        example = example_pb2.Example()
-        _fill_example(value, example, f"example {index}")
-        serialized.append(prefix + example.SerializeToString())
-    return signature, serialized
-
-
-def _fill_example(value: Any, example: Any, where: str) -> None:
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"{where} must be a JSON object of features")
-    for name, feature_value in value.items():
-        _fill_feature(feature_value, example.features.feature[name], f"{where}, feature {name}")
-
-
-def _fill_feature(value: Any, feature: Any, where: str) -> None:
-    values = value if isinstance(value, list) else [value]
-    kinds = {_feature_kind(v, where) for v in values}
-    if len(kinds) > 1:
-        raise InvalidArgument(f"{where}: feature list contains values of mixed types")
-    kind = kinds.pop() if kinds else "float"
-    if kind == "bytes":
-        feature.bytes_list.value.extend(_bytes(v, where) for v in values)
-    elif kind == "int":
-        feature.int64_list.value.extend(int(v) for v in values)
-    else:
-        feature.float_list.value.extend(float(v) for v in values)
-
-
-def _feature_kind(value: Any, where: str) -> str:
-    if isinstance(value, str) or (isinstance(value, dict) and set(value) == {"b64"}):
-        return "bytes"
-    if isinstance(value, int):  # bool is an int too
-        return "int"  # TF Serving writes booleans as int64 0/1
-    if isinstance(value, float):
-        return "float"
-    raise InvalidArgument(f"{where}: unsupported value {str(value)[:80]}")
-
-
-def _bytes(value: Any, where: str) -> bytes:
-    if isinstance(value, str):
-        return value.encode()
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raise InvalidArgument(f"{where}: unable to base64 decode") from None
-
-
 __all__ = [
     "CLASSIFY_METHOD",
     "REGRESS_METHOD",
     "check_signature",
     "classification",
     "examples_from_input",
-    "examples_from_json",
     "regression",
     "run_inputs",
 ]

@@ -21,21 +21,27 @@ import json
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
-import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
-from sealserve.errors import Code, InvalidArgument, SealserveError
-from sealserve.serving import api_protos, inference, json_codec
-from sealserve.serving.dataplane import DataPlane, ModelSpec, PredictCall, Resolved
-from sealserve.serving.manager import ModelManager, ServableHandle
+from sealserve.errors import Code, FailedPrecondition, InvalidArgument, SealserveError
+from sealserve.serving import api_protos, rest_json
+from sealserve.serving.dataplane import DataPlane, ModelSpec, Resolved
+from sealserve.serving.manager import ServableHandle
 from sealserve.serving.metrics import CONTENT_TYPE, Metrics
+from sealserve.serving.signatures import SignatureInfo
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Bodies (and outputs) up to this size are decoded (encoded) on the event loop
+INLINE_MAX_BYTES = 16 << 10
 
 _POST = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)"
@@ -82,6 +88,20 @@ class RestOptions:
     # as it reads and stops at the cap, so a gzip bomb costs at most this much memory.
     max_body_bytes: int = 100 << 20  # TF Serving's cap on decompressed bodies
     max_json_depth: int = 100
+    # A connection must send a request's complete headers within this long of being opened
+    # or of its previous response (aiohttp's keep-alive timer, which runs from the start of
+    # a connection and is not reset by partial data): idle and slow-header connections,
+    # TLS or not, are closed instead of holding a file descriptor for ever.
+    idle_timeout_seconds: float = 30.0
+    body_timeout_seconds: float = 30.0  # reading one request's body, after its headers
+
+
+def runner_settings(options: RestOptions) -> dict[str, Any]:
+    """Connection settings for aiohttp's `AppRunner`: the idle/header timeout, and no
+    lingering read of a body the handler did not read (after a 413 on a gzip body, aiohttp
+    would otherwise read and inflate the rest on the event loop for up to 10 s): such a
+    connection is closed after its response."""
+    return {"keepalive_timeout": options.idle_timeout_seconds, "lingering_time": 0}
 
 
 def build_app(
@@ -96,7 +116,7 @@ def build_app(
     `draining()` true (the server is shutting down) makes the readiness probe answer 503."""
     api = _RestApi(dataplane, options, metrics)
     app = web.Application(client_max_size=options.max_body_bytes)
-    probes = _Probes(dataplane.manager, draining)
+    probes = _Probes(dataplane, draining)
     app.router.add_get(LIVE_PATH, probes.live)
     app.router.add_get(READY_PATH, probes.ready)
     if metrics is not None and metrics_path:
@@ -111,12 +131,12 @@ def json_response(body: bytes, status: int = 200) -> web.Response:
 
 def error_response(error: SealserveError) -> web.Response:
     status = 413 if isinstance(error, PayloadTooLarge) else HTTP_STATUS.get(error.code, 500)
-    return json_response(json.dumps({"error": str(error)}).encode(), status)
+    return json_response(rest_json.format_error(str(error)), status)
 
 
 class _Probes:
-    def __init__(self, manager: ModelManager, draining: Callable[[], bool]) -> None:
-        self.manager = manager
+    def __init__(self, dataplane: DataPlane, draining: Callable[[], bool]) -> None:
+        self.dataplane = dataplane
         self.draining = draining
 
     async def live(self, request: web.Request) -> web.Response:
@@ -126,14 +146,14 @@ class _Probes:
     async def ready(self, request: web.Request) -> web.Response:
         if self.draining():
             return _not_ready({"reason": "shutting down"})
-        not_ready = self.manager.not_ready()
+        not_ready = self.dataplane.not_ready()
         if not_ready:  # say why, in GetModelStatus's JSON form
             statuses = {
                 name: json.loads(api_protos.to_json(api_protos.model_status_response(name, v)))
                 for name, v in not_ready.items()
             }
             return _not_ready({"not_ready": statuses})
-        if not self.manager.ready():
+        if not self.dataplane.ready():
             return _not_ready({"reason": "no models configured"})
         return json_response(b'{"ready":true}')
 
@@ -206,7 +226,7 @@ class _RestApi:
             # TF Serving's REST `API` label is the path's verb: predict, classify, regress
             call.model, call.api = unquote(name), verb.lower()
             spec = _spec(name, version, label)
-            body = await request.read()  # gzip is inflated by aiohttp, within the cap
+            body = await self._read_body(request)
             if verb.lower() == "predict":
                 return json_response(await self._predict(spec, body))
             return json_response(await self._classify_or_regress(spec, body, verb.lower()))
@@ -229,58 +249,87 @@ class _RestApi:
             )
         raise InvalidArgument(f"Malformed request: {request.method} {path}")
 
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The request body, gzip inflated by aiohttp within the size cap (HTTP 413 beyond);
+        a body that is not valid for its Content-Encoding is the client's error (400)."""
+        try:
+            async with asyncio.timeout(self.options.body_timeout_seconds):
+                return await request.read()
+        except TimeoutError:
+            raise SealserveError(
+                "Timed out reading the request body", code=Code.DEADLINE_EXCEEDED
+            ) from None
+        except (HttpProcessingError, RequestPayloadError, zlib.error) as exc:
+            reason = " ".join(str(getattr(exc, "message", None) or exc).split())
+            raise InvalidArgument(f"Request body cannot be decoded: {reason}") from None
+        except web.HTTPBadRequest as exc:
+            raise InvalidArgument(f"Request body cannot be decoded: {exc.text}") from None
+
     async def _predict(self, spec: ModelSpec, body: bytes) -> bytes:
-        with self.dataplane.handle(spec) as handle:
+        with self.dataplane.handle(spec) as handle:  # held until the answer is written
             return await self._predict_on(handle, body)
 
     async def _predict_on(self, handle: ServableHandle, body: bytes) -> bytes:
-        servable = handle.servable
         depth = self.options.max_json_depth
 
-        def lookup(signature_name: str):  # noqa: ANN202 - SignatureInfo
-            key = signature_name or "serving_default"
-            if key not in servable.signatures:
-                raise InvalidArgument(f'Serving signature name: "{key}" not found in signature def')
-            return servable.signatures[key]
+        def decode() -> tuple[Resolved, rest_json.PredictRequest]:
+            resolved: list[Resolved] = []
 
-        def decode() -> PredictCall:
-            request = json_codec.parse_predict_request(
-                json_codec.loads(body, max_depth=depth), lookup
+            def lookup(signature_name: str) -> SignatureInfo:
+                try:
+                    resolved.append(self.dataplane.resolve_signature(handle, signature_name))
+                except FailedPrecondition:  # TF Serving's REST message and code
+                    raise InvalidArgument(
+                        f'Serving signature name: "{signature_name}" not found in signature def'
+                    ) from None
+                return resolved[0].signature
+
+            request = rest_json.parse_predict_request(
+                rest_json.loads(body, max_depth=depth), lookup
             )
-            return PredictCall(
-                request.signature_name or "serving_default",
-                request.inputs,
-                context=request.row_format,
-            )
+            return resolved[0], request
 
-        def encode(call: PredictCall, outputs: dict[str, np.ndarray]) -> bytes:
-            return json_codec.format_predict_response(outputs, bool(call.context))
-
-        return await self.dataplane.predict(handle, decode, encode, len(body))
+        resolved, request = await _off_loop_if_large(decode, len(body))
+        outputs = await self.dataplane.predict(resolved, request.inputs)
+        size = sum(array.nbytes for array in outputs.values())
+        return await _off_loop_if_large(
+            lambda: rest_json.format_predict_response(outputs, request.row_format), size
+        )
 
     async def _classify_or_regress(self, spec: ModelSpec, body: bytes, verb: str) -> bytes:
-        document = json_codec.loads(body, max_depth=self.options.max_json_depth)
-        signature_name, serialized = inference.examples_from_json(document)
-        with self.dataplane.resolve(replace(spec, signature_name=signature_name)) as resolved:
-            return await self._classify_or_regress_on(resolved, spec, serialized, verb)
+        with self.dataplane.handle(spec) as handle:  # held until the answer is written
+            return await self._classify_or_regress_on(handle, spec, body, verb)
 
     async def _classify_or_regress_on(
-        self, resolved: Resolved, spec: ModelSpec, serialized: list[bytes], verb: str
+        self, handle: ServableHandle, spec: ModelSpec, body: bytes, verb: str
     ) -> bytes:
+        depth = self.options.max_json_depth
+
+        def decode() -> tuple[str, list[bytes]]:
+            return rest_json.examples_from_json(rest_json.loads(body, max_depth=depth))
+
+        signature_name, serialized = await _off_loop_if_large(decode, len(body))
+        resolved = self.dataplane.resolve_signature(handle, signature_name)
         if self.metrics is not None:
             self.metrics.record_examples(spec.name, len(serialized))
+        if verb == "classify":
+            rows = await self.dataplane.classify_async(resolved, serialized)
+            return await _off_loop_if_large(
+                lambda: rest_json.format_classify_response(rows), 32 * sum(map(len, rows))
+            )
+        values = await self.dataplane.regress_async(resolved, serialized)
+        return await _off_loop_if_large(
+            lambda: rest_json.format_regress_response(values), 16 * len(values)
+        )
 
-        def work() -> bytes:
-            if verb == "classify":
-                results: list[Any] = [
-                    [[label, score] for label, score in row]
-                    for row in self.dataplane.classify(resolved, serialized)
-                ]
-            else:
-                results = self.dataplane.regress(resolved, serialized)
-            return json.dumps({"results": results}).encode()
 
-        return await self.dataplane.call(work, hold=resolved.handle)
+async def _off_loop_if_large(work: Callable[[], T], size: int) -> T:
+    """Run JSON decoding or encoding of `size` bytes on the event loop when small (a few KiB
+    take tens of µs, less than a trip to a thread), else in a thread: parsing megabytes on
+    the loop would stall every other connection, health probes included."""
+    if size <= INLINE_MAX_BYTES:
+        return work()
+    return await asyncio.to_thread(work)
 
 
 def _spec(name: str, version: str | None, label: str | None) -> ModelSpec:

@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from sealserve.errors import Code, FailedPrecondition, InvalidArgument, SealserveError
-from sealserve.serving.signatures import SignatureInfo, TensorInfo
+from sealserve.serving.signatures import (
+    SignatureInfo,
+    TensorInfo,
+    check_aliases,
+    check_output_filter,
+)
 from sealserve.serving.tensor_proto import data_type_name, data_type_string, dtype_name
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 
@@ -108,10 +113,10 @@ class Servable:
         started = time.perf_counter()
         try:
             results = self._runners[key](inputs, self.quick(key))
-        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
-            raise InvalidArgument(_first_line(exc)) from None
         except tf.errors.OpError as exc:
-            raise SealserveError(_first_line(exc)) from None
+            raise _tensorflow_error(exc) from None
+        except (TypeError, ValueError) as exc:  # numpy could not make a tensor of an input
+            raise InvalidArgument(_first_line(exc)) from None
         outputs = {alias: results[alias] for alias in wanted}
         elapsed = time.perf_counter() - started
         # The fastest recent run, drifting up with each slower one: wall times under load
@@ -139,33 +144,36 @@ class Servable:
             )
         if key not in self._runners:
             raise FailedPrecondition(f'Serving signature key "{key}" cannot be run.')
-        check_inputs(signature, inputs)
-        for alias in output_filter:
-            if alias not in signature.outputs:
-                raise InvalidArgument(
-                    f"output tensor alias not found in signature: {alias} Outputs expected to "
-                    f"be in the set {{{','.join(signature.outputs)}}}."
-                )
-        return tuple(output_filter) or tuple(signature.outputs)
+        check_aliases(signature, inputs)
+        check_dtypes(signature, inputs)
+        return check_output_filter(signature, output_filter)
 
 
-def check_inputs(signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:
-    """TF Serving's checks before a run: exactly the signature's inputs, right dtypes."""
-    expected, sent = set(signature.inputs), set(inputs)
-    if expected != sent:
-        raise InvalidArgument(
-            f"input size does not match signature: {len(sent)}!={len(expected)} "
-            f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
-            f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
-            f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
-        )
+def check_dtypes(signature: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:
+    """TensorFlow's own check of fed dtypes (a Session's call frame: "Expects arg[i] to be
+    float but int32 is provided"), made before the run because a Session callable would
+    convert numpy arrays silently. Shapes are left to the graph, as in TF Serving."""
     for position, (alias, info) in enumerate(signature.inputs.items()):
-        got = dtype_name(inputs[alias].dtype)
+        array = inputs.get(alias)
+        if array is None:
+            continue
+        got = dtype_name(array.dtype)
         if got != info.dtype:
             raise InvalidArgument(
                 f"Expects arg[{position}] to be {data_type_string(info.dtype)} "
                 f"but {data_type_string(got)} is provided"
             )
+
+
+def _tensorflow_error(exc: Any) -> SealserveError:
+    """A run's TensorFlow error as TF Serving reports it: the status code and message of the
+    run (`Session::Run`'s status), e.g. INVALID_ARGUMENT "Incompatible shapes: ..."."""
+    try:
+        code = Code(exc.error_code)
+    except ValueError:
+        code = Code.UNKNOWN
+    message = (getattr(exc, "message", None) or str(exc)).strip() or type(exc).__name__
+    return SealserveError(message, code=code)
 
 
 def _first_line(exc: BaseException) -> str:

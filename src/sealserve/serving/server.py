@@ -39,6 +39,7 @@ from sealserve.serving.manager import ManagerOptions, ModelManager, loader_facto
 from sealserve.serving.metrics import Metrics, MonitoringConfig
 from sealserve.serving.model_config import ModelConfig, ModelTrust, parse_model_config_text
 from sealserve.serving.model_management import ModelManagementPolicy
+from sealserve.serving.request_budget import BudgetOptions, RequestBudget
 from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
 from sealserve.serving.tls import (
     SSLConfig,
@@ -66,6 +67,10 @@ class ServerOptions:
     grpc_max_message_bytes: int = 256 << 20
     grpc_health_check: bool = False
     grpc_threads: int = 0  # --grpc_max_threads; 0: `grpc_threads(batching)`
+    # RPCs in progress at once, beyond which grpc refuses new ones (RESOURCE_EXHAUSTED)
+    # before reading them; 0: four per handler thread
+    grpc_max_concurrent_rpcs: int = 0
+    request_budget: BudgetOptions = BudgetOptions()  # request bytes per request / in flight
     intra_op_threads: int = 0  # 0: TensorFlow decides
     inter_op_threads: int = 0
     inference_threads: int = 8
@@ -98,6 +103,7 @@ class ModelServer:
                 on_batch=self.metrics.record_batch if self.metrics else None,
                 on_queue_depth=self.metrics.set_queue_depth if self.metrics else None,
             )
+        self.request_budget = RequestBudget(options.request_budget)
         self.dataplane = DataPlane(self.manager, options.inference_threads, batcher)
         # the ports bound (port 0 in the options: a free one), once started; in the start-up
         # line too
@@ -149,6 +155,7 @@ class ModelServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
             ],
+            maximum_concurrent_rpcs=self.options.grpc_max_concurrent_rpcs or 4 * threads,
         )
         self._health = grpc_service.add_services(
             server,
@@ -156,6 +163,8 @@ class ModelServer:
             health_check=self.options.grpc_health_check,
             metrics=self.metrics,
             management=self.options.model_management,
+            budget=self.request_budget,
+            max_response_bytes=limit,
         )
         if self._health is not None:
             self._health_watch = asyncio.create_task(self._follow_readiness(self._health))
@@ -187,7 +196,9 @@ class ModelServer:
             app.router.add_get(
                 attested_identity.REST_PATH, attested_identity.rest_handler(self.options.attested)
             )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, **rest.runner_settings(self.options.rest)
+        )
         await runner.setup()
         ssl_context = server_ssl_context(self.options.ssl) if self.options.ssl else None
         if ssl_context is not None and self.options.brokered is not None:
@@ -229,7 +240,7 @@ class ModelServer:
             last = text
             try:
                 configs = parse_model_config_text(text, path)
-                await self.dataplane.call(functools.partial(self.manager.reload, configs))
+                await asyncio.to_thread(self.manager.reload, configs)
                 log.warning("reloaded %s: serving %s", path, ", ".join(self.manager.model_names()))
             except SealserveError as exc:
                 log.error("model config %s not applied: %s", path, exc)

@@ -9,8 +9,12 @@ half_plus_two: about 25 µs of CPU per call, against 100–160 µs for calling t
 `tf.function` through TensorFlow's eager runtime (even directly, see `graph_call`) and
 250 µs or more through its public Python call. For large models both run the same kernels.
 
-Shapes are checked against the signature here (a Session does not check fed shapes against
-the placeholders they replace). Dtypes must already match (`servable.check_inputs`).
+Shapes are not checked against the signature, as in TF Serving: a fed tensor replaces the
+tensor it names and the graph's ops decide (half_plus_two's `x`, the output of an Identity,
+declared [?,1], takes [3]); what they reject comes back as TensorFlow's error. A feed into a
+placeholder must fit the placeholder's own shape (TensorFlow's rule, see
+`check_placeholder_feed`). Dtypes must already match
+(`servable.check_request`: a Session would convert silently).
 Thread safe: a Session runs callables from many threads at once.
 """
 
@@ -106,24 +110,53 @@ class SessionBundle:
                     callables[quick] = self._session._make_callable_from_options(in_caller)
                 return callables[quick]
 
-        checks = tuple((alias, dims_of(signature.inputs[alias].tensor_shape)) for alias in inputs)
+        placeholders = tuple(
+            (alias, name, dims)
+            for alias in inputs
+            if (found := self._placeholder_dims(signature.inputs[alias].name)) is not None
+            for name, dims in (found,)
+        )
 
         def run(values: Mapping[str, np.ndarray], quick: bool) -> dict[str, np.ndarray]:
-            for alias, dims in checks:
-                check_shape(alias, values[alias].shape, dims)
+            for alias, name, dims in placeholders:
+                check_placeholder_feed(name, values[alias].shape, dims)
             call = callables.get(quick) or callable_for(quick)
             results = call(*(values[alias] for alias in inputs))
             return dict(zip(outputs, results, strict=True))
 
         return run
 
+    def _placeholder_dims(self, tensor_name: str) -> tuple[str, tuple[int | None, ...]] | None:
+        """(name, dims) when the tensor is a placeholder's output with a known rank."""
+        tensor = self._graph.get_tensor_by_name(tensor_name)
+        if tensor.op.type not in ("Placeholder", "PlaceholderWithDefault"):
+            return None
+        if tensor.shape.rank is None:
+            return None
+        return tensor.name, tuple(tensor.shape.as_list())
+
     def close(self) -> None:
         self._session.close()
 
 
+def check_placeholder_feed(name: str, shape: tuple[int, ...], dims: tuple[int | None, ...]) -> None:
+    """TensorFlow's own rule for feeding a placeholder (its `Session.run` checks it): the
+    value must fit the placeholder's declared shape. Graphs are optimised and kernels chosen
+    for that shape; oneDNN's convolution aborts the process on a tensor of another rank."""
+    if len(shape) != len(dims) or any(
+        want is not None and want != got for got, want in zip(shape, dims, strict=True)
+    ):
+        declared = "(" + ", ".join("None" if d is None else str(d) for d in dims) + ")"
+        raise InvalidArgument(
+            f"Cannot feed value of shape {tuple(shape)} for Tensor {name}, which has shape "
+            f"{declared}"
+        )
+
+
 def check_shape(alias: str, shape: tuple[int, ...], dims: tuple[int | None, ...] | None) -> None:
     """InvalidArgument unless `shape` fits the signature's `dims` (None: any; a None
-    dimension: any size)."""
+    dimension: any size), for runtimes that hold only for their signature's shapes (a traced
+    function, whose own call checks them too; OpenVINO). A Session does not use it."""
     if dims is None:
         return
     if len(shape) != len(dims) or any(

@@ -175,6 +175,12 @@ _VALUE_FIELDS = {
 }
 
 MAX_DIMS = 254  # TensorShape::MaxDimensions()
+NUMPY_MAX_DIMS = 64  # numpy's limit: a request tensor of more dimensions is refused
+MAX_FILLED_BYTES = 1 << 20
+"""Largest tensor that may carry fewer values than it declares. TensorFlow fills the rest with
+the last value given (zeros if none: `make_tensor_proto(0.0, shape=[n])` sends one value);
+beyond this a few bytes on the wire must not make megabytes of tensor (a 25-byte request
+declaring 60M floats)."""
 DEFAULT_MAX_BYTES = 1 << 31
 """Largest decoded tensor `to_numpy` builds by default: a few bytes of proto may declare a huge
 shape filled from one typed value, and TF Serving has no such guard (its allocation fails)."""
@@ -248,9 +254,10 @@ def _shape_text(dims: list[int] | tuple[int, ...]) -> str:
 def _proto_shape(proto: TensorProto) -> tuple[tuple[int, ...], int]:
     """The dims of a request tensor and its element count (TensorShape::IsValid rules)."""
     dims = tuple(d.size for d in proto.tensor_shape.dim)
-    if len(dims) > MAX_DIMS:
+    if len(dims) > NUMPY_MAX_DIMS:
         raise InvalidArgument(
-            f"tensor_shape has {len(dims)} dimensions, more than the {MAX_DIMS} TensorFlow allows"
+            f"tensor_shape has {len(dims)} dimensions; at most {NUMPY_MAX_DIMS} are supported"
+            + (f" ({MAX_DIMS} in TensorFlow)" if len(dims) > MAX_DIMS else "")
         )
     count = 1
     for size in dims:
@@ -374,22 +381,70 @@ def _from_fields(name: str, np_dtype: np.dtype[Any], proto: TensorProto, count: 
     return values
 
 
-def to_numpy(proto: TensorProto, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> np.ndarray:
-    """Decode a request TensorProto (either encoding) into a numpy array.
+_STRING_OVERHEAD = 8 + 33  # an object array's pointer and an empty `bytes` object
 
-    DT_STRING tensors become object arrays of `bytes`. Raises InvalidArgument for dtypes numpy
-    cannot hold (DT_RESOURCE, DT_VARIANT, quantized, ...), invalid shapes and malformed
-    `tensor_content`; RESOURCE_EXHAUSTED when the tensor would exceed `max_bytes`.
-    """
+
+def decoded_bytes(proto: TensorProto) -> int:
+    """The memory `to_numpy` would take for `proto`, checked before anything is built: its
+    dtype and shape must be valid, and the values on the wire must match the declared shape
+    (all of them, or fewer only within `MAX_FILLED_BYTES`). Cheap: no values are copied."""
     name = data_type_name(proto.dtype)
     np_dtype = DTYPE_NAMES.get(name)
     if np_dtype is None:
         raise InvalidArgument(f"unsupported tensor dtype: {name}")
     dims, count = _proto_shape(proto)
-    if max_bytes is not None and count * np_dtype.itemsize > max_bytes:
+    if count == 0:
+        return 0
+    if name == "DT_STRING":
+        if proto.tensor_content:
+            return len(proto.tensor_content) + count * _STRING_OVERHEAD
+        strings = proto.string_val
+        given = len(strings)
+        payload = sum(len(v) for v in strings) if given else 0
+        size = payload + count * _STRING_OVERHEAD
+        if given < count:
+            _check_fill(name, dims, given, size)
+            size += (count - given) * (len(strings[-1]) if given else 0)
+            _check_fill(name, dims, given, size)
+        return size
+    size = count * np_dtype.itemsize
+    if not proto.tensor_content:
+        field = getattr(proto, _VALUE_FIELDS[name])
+        given = len(field) // 2 if name in ("DT_COMPLEX64", "DT_COMPLEX128") else len(field)
+        if given < count:
+            _check_fill(name, dims, given, size)
+    return size
+
+
+def _check_fill(name: str, dims: tuple[int, ...], given: int, size: int) -> None:
+    if size > MAX_FILLED_BYTES:
+        raise InvalidArgument(
+            f"tensor of shape {_shape_text(dims)} and dtype {name} carries {given} values; "
+            f"a tensor filled from fewer values than its shape holds may take at most "
+            f"{MAX_FILLED_BYTES} bytes"
+        )
+
+
+def to_numpy(
+    proto: TensorProto, *, max_bytes: int | None = DEFAULT_MAX_BYTES, size: int | None = None
+) -> np.ndarray:
+    """Decode a request TensorProto (either encoding) into a numpy array.
+
+    DT_STRING tensors become object arrays of `bytes`. Raises InvalidArgument for dtypes numpy
+    cannot hold (DT_RESOURCE, DT_VARIANT, quantized, ...), invalid shapes, malformed
+    `tensor_content` and shapes far larger than the values sent (`decoded_bytes`);
+    RESOURCE_EXHAUSTED when the tensor would exceed `max_bytes`. `size`: `decoded_bytes(proto)`,
+    when the caller has checked it already.
+    """
+    if size is None:
+        size = decoded_bytes(proto)
+    name = data_type_name(proto.dtype)
+    np_dtype = DTYPE_NAMES[name]
+    dims, count = _proto_shape(proto)
+    if max_bytes is not None and size > max_bytes:
         raise SealserveError(
             f"tensor of shape {_shape_text(dims)} and dtype {name} needs "
-            f"{count * np_dtype.itemsize} bytes, more than the {max_bytes} allowed",
+            f"{size} bytes, more than the {max_bytes} allowed",
             code=Code.RESOURCE_EXHAUSTED,
         )
     if count == 0:  # Tensor::FromProto ignores any values of an empty tensor
@@ -476,3 +531,20 @@ def from_numpy(
     else:
         getattr(out, _VALUE_FIELDS[name]).extend(flat.tolist())
     return out
+
+
+_VARINT_EXTRA = {"DT_INT8": 1, "DT_UINT8": 1, "DT_INT16": 2, "DT_UINT16": 2, "DT_INT32": 1}
+
+
+def encoded_bytes_estimate(array: np.ndarray) -> int:
+    """About how many bytes `from_numpy(array)` will serialise to, without building it: the
+    data plane refuses a response too large to send before spending memory on it."""
+    if array.dtype.kind in "OSU":
+        if array.dtype.kind == "O":
+            flat = array.reshape(-1).tolist()
+            return sum(len(v) if isinstance(v, bytes | str) else 0 for v in flat) + 2 * len(flat)
+        return array.nbytes + 2 * array.size
+    name = dtype_name(array.dtype)
+    # packed typed fields: fixed-width floats, varint integers (one or two bytes more than
+    # their width for typical values; negatives take ten)
+    return array.nbytes + _VARINT_EXTRA.get(name, 0) * array.size

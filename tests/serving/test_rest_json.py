@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sealserve.errors import Code, InvalidArgument, NotFound, SealserveError
-from sealserve.serving import json_codec
-from sealserve.serving.json_codec import (
+from sealserve.serving.rest_json import (
     PredictRequest,
     format_predict_response,
     loads,
+    numbers,
     parse_predict_request,
+    predict,
+    values,
 )
 from sealserve.serving.signatures import SignatureInfo, TensorInfo
 
@@ -585,7 +587,7 @@ def test_invalid_utf8_strings_come_through_unchanged():
     ],
 )
 def test_base64_follows_absl(text, expected):
-    assert json_codec._absl_base64(text) == expected
+    assert values.decode_base64(text) == expected
 
 
 def test_well_formed_image_decodes_exactly():
@@ -653,10 +655,10 @@ JSON_DTYPES = [
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nested(), st.sampled_from(JSON_DTYPES))
 def test_fast_path_agrees_with_exact_walk(value, dtype):
-    dims = json_codec._dense_shape(value)
-    fast = json_codec._fast_tensor(value, dtype, dims)
+    dims = predict._dense_shape(value)
+    fast = predict._fast_tensor(value, dtype, dims)
     try:
-        exact = json_codec._exact_tensor(value, dtype, dims)
+        exact = predict._exact_tensor(value, dtype, dims)
     except SealserveError:
         assert fast is None
         return
@@ -958,7 +960,7 @@ FLOAT32_TEXT = [
 
 @pytest.mark.parametrize(("value", "text"), FLOAT32_TEXT)
 def test_float32_text(value, text):
-    assert json_codec._format_decimal(float(np.float32(value)), True) == text
+    assert numbers.format_decimal(float(np.float32(value)), True) == text
 
 
 @pytest.mark.parametrize(
@@ -976,7 +978,7 @@ def test_float32_text(value, text):
     ],
 )
 def test_float64_text(value, text):
-    assert json_codec._format_decimal(value, False) == text
+    assert numbers.format_decimal(value, False) == text
 
 
 def reference_strtof(text: str) -> float:
@@ -1000,7 +1002,7 @@ def reference_strtof(text: str) -> float:
 def test_strtof_is_correctly_rounded(digits, exponent):
     text = f"{digits}e{exponent}"
     assume(abs(Fraction(text)) < Fraction(3.4e38))
-    assert json_codec._strtof(text) == reference_strtof(text)
+    assert numbers._strtof(text) == reference_strtof(text)
 
 
 def test_strtof_on_double_rounding_midpoints():
@@ -1008,9 +1010,9 @@ def test_strtof_on_double_rounding_midpoints():
     # just below it round differently, though both read as the same double first.
     above = "1.0000000596046448" + "0" * 20 + "1"
     below = "1.0000000596046447"
-    assert json_codec._strtof(above) == reference_strtof(above)
-    assert json_codec._strtof(below) == reference_strtof(below) == 1.0
-    assert json_codec._strtof("1.000000059604644775390625") == 1.0  # exact tie: to even
+    assert numbers._strtof(above) == reference_strtof(above)
+    assert numbers._strtof(below) == reference_strtof(below) == 1.0
+    assert numbers._strtof("1.000000059604644775390625") == 1.0  # exact tie: to even
 
 
 float32_bits = st.integers(0, 2**32 - 1).map(lambda b: np.uint32(b).view(np.float32))
@@ -1024,16 +1026,16 @@ nice_floats = st.builds(
 @given(st.lists(st.one_of(float32_bits, nice_floats.map(np.float32)), min_size=48, max_size=120))
 def test_vectorised_float32_text_matches_exact(values):
     array = np.array(values, dtype=np.float32)
-    expected = [json_codec._format_decimal(v, True) for v in array.tolist()]
-    assert json_codec._decimal_tokens(array) == expected
+    expected = [numbers.format_decimal(v, True) for v in array.tolist()]
+    assert numbers.decimal_tokens(array) == expected
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(float64_bits, nice_floats, st.floats()), min_size=48, max_size=120))
 def test_vectorised_float64_text_matches_exact(values):
     array = np.array(values, dtype=np.float64)
-    expected = [json_codec._format_decimal(v, False) for v in array.tolist()]
-    assert json_codec._decimal_tokens(array) == expected
+    expected = [numbers.format_decimal(v, False) for v in array.tolist()]
+    assert numbers.decimal_tokens(array) == expected
 
 
 def test_vectorised_text_on_hard_values():
@@ -1056,14 +1058,14 @@ def test_vectorised_text_on_hard_values():
     hard += [float(np.float32(2.0**k)) for k in range(-149, 128, 3)]
     hard += [float(np.float32(10.0**k)) for k in range(-45, 39)]
     array = np.array(hard * 4, dtype=np.float32)
-    assert json_codec._decimal_tokens(array) == [
-        json_codec._format_decimal(v, True) for v in array.tolist()
+    assert numbers.decimal_tokens(array) == [
+        numbers.format_decimal(v, True) for v in array.tolist()
     ]
     doubles = np.array(
         [10.0**k for k in range(-320, 309)] + [2.0**k for k in range(-1074, 1024, 7)]
     )
-    assert json_codec._decimal_tokens(doubles) == [
-        json_codec._format_decimal(v, False) for v in doubles.tolist()
+    assert numbers.decimal_tokens(doubles) == [
+        numbers.format_decimal(v, False) for v in doubles.tolist()
     ]
 
 

@@ -1,0 +1,37 @@
+"""TF Serving's REST JSON: bodies in, numpy and tf.Examples out, responses written byte for
+byte as TF Serving's RapidJSON writer does (`tensorflow_serving/util/json_tensor.cc`).
+
+`parsing` (limits and RapidJSON's syntax errors), `values` (dtypes and the one base64 decoder
+of every verb), `predict`, `examples` (classify / regress), `numbers` and `text` (how TF
+Serving writes them). Deliberate differences, each safer than TF Serving: integers for
+DT_INT8/INT16/UINT8 must be in the dtype's range (TF wraps them modulo 2^n); values echoed in
+error messages are cut after 4096 characters; nesting depth and tensor rank are limited.
+Stateless; thread safe.
+"""
+
+from __future__ import annotations
+
+from sealserve.serving.rest_json.examples import (
+    examples_from_json,
+    format_classify_response,
+    format_error,
+    format_regress_response,
+)
+from sealserve.serving.rest_json.parsing import DEFAULT_MAX_DEPTH, loads
+from sealserve.serving.rest_json.predict import (
+    PredictRequest,
+    format_predict_response,
+    parse_predict_request,
+)
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "PredictRequest",
+    "examples_from_json",
+    "format_classify_response",
+    "format_error",
+    "format_predict_response",
+    "format_regress_response",
+    "loads",
+    "parse_predict_request",
+]
