@@ -166,6 +166,12 @@ class BatchScheduler:
                 self._ready.notify()
         return future
 
+    def idle(self, servable: Servable, signature: str) -> bool:
+        """Whether the queue of this signature holds no request (read without the lock: a
+        request queued meanwhile is run by its own thread or a batch thread as usual)."""
+        queue = self._queues.get(servable, {}).get(signature)
+        return queue is None or not queue.tasks
+
     def run_ready(self, servable: Servable, signature: str) -> None:
         """Run, in the caller's thread, the batches of one queue that are ready (full, or
         waited `batch_timeout_micros`); wake a batch thread for what is left. For quick

@@ -141,9 +141,13 @@ class DataPlane:
         servable, key = resolved.servable, resolved.signature_name
         if self.batcher is None:
             return servable.run(key, inputs, output_filter)
+        quick = servable.quick(key)
+        if quick and self.batcher.idle(servable, key):
+            # a quick run alone costs what it would in a batch: merging saves nothing, and
+            # queueing, waking and waiting cost a handler thread more than the run itself
+            return servable.run(key, inputs, output_filter)
         # quick: this thread runs whatever batch is ready, its own request's or one that
         # other threads' requests formed meanwhile, rather than a batch thread
-        quick = servable.quick(key)
         future, wanted = self._submit(resolved.handle, key, inputs, output_filter, not quick)
         if quick:
             self.batcher.run_ready(servable, key)
