@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from pathlib import Path
 
-from sealserve.attestation.sim import SimAttester
+import pytest
+
+from sealserve.attestation.sim import SimAttester, SimTee
+from sealserve.errors import Code, SealserveError
 from sealserve.kbs.client import KbsClient, KbsKeyProvider
 from sealserve.kbs.http import bound_port, start_metrics
-from tests.kbs.conftest import SECRET, Kbs
+from tests.kbs.conftest import POLICY, RESOURCE, SECRET, SIM_NOW, Clock, Kbs, make_service
 
 
 def scrape(kbs: Kbs, token: str | None) -> tuple[int, str]:
@@ -59,3 +63,34 @@ def test_metrics_port_serves_without_a_token(kbs: Kbs) -> None:
         loop.run_until_complete(runner.cleanup())
     finally:
         loop.close()
+
+
+def test_store_failures_are_counted_and_answered_unavailable(
+    tmp_path: Path, sim: SimTee, attester: SimAttester
+) -> None:
+    from joserfc.jwk import ECKey
+
+    from sealserve.kbs.protocol import (
+        PROTOCOL_VERSION,
+        b64encode,
+        report_data_for,
+        tee_pubkey_jwk,
+    )
+
+    service = make_service(tmp_path, sim, Clock(SIM_NOW + 60), admin=None)
+    service.store.put_resource(RESOURCE, SECRET)
+    service.store.set_policy(RESOURCE, POLICY, "toml")
+    sid, challenge = service.auth({"version": PROTOCOL_VERSION, "tee": "sim"})
+    jwk = tee_pubkey_jwk(ECKey.generate_key("P-256"))
+    quote = attester.evidence(report_data_for(challenge["nonce"], jwk)).quote
+    body = {
+        "runtime-data": {"nonce": challenge["nonce"], "tee-pubkey": jwk},
+        "tee-evidence": {"quote": b64encode(quote)},
+    }
+    service.attest(sid, body)
+    service.store._db.close()  # type: ignore[attr-defined]  # the database goes away
+    with pytest.raises(SealserveError) as err:
+        service.resource(RESOURCE, session_id=sid)
+    assert err.value.code == Code.UNAVAILABLE
+    assert service.metrics.store_errors.labels("resource_exists")._value.get() == 1
+    assert service.metrics.store_errors.labels("append_audit")._value.get() == 1

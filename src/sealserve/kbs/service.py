@@ -396,6 +396,18 @@ class KbsService:
         finally:
             histogram.observe(time.perf_counter() - started)
 
+    def _stored(self, operation: str, call: Callable[..., Any], *args: Any) -> Any:
+        """A store call on the release path: the driver's own failures (database down,
+        locked, disk full) become one UNAVAILABLE error and a count in the metrics."""
+        try:
+            return call(*args)
+        except SealserveError:
+            raise
+        except Exception as exc:
+            self.metrics.store_errors.labels(operation).inc()
+            log.error("KBS store %s failed (%s)", operation, type(exc).__name__)
+            raise SealserveError("the KBS store is unavailable", code=Code.UNAVAILABLE) from None
+
     def _unauthenticated(self, endpoint: str, err: SealserveError) -> None:
         """A failure without credentials: counted and logged (bounded, throttled), no audit."""
         self.metrics.unauthenticated.labels(endpoint).inc()
@@ -451,7 +463,7 @@ class KbsService:
             path = check_resource_path(path)
             sid, claims, key = self._credentials(session_id, bearer, now)
             tee = claims.tee
-            if not self.store.resource_exists(path):
+            if not self._stored("resource_exists", self.store.resource_exists, path):
                 raise NotFound(f"resource {path} not found")
             with self._timed(self.metrics.policy_seconds):
                 policy = self._policy_for(path)
@@ -461,7 +473,7 @@ class KbsService:
                     f"the resource policy of {path} denied this TEE (the KBS's audit log says why)",
                     reason="; ".join(decision.reasons),
                 )
-            secret = self.store.get_resource(path)
+            secret = self._stored("get_resource", self.store.get_resource, path)
             sealed = json.dumps(seal_resource(secret, key.jwk, _lease_header(policy)))
             del secret
         except SealserveError as err:
@@ -615,7 +627,9 @@ class KbsService:
         raise Unauthenticated(problem)
 
     def _policy_for(self, path: str) -> Policy:
-        stored = self.store.get_policy(path) or self.store.get_policy(DEFAULT_POLICY)
+        stored = self._stored("get_policy", self.store.get_policy, path) or self._stored(
+            "get_policy", self.store.get_policy, DEFAULT_POLICY
+        )
         if stored is None:
             raise PolicyDenied(
                 f"the resource policy of {path} denied this TEE (the KBS's audit log says why)",
