@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sealserve import __version__
 from sealserve.errors import FailedPrecondition, InvalidArgument, NotFound, SealserveError
@@ -669,7 +669,9 @@ def _serve(args: argparse.Namespace) -> None:
         except OSError:  # a LibOS without PR_GET_DUMPABLE
             dumpable = None
         log.info("attested: core dumps off (RLIMIT_CORE %d/%d, dumpable %s)", soft, hard, dumpable)
-    asyncio.run(ModelServer(options, keys).serve_until_signalled())
+    server = ModelServer(options, keys)
+    _keep_leases(keys, server)
+    asyncio.run(server.serve_until_signalled())
 
 
 #: serve flags naming files whose content the simulated measurement covers, as Gramine's
@@ -911,6 +913,16 @@ def _attested_identity(args: argparse.Namespace) -> AttestedIdentity | None:
     return make_attested_identity(
         attester_for(args.attestation, args.sim_dir, _launch_config(args))
     )
+
+
+def _keep_leases(keys: KeyProvider, server: Any) -> None:
+    """Renew the keys the KBS lent (a policy's key_lease_seconds); unload a model whose key
+    is revoked, or whose lease ends while the KBS cannot be reached."""
+    from sealserve.kbs.client import KbsKeyProvider, LeaseKeeper
+
+    broker = getattr(keys, "then", None)
+    if isinstance(broker, KbsKeyProvider):
+        LeaseKeeper(broker, server.manager.revoke).start()
 
 
 def _brokered_identity(

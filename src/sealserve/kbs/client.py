@@ -30,6 +30,7 @@ Thread safety: `KbsClient` keeps one connection per thread; `AttestedSession` is
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import logging
@@ -92,6 +93,15 @@ class Lease:
         if value is None:
             return None
         return cls(int(value["seconds"]), bool(value.get("keep_when_unreachable", False)))
+
+
+@dataclass(frozen=True)
+class HeldLease:
+    """A lease as this server holds it (monotonic times)."""
+
+    expires_at: float
+    renew_at: float
+    keep_when_unreachable: bool
 
 
 @dataclass(frozen=True)
@@ -559,11 +569,109 @@ class KbsKeyProvider:
         self.attester = attester
         self.resource_for_model = resource_for_model
         self.session = AttestedSession(self.client, attester)
+        self._clock = time.monotonic
+        self._leases: dict[str, HeldLease] = {}
+        self._leases_lock = threading.Lock()
 
     def key_for(self, name: str) -> bytes:
         # A refusal is reported once, by whoever asked: the model manager's load-failure
         # line, or `serve`'s start-up error for a protected ssl config.
-        return self.session.get_resource(self.resource_for_model(name))
+        secret, lease = self.session.get_leased_resource(self.resource_for_model(name))
+        self.note_lease(name, lease)
+        return secret
+
+    # the leases of the keys this provider got (`LeaseKeeper` renews them)
+
+    def note_lease(self, name: str, lease: Lease | None) -> None:
+        with self._leases_lock:
+            if lease is None:
+                self._leases.pop(name, None)
+                return
+            now = self._clock()
+            self._leases[name] = HeldLease(
+                expires_at=now + lease.seconds,
+                renew_at=now + lease.seconds / 2,
+                keep_when_unreachable=lease.keep_when_unreachable,
+            )
+
+    def retry_lease(self, name: str, at: float) -> None:
+        with self._leases_lock:
+            held = self._leases.get(name)
+            if held is not None:
+                self._leases[name] = dataclasses.replace(held, renew_at=at)
+
+    def forget_lease(self, name: str) -> None:
+        with self._leases_lock:
+            self._leases.pop(name, None)
+
+    def leases(self) -> list[tuple[str, HeldLease]]:
+        with self._leases_lock:
+            return list(self._leases.items())
 
     def __repr__(self) -> str:
         return f"KbsKeyProvider({self.client.url!r}, tee={self.attester.tee!r})"
+
+
+class LeaseKeeper:
+    """Keeps the keys a KBS lent this server (`Lease`) for as long as the KBS lends them.
+
+    A daemon thread renews each leased model key over the attested session at half its lease.
+    When the KBS refuses (the secret was revoked or deleted, or its policy no longer admits
+    this server), `on_revoked(model, reason)` is called at once; when the KBS cannot be
+    reached, the key is kept until its lease ends and then `on_revoked` is called, unless
+    the lease says to keep it while the KBS is unreachable. Keys given without a lease are
+    not watched. Thread safe."""
+
+    def __init__(
+        self,
+        provider: KbsKeyProvider,
+        on_revoked: Callable[[str, str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.on_revoked = on_revoked
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sealserve-leases", daemon=True)
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._next_wait()):
+            now = self._clock()
+            for name, held in self.provider.leases():
+                if now >= held.renew_at:
+                    self._renew(name, held, now)
+
+    def _next_wait(self) -> float:
+        leases = self.provider.leases()
+        if not leases:
+            return 1.0
+        return max(0.2, min(held.renew_at for _, held in leases) - self._clock())
+
+    def _renew(self, name: str, held: HeldLease, now: float) -> None:
+        resource = self.provider.resource_for_model(name)
+        try:
+            _secret, lease = self.provider.session.get_leased_resource(resource)
+        except (KbsDenied, NotFound) as err:
+            self.provider.forget_lease(name)
+            self.on_revoked(name, f"key revoked: the key broker refused {resource}: {err}")
+            return
+        except SealserveError as err:
+            if held.keep_when_unreachable or now < held.expires_at:
+                left = max(0.0, held.expires_at - now)
+                log.warning(
+                    "renewing the lease of %s failed (%s); %.0f s of it left", name, err, left
+                )
+                self.provider.retry_lease(name, now + min(5.0, max(0.5, left / 4)))
+                return
+            self.provider.forget_lease(name)
+            self.on_revoked(name, f"key lease expired: the key broker could not be reached ({err})")
+            return
+        self.provider.note_lease(name, lease)

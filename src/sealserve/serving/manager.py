@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sealserve.errors import Code, InvalidArgument, NotFound, SealserveError
+from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
 from sealserve.serving.loader import LoadOptions, VersionLoader
 from sealserve.serving.model_config import ModelConfig, ModelTrust
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, RuntimeSpec
@@ -78,6 +78,9 @@ class _Version:
     fingerprint: tuple[float, int] | None = None  # of its directory when the load began
     handles: int = 0  # handles not yet released (guarded by the manager's lock)
     name: str = ""  # the model's
+    #: why it is being unloaded, if not by the configuration (e.g. its key was revoked);
+    #: reported with END, and such a version is not loaded again
+    end_error: SealserveError | None = None
 
     @property
     def serving(self) -> bool:
@@ -309,6 +312,7 @@ class ModelManager:
                         not self._stopped.is_set()
                         and self._models.get(name) is model
                         and model.versions.get(version) is entry
+                        and entry.end_error is None  # not revoked while it loaded
                     )
                     entry.servable = servable
                     entry.status = VersionStatus(version, State.AVAILABLE)
@@ -398,9 +402,13 @@ class ModelManager:
             except Exception:  # the version ends anyway: nothing may keep it
                 log.exception("closing model %s version %d", unload.name, unload.version)
             unload.servable = None
+            error = unload.entry.end_error
             with self._lock:
-                unload.entry.status = VersionStatus(unload.version, State.END)
-            log.info("model %s version %d unloaded", unload.name, unload.version)
+                unload.entry.status = VersionStatus(unload.version, State.END, error)
+            if error is None:
+                log.info("model %s version %d unloaded", unload.name, unload.version)
+            else:
+                log.warning("model %s version %d unloaded: %s", unload.name, unload.version, error)
         if any(u is not None for u in unloads):
             self._notify()
 
@@ -423,6 +431,26 @@ class ModelManager:
         with self._lock:
             self._finishing = [t for t in self._finishing if t.is_alive()] + [thread]
         thread.start()
+
+    def revoke(self, name: str, reason: str) -> None:
+        """Take every version of model `name` out of service for `reason` (its key was
+        revoked, or its lease ended): each ends, with that reason, once its last request
+        finishes, its decrypted state dropped as for any unload; none is loaded again from
+        the same directory (a new version needs its key from the KBS afresh)."""
+        error = PermissionDenied(reason)
+        with self._lock:
+            model = self._models.get(name)
+            versions = list(model.versions.items()) if model is not None else []
+            ends = []
+            for version, entry in versions:
+                if entry.status.state in (State.END, State.UNLOADING):
+                    continue
+                entry.end_error = error
+                if entry.serving:
+                    ends.append(self._begin_unload(name, version, entry))
+        log.warning("model %s: %s", name, reason)
+        self._finish_unloads(ends)
+        self._notify()
 
     # -- queries -------------------------------------------------------------------------
 

@@ -1,0 +1,159 @@
+"""Keys can be revoked (issue #16): a key released on a lease (the policy's key_lease_seconds)
+is renewed by the server over its attested session; `sealserve kbs secret revoke` makes the
+server unload what the key protects within one lease, END with the reason; a KBS that cannot
+be reached does not unload anything before the lease ends, but does once it has ended,
+unless the policy keeps keys while the KBS is unreachable. One KBS, one server, three models:
+
+- `revoked`: lease 4 s, revoked by the owner while the KBS runs;
+- `strict`: lease 6 s, unloaded once the KBS is gone and the lease has run out;
+- `kept`: lease 6 s with keep_key_when_kbs_unreachable, still served after that.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from sealserve.model_tree import encrypt_tree
+from sealserve.tools.certs import make_oneway
+from tests.harness import free_port
+from tests.test_attested_tls import SEALSERVE, run
+
+LEASES = {"revoked": (4, False), "strict": (6, False), "kept": (6, True)}
+
+
+def status(port: int, model: str) -> dict:  # type: ignore[type-arg]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/{model}", timeout=5) as r:
+            return json.loads(r.read())["model_version_status"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return {}
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.5)
+
+
+def predict(port: int, model: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/models/{model}:predict",
+        data=b'{"instances": [1.0]}',
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("revocation")
+    run("sim", "init", root / "sim")
+    run("kbs", "init", root / "kbs")
+    tls = make_oneway("localhost", root / "kbs-tls", sans=["127.0.0.1"])
+    kbs_port = free_port()
+    kbs = subprocess.Popen(
+        [SEALSERVE, "kbs", "serve", "--db", str(root / "kbs.db")]
+        + ["--master-key", str(root / "kbs" / "master.key")]
+        + ["--signing-key", str(root / "kbs" / "signing-key.pem")]
+        + ["--admin-token-file", str(root / "kbs" / "admin.token")]
+        + ["--insecure-trust-sim-root", str(root / "sim")]
+        + ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)]
+        + ["--port", str(kbs_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert kbs.stdout is not None and "https://" in kbs.stdout.readline()
+    admin = ["--url", f"https://127.0.0.1:{kbs_port}", "--ca", tls.server_cert]
+    admin += ["--admin-token-file", root / "kbs" / "admin.token"]
+    config = root / "models.config"
+    entries = []
+    for name in LEASES:
+        key = root / f"{name}.key"
+        run("keygen", "-w", key)
+        encrypt_tree(half_plus_two, str(root / "models" / name / "1"), key.read_bytes())
+        run("kbs", "secret", "put", f"sealserve/model-key/{name}", "--file", key, *admin)
+        entries.append(
+            f'config {{ name: "{name}" base_path: "{root / "models" / name}" '
+            'model_platform: "tensorflow" }'
+        )
+    config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    rest_port = free_port()
+    flags = [
+        f"--model_config_file={config}",
+        f"--port={free_port()}",
+        f"--rest_api_port={rest_port}",
+        "--bind_address=127.0.0.1",
+        f"--key_broker=https://127.0.0.1:{kbs_port}",
+        f"--key_broker_ca={tls.server_cert}",
+        "--attestation=sim",
+        f"--sim_dir={root / 'sim'}",
+    ]
+    measured = run("measure", *flags).stdout.strip()
+    for name, (lease, keep) in LEASES.items():
+        policy = root / f"{name}.toml"
+        policy.write_text(
+            f"key_lease_seconds = {lease}\n"
+            f"keep_key_when_kbs_unreachable = {'true' if keep else 'false'}\n"
+            f'tee = ["sim"]\n[[sim]]\nmr_enclave = ["{measured}"]\nmr_signer = "any"\n'
+            'isv_prod_id = "any"\n'
+        )
+        run("kbs", "policy", "set", f"sealserve/model-key/{name}", policy, *admin)
+    server = subprocess.Popen(
+        [SEALSERVE, "serve", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: all(status(rest_port, m).get("state") == "AVAILABLE" for m in LEASES))
+        yield {"kbs": kbs, "server": server, "port": rest_port, "admin": admin}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        if kbs.poll() is None:
+            kbs.send_signal(signal.SIGTERM)
+            kbs.wait(timeout=30)
+
+
+def test_revoking_a_key_unloads_its_model_within_one_lease(cluster) -> None:  # type: ignore[no-untyped-def]
+    port = cluster["port"]
+    assert predict(port, "revoked") == 200
+    run("kbs", "secret", "revoke", "sealserve/model-key/revoked", *cluster["admin"])
+
+    wait_until(lambda: status(port, "revoked").get("state") == "END")
+    assert "key revoked" in status(port, "revoked")["status"]["error_message"]
+    assert predict(port, "revoked") == 404
+    assert status(port, "strict")["state"] == status(port, "kept")["state"] == "AVAILABLE"
+    audit = run("kbs", "audit", "--resource", "sealserve/model-key/revoked", *cluster["admin"])
+    records = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert any(r["action"] == "admin" and r["reason"] == "revoke" for r in records)
+    assert records[-1]["action"] == "release" and records[-1]["decision"] == "denied"
+
+
+def test_an_unreachable_kbs_ends_leases_only_when_they_run_out(cluster) -> None:  # type: ignore[no-untyped-def]
+    port = cluster["port"]
+    kbs = cluster["kbs"]
+    kbs.send_signal(signal.SIGTERM)
+    kbs.wait(timeout=30)
+    # no outage from a KBS restart: the model serves on while its lease lasts
+    assert status(port, "strict")["state"] == "AVAILABLE"
+    assert predict(port, "strict") == 200
+
+    wait_until(lambda: status(port, "strict").get("state") == "END")
+    assert "key lease expired" in status(port, "strict")["status"]["error_message"]
+    # the policy of `kept` keeps its key while the KBS cannot be reached
+    assert status(port, "kept")["state"] == "AVAILABLE"
+    assert predict(port, "kept") == 200
+    assert cluster["server"].poll() is None
