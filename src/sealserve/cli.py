@@ -445,9 +445,9 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     own.add_argument(
         "--grpc_max_concurrent_rpcs",
         type=int,
-        default=0,
-        help="gRPC calls in progress at once; more are refused with RESOURCE_EXHAUSTED "
-        "(default 0: four per gRPC thread)",
+        default=1024,
+        help="gRPC calls in progress or queued at once; more are refused with "
+        "RESOURCE_EXHAUSTED (default 1024)",
     )
     own.add_argument(
         "--max_request_bytes",

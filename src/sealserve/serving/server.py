@@ -68,8 +68,10 @@ class ServerOptions:
     grpc_health_check: bool = False
     grpc_threads: int = 0  # --grpc_max_threads; 0: `grpc_threads(batching)`
     # RPCs in progress at once, beyond which grpc refuses new ones (RESOURCE_EXHAUSTED)
-    # before reading them; 0: four per handler thread
-    grpc_max_concurrent_rpcs: int = 0
+    # before reading them. Clients keep many calls open on one connection (a load balancer,
+    # a pool of channels), waiting in grpc's queue for a handler thread; memory is bounded
+    # by the byte budget, so this only bounds their number.
+    grpc_max_concurrent_rpcs: int = 1024
     request_budget: BudgetOptions = BudgetOptions()  # request bytes per request / in flight
     intra_op_threads: int = 0  # 0: TensorFlow decides
     inter_op_threads: int = 0
@@ -155,7 +157,7 @@ class ModelServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
             ],
-            maximum_concurrent_rpcs=self.options.grpc_max_concurrent_rpcs or 4 * threads,
+            maximum_concurrent_rpcs=self.options.grpc_max_concurrent_rpcs,
         )
         self._health = grpc_service.add_services(
             server,
