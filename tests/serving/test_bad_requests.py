@@ -272,3 +272,17 @@ def test_errors_are_json_without_tracebacks(guarded):
     result = guarded.http("POST", "/v1/models/half_plus_two:predict", b"\xff\xfe not json")
     assert result.status == 400
     assert "Traceback" not in json.loads(result.body)["error"]
+
+
+def test_classify_and_regress_requests_count_against_the_budget(stub):
+    from tensorflow_serving.apis import regression_pb2
+
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.signature_name = "regress_x_to_y"
+    example = request.input.example_list.examples.add()
+    example.features.feature["pad"].bytes_list.value.append(b"p" * (5 << 20))  # 2 x 5 MiB > 8
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Regress(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "allowed per request" in info.value.details()

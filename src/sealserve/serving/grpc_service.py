@@ -105,6 +105,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.budget = budget if budget is not None else RequestBudget()
         self.max_response_bytes = max_response_bytes
 
+    def _examples_budget(self, request: Any) -> Any:
+        """A reservation for a Classify/Regress/MultiInference request: the message, and the
+        serialized examples made from it (about as large again)."""
+        return self.budget.reserve(2 * request.ByteSize())
+
     def _examples(self, model: str, request_input: Any) -> list[bytes]:
         serialized = examples_from_input(request_input)
         if self.metrics is not None:
@@ -167,7 +172,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def classify() -> Any:
-            with self.dataplane.resolve(model_spec(request.model_spec)) as resolved:
+            with (
+                self.dataplane.resolve(model_spec(request.model_spec)) as resolved,
+                self._examples_budget(request),
+            ):
                 return work(resolved)
 
         def work(resolved: Any) -> Any:
@@ -182,7 +190,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def regress() -> Any:
-            with self.dataplane.resolve(model_spec(request.model_spec)) as resolved:
+            with (
+                self.dataplane.resolve(model_spec(request.model_spec)) as resolved,
+                self._examples_budget(request),
+            ):
                 return work(resolved)
 
         def work(resolved: Any) -> Any:
@@ -205,6 +216,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     "All ModelSpecs in a MultiInferenceRequest must access the same model name."
                 )
             with contextlib.ExitStack() as held:
+                held.enter_context(self._examples_budget(request))
                 tasks = [
                     (
                         held.enter_context(self.dataplane.resolve(model_spec(t.model_spec))),
