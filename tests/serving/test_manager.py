@@ -199,3 +199,57 @@ def test_non_numeric_directories_are_ignored(base):
     manager = manager_for(base, loaders)
     manager.start()
     assert loaders.calls == [("m", 4)]
+
+
+def test_a_reload_does_not_wait_behind_another_models_load(tmp_path):
+    """A load that never ends (a key broker that does not answer, or retries) holds no lock:
+    a reload returns once its own new model has loaded, and polls go on."""
+    import threading
+
+    for name in ("a", "slow", "b"):
+        (tmp_path / name).mkdir()
+        add_version(tmp_path / name, 1)
+    answer = threading.Event()
+
+    class SlowLoaders(FakeLoaders):
+        def __call__(self, name, version, path, *runtime):
+            loader = super().__call__(name, version, path, *runtime)
+            if name != "slow":
+                return loader
+
+            class Waiting:
+                def load(self):
+                    answer.wait()
+                    return loader.load()
+
+            return Waiting()
+
+    def config(name):
+        return ModelConfig(name, str(tmp_path / name))
+
+    options = ManagerOptions(poll_seconds=0, max_load_retries=0, load_retry_interval_seconds=0)
+    manager = ModelManager([config("a")], SlowLoaders(), options)
+    manager.start()
+    manager.reload([config("a"), config("slow")], wait=False)
+    assert [s.state for s in manager.status("slow")] in ([State.START], [State.LOADING])
+
+    reloaded = threading.Thread(
+        target=manager.reload, args=([config("a"), config("slow"), config("b")],)
+    )
+    reloaded.start()
+    reloaded.join(60)  # only a guard: without the fix it waits for `answer` forever
+    try:
+        assert not reloaded.is_alive()
+        assert serving_version(manager, "b") == 1
+        manager.reconcile()  # a poll, too, goes on
+        assert [s.state for s in manager.status("slow")] == [State.LOADING]
+    finally:
+        answer.set()
+    reloaded.join()
+    manager.reconcile()
+    for _ in range(1000):
+        if manager.status("slow")[0].state == State.AVAILABLE:
+            break
+        threading.Event().wait(0.01)
+    assert serving_version(manager, "slow") == 1
+    manager.stop()

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,7 @@ from sealserve.serving.loader import LoadOptions, VersionLoader
 from sealserve.serving.model_config import ModelConfig, ModelTrust
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, RuntimeSpec
 from sealserve.serving.servable import Servable
+from sealserve.serving.source import Poller, fingerprint, version_dirs, version_path
 
 if TYPE_CHECKING:
     from sealserve.serving.metrics import Metrics
@@ -169,8 +170,8 @@ class ModelManager:
         self._new_loader = loader_factory
         self.options = options
         self._stopped = threading.Event()
-        self._poller: threading.Thread | None = None
-        self._pool = ThreadPoolExecutor(max(1, options.load_threads), "sealserve-load")
+        self._poller: Poller | None = None
+        self._load_slots = threading.BoundedSemaphore(max(1, options.load_threads))
         self._listeners: list[Callable[[], None]] = []
         self._finishing: list[threading.Thread] = []  # unloads finished by a last release
 
@@ -196,16 +197,16 @@ class ModelManager:
                 )
         self.reconcile()
         if self.options.poll_seconds > 0:
-            self._poller = threading.Thread(target=self._poll, name="sealserve-poll", daemon=True)
-            self._poller.start()
+            self._poller = Poller("sealserve-poll", self.options.poll_seconds, self._poll).start()
 
     def stop(self) -> None:
         """Stop polling and loading, and unload every version (each as its last handle is
-        released; the caller has drained requests first)."""
+        released; the caller has drained requests first). Loads still running (a key broker
+        that does not answer) are left behind on their daemon threads: they give up at
+        their next step, and nothing they load is kept."""
         self._stopped.set()
         if self._poller is not None:
-            self._poller.join(timeout=10)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            self._poller.stop()
         with self._lock:
             ends = [
                 self._begin_unload(model.config.name, version, entry)
@@ -217,24 +218,34 @@ class ModelManager:
         for thread in list(self._finishing):
             thread.join(timeout=10)
 
-    def _poll(self) -> None:
-        while not self._stopped.wait(self.options.poll_seconds):
-            try:
-                self.reconcile()
-            except Exception:  # a poll must never kill the server
-                log.exception("polling the model base paths failed")
-
     # -- reconciliation ------------------------------------------------------------------
+    #
+    # The reconcile lock covers only quick bookkeeping (listing base paths, choosing versions,
+    # starting loads, beginning unloads): never a load or its retries. Loads run on daemon
+    # threads (at most `load_threads` at once); each one, when it ends, reconciles its model
+    # again, which unloads the versions it replaces (availability-preserving order). Callers
+    # that must see a result (start-up, a reload RPC) wait for the loads they started, with
+    # no lock held, so a reload never waits behind another model's retrying load.
 
     def reconcile(self) -> None:
-        """Bring every model to its aspired versions: load new ones, then unload old ones."""
-        with self._reconcile_lock:
-            self._reconcile_locked()
+        """Bring every model to its aspired versions: load new ones (waiting for them),
+        then unload old ones."""
+        _wait(self._reconcile_nowait())
 
-    def reload(self, configs: list[ModelConfig]) -> None:
+    def _poll(self) -> None:
+        self._reconcile_nowait()  # loads run on; the next poll sees how they ended
+
+    def _reconcile_nowait(self) -> list[Future[None]]:
+        """Start what needs starting; the futures of the loads started."""
+        with self._reconcile_lock:
+            return self._reconcile_locked()
+
+    def reload(self, configs: list[ModelConfig], wait: bool = True) -> None:
         """Replace the model list (TF Serving's config reload): new models load, models left
         out unload, the others keep serving under their new policy and labels. Nothing
-        changes if a new model's base path does not exist."""
+        changes if a new model's base path does not exist. With `wait`, returns once the
+        loads this reload started have ended (as TF Serving's ReloadConfig does), not once
+        other loads still in progress have."""
         for config in configs:
             if not Path(config.base_path).is_dir():
                 raise NotFound(f"model {config.name}: base path {config.base_path} not found")
@@ -254,25 +265,24 @@ class ModelManager:
                         self._models[name] = _Model(config)
             self._finish_unloads(ends)
             self._notify()  # dropped models, and new ones not loaded yet
-            self._reconcile_locked()
+            started = self._reconcile_locked()
+        if wait:
+            _wait(started)
 
-    def _reconcile_locked(self) -> None:
+    def _reconcile_locked(self) -> list[Future[None]]:
         models = self._snapshot()
-        loads = [
-            self._pool.submit(self._load, model, version)
-            for model in models
-            for version in sorted(self._to_load(model))
-        ]
-        for future in loads:
-            future.result()
+        started = []
         ends = []
         for model in models:
+            for version in sorted(self._to_load(model)):
+                started.append(self._start_load(model, version))
             ends += self._unload_and_forget(model)
         self._finish_unloads(ends)
         self._notify()
+        return started
 
     def _aspired(self, model: _Model) -> set[int]:
-        return model.config.version_policy.aspired(_version_dirs(model.config.base_path))
+        return model.config.version_policy.aspired(version_dirs(model.config.base_path))
 
     def _to_load(self, model: _Model) -> set[int]:
         """Aspired versions never tried, or unloaded earlier (failed ones wait for a change)."""
@@ -287,17 +297,49 @@ class ModelManager:
                 )
             }
 
-    def _load(self, model: _Model, version: int) -> None:
+    def _start_load(self, model: _Model, version: int) -> Future[None]:
+        """Register the version (START) and load it on a daemon thread of its own, at most
+        `load_threads` loading at once (daemon: a load stuck on an unresponsive key broker
+        must not keep a stopping server alive)."""
         name = model.config.name
-        path = Path(model.config.base_path) / str(version)
+        path = version_path(model.config.base_path, version)
         entry = _Version(
-            VersionStatus(version, State.START), fingerprint=_fingerprint(path), name=name
+            VersionStatus(version, State.START), fingerprint=fingerprint(path), name=name
         )
         with self._lock:
             model.versions[version] = entry
+        done: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                with self._load_slots:
+                    if not self._stopped.is_set():
+                        self._load(model, version, entry)
+                if not self._stopped.is_set():
+                    self._reconcile_model(model)
+            except Exception:  # never lose a load's end: its waiters must return
+                log.exception("loading model %s version %d", name, version)
+            finally:
+                done.set_result(None)
+
+        threading.Thread(target=run, name=f"sealserve-load-{name}-{version}", daemon=True).start()
+        return done
+
+    def _reconcile_model(self, model: _Model) -> None:
+        """After a load: unload what the loaded version replaces."""
+        with self._reconcile_lock:
+            ends = self._unload_and_forget(model)
+        self._finish_unloads(ends)
+        self._notify()
+
+    def _load(self, model: _Model, version: int, entry: _Version) -> None:
+        name = model.config.name
+        path = version_path(model.config.base_path, version)
         attempts = 1 + max(0, self.options.max_load_retries)
+        error = SealserveError("the server is stopping", code=Code.CANCELLED)
         for attempt in range(1, attempts + 1):
-            entry.status = VersionStatus(version, State.LOADING)
+            with self._lock:
+                entry.status = VersionStatus(version, State.LOADING)
             started = time.monotonic()
             try:
                 servable = self._new_loader(name, version, path, model.config.runtime).load()
@@ -316,10 +358,9 @@ class ModelManager:
                     )
                     entry.servable = servable
                     entry.status = VersionStatus(version, State.AVAILABLE)
-                    if not wanted:  # removed (or the server stopped) while it loaded
-                        unload = self._begin_unload(name, version, entry)
+                    unload = None if wanted else self._begin_unload(name, version, entry)
                 del servable
-                if not wanted:
+                if not wanted:  # removed (or the server stopped) while it loaded
                     self._finish_unloads([unload])
                     return
                 self._notify()
@@ -364,9 +405,9 @@ class ModelManager:
                 if entry.servable is None and entry.status.state == State.END:
                     # Gone from disk, or failed and changed since (a copy that was still in
                     # progress, a fixed file): forget it, so the next scan loads it afresh.
-                    path = Path(model.config.base_path) / str(version)
+                    path = version_path(model.config.base_path, version)
                     if not path.is_dir() or (
-                        entry.status.error is not None and _fingerprint(path) != entry.fingerprint
+                        entry.status.error is not None and fingerprint(path) != entry.fingerprint
                     ):
                         del model.versions[version]
         return [end for end in ends if end is not None]
@@ -513,6 +554,11 @@ class ModelManager:
             return list(self._models.values())
 
 
+def _wait(futures: list[Future[None]]) -> None:
+    for future in futures:
+        future.result()
+
+
 @dataclass
 class _Unload:
     """A version taken out of service, to be closed and reported END."""
@@ -521,31 +567,6 @@ class _Unload:
     version: int
     entry: _Version
     servable: Servable | None
-
-
-def _version_dirs(base_path: str) -> set[int]:
-    """Numeric version directories (others are ignored, as TF Serving does)."""
-    try:
-        entries = list(Path(base_path).iterdir())
-    except OSError:
-        return set()
-    versions = set()
-    for entry in entries:
-        if entry.name.isdigit() and entry.is_dir() and int(entry.name) < 2**63:
-            versions.add(int(entry.name))
-    return versions
-
-
-def _fingerprint(path: Path) -> tuple[float, int]:
-    """(latest modification time, total size) of the files under a version directory."""
-    latest, total = 0.0, 0
-    for item in path.rglob("*"):
-        try:
-            info = item.stat()
-        except OSError:
-            continue
-        latest, total = max(latest, info.st_mtime), total + info.st_size
-    return latest, total
 
 
 def loader_factory(

@@ -22,8 +22,11 @@ import functools
 import logging
 import os
 import signal
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from aiohttp import web
@@ -49,6 +52,7 @@ from sealserve.serving.tls import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BATCH_WAITERS = 64  # gRPC handler threads waiting for a batch, at most, by default
 
@@ -124,7 +128,9 @@ class ModelServer:
         _configure_tensorflow(self.options)
         loop = asyncio.get_running_loop()
         self.manager.add_listener(functools.partial(self._models_changed, loop))
-        await loop.run_in_executor(None, self.manager.start)
+        # on a daemon thread: a load waiting on an unresponsive key broker must not keep a
+        # server that was told to stop (SIGTERM) from exiting
+        await _on_daemon_thread(self.manager.start, "sealserve-start")
         await self._start_grpc()
         if self.options.rest_port is not None:
             await self._start_rest()
@@ -242,7 +248,9 @@ class ModelServer:
             last = text
             try:
                 configs = parse_model_config_text(text, path)
-                await asyncio.to_thread(self.manager.reload, configs)
+                # off the loop and the inference threads; the loads go on in the background
+                reload = functools.partial(self.manager.reload, configs, wait=False)
+                await _on_daemon_thread(reload, "sealserve-reload")
                 log.warning("reloaded %s: serving %s", path, ", ".join(self.manager.model_names()))
             except SealserveError as exc:
                 log.error("model config %s not applied: %s", path, exc)
@@ -272,12 +280,49 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
+        # a signal during start-up (loads still waiting for a key broker) stops at once
+        signalled = asyncio.create_task(self._stopping.wait())
         try:  # a failed start (e.g. a port in use) still stops what did start
-            await self.start()
-            await self._stopping.wait()
+            starting = asyncio.create_task(self.start())
+            await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.warning("stop requested during start-up: not waiting for the model loads")
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+            else:
+                starting.result()  # a failed start raises here
+                await signalled
         finally:
+            signalled.cancel()
             log.warning("shutting down")
             await self.stop()
+
+
+async def _on_daemon_thread(work: Callable[[], T], name: str) -> T:
+    """`work()` on a daemon thread of its own, awaited (unlike the default executor's
+    threads, it cannot hold up the interpreter's exit if it never returns)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # the awaiting task was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = work(), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
 
 
 def grpc_threads(batching: BatchingOptions | None) -> int:
