@@ -66,7 +66,7 @@ def test_grpc_reload_adds_and_drops_models(paths, model_root):
         server.stop()
 
 
-def test_editing_the_model_config_file_reloads_it(tmp_path, paths):
+def test_editing_the_model_config_file_reloads_it(tmp_path, paths, caplog):
     config = tmp_path / "models.config"
     config.write_text(config_text({"a": paths["a"]}))
     options = server_options(
@@ -81,7 +81,10 @@ def test_editing_the_model_config_file_reloads_it(tmp_path, paths):
         assert predict_status(server, "b") == 200
         assert predict_status(server, "a") == 404
         config.write_text("this is not a text proto")  # a bad edit keeps what is served
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while "not applied" not in caplog.text:  # the server has read the bad edit
+            assert time.monotonic() < deadline, "the bad edit was never read"
+            time.sleep(0.05)
         assert predict_status(server, "b") == 200
     finally:
         server.stop()
