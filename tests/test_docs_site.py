@@ -1,11 +1,14 @@
-"""The documentation site builds (`mkdocs build --strict`, mkdocs.yml), lists every guide, and
-every relative link of the README and the guides leads to a file of the repository."""
+"""The documentation site builds (`mkdocs build --strict`, mkdocs.yml), lists every guide,
+every relative link of the README and the guides leads to a file of the repository, and every
+command and flag of `sealserve` is documented somewhere."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,29 @@ def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert (tmp_path / "quickstart" / "index.html").exists()
+
+
+def _options(parser: argparse.ArgumentParser, command: list[str]) -> Iterator[tuple[str, list]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield "sealserve " + " ".join([*command, name]), []
+                yield from _options(sub, [*command, name])
+        elif action.option_strings and not {"--help", "--version"} & set(action.option_strings):
+            yield "sealserve " + " ".join(command), action.option_strings
+
+
+def test_every_command_and_flag_is_documented() -> None:
+    """Each command of `sealserve` is named, and each of its flags (one of its spellings)
+    appears, in the README or a guide: a new flag comes with its documentation."""
+    from sealserve.cli import build_parser
+
+    text = "".join((ROOT / page).read_text() for page in ["README.md", *PAGES])
+    undocumented = []
+    for command, spellings in _options(build_parser(), []):
+        if not spellings:
+            if command not in text:
+                undocumented.append(command)
+        elif not any(re.search(re.escape(s) + r"(?![\w-])", text) for s in spellings):
+            undocumented.append(f"{command} {spellings[-1]}")
+    assert not undocumented, f"not in README.md or docs/: {sorted(set(undocumented))}"
