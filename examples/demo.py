@@ -171,6 +171,11 @@ def run(work: Path) -> None:
             "0",  # a free port, which its first line names
             "--insecure-trust-sim-root",
             str(work / "sim"),
+            # the CA of attested servers' TLS certificates (made by `kbs init`)
+            "--server-ca-key",
+            str(work / "kbs-keys" / "server-ca-key.pem"),
+            "--server-ca-cert",
+            str(work / "kbs-keys" / "server-ca.pem"),
         ],
         work / "kbs.log",
         ready=r"KBS listening on (?P<url>https://\S+)",
@@ -259,6 +264,8 @@ def run(work: Path) -> None:
             status = wait_for_failed_version(certs, rest_port, "2")
             print(f"  version 2: {status['state']}, {status['status']['error_message']}")
             print(f"  predictions still: {rest_predict(certs, rest_port, [1.0, 2.0, 5.0])}")
+            shutil.rmtree(encrypted["half_plus_two"].parent / "2", ignore_errors=True)
+            attested_requester(work, certs, flags, policy, admin, grpc_port)
         finally:
             stop_process(server)
         shutil.rmtree(encrypted["half_plus_two"].parent / "2", ignore_errors=True)
@@ -400,6 +407,90 @@ def requester(work: Path, certs: Path, grpc_port: int, rest_port: int) -> None:
         "resnet50-v15-fp32",
         *BENCHMARK_FLAGS,
     )
+
+
+def attested_requester(
+    work: Path, certs: Path, flags: list[str], policy: Path, admin: list[str], plain_grpc: int
+) -> None:
+    """Issue #16 in the demo: the requester checks the server's attestation before sending
+    anything; a server without it is refused; a revoked key unloads its model."""
+    server_ca = work / "kbs-keys" / "server-ca.pem"
+    mine = [
+        "--cert",
+        str(certs / "client" / "cert.pem"),
+        "--key",
+        str(certs / "client" / "key.pem"),
+        "--verify-server",
+        str(policy),
+        "--server-ca",
+        str(server_ca),
+    ]
+    step(
+        "10b. The requester verifies the server before sending a byte: this server shows "
+        "the owner's ordinary certificate, no attestation, so nothing is sent to it"
+    )
+    refused = sealserve(
+        "predict", "--grpc", f"127.0.0.1:{plain_grpc}", "-m", "half_plus_two",
+        "--json", '{"instances": [1.0]}', *mine, expect_failure=True,
+    )  # fmt: skip
+    print(f"  {refused.strip()}")
+
+    step(
+        "10c. An attested server: its TLS key made in memory, its certificate issued by the "
+        "KBS over its attested session (claims inside, renewed before expiry); the owner "
+        "lends half_plus_two's key on a 4 s lease"
+    )
+    attested_flags = [
+        f for f in flags if not f.startswith(("--model_config_file", "--file_system_poll"))
+    ] + [
+        "--model_name=half_plus_two",
+        f"--model_base_path={work / 'models' / 'half_plus_two'}",
+        "--key_broker_tls_name=demo-server",
+    ]
+    measured = sealserve("measure", *attested_flags, quiet=True).strip()
+    both = policy.read_text().replace('mr_enclave = ["', f'mr_enclave = ["{measured}", "')
+    leased = work / "policy-leased.toml"
+    leased.write_text("key_lease_seconds = 4\n" + both)
+    sealserve("kbs", "policy", "set", "sealserve/model-key/half_plus_two", str(leased), *admin)
+    sealserve("kbs", "policy", "set", "sealserve/tls-cert/demo-server", str(leased), *admin)
+    attested, serving = start_process(
+        ["serve", *attested_flags],
+        work / "attested-server.log",
+        ready=r"serving .*: gRPC on \S+:(?P<grpc>\d+), REST on port (?P<rest>\d+)",
+    )
+    try:
+        grpc_port, rest_port = int(serving["grpc"]), int(serving["rest"])
+        requester_policy = work / "requester-policy.toml"
+        requester_policy.write_text(both)
+        mine[mine.index(str(policy))] = str(requester_policy)
+        answer = sealserve(
+            "predict", "--grpc", f"127.0.0.1:{grpc_port}", "-m", "half_plus_two",
+            "--json", '{"instances": [1.0, 2.0, 5.0]}', *mine,
+        )  # fmt: skip
+        print(f"  verified, then predicted: {' '.join(answer.split())}")
+
+        step("10d. The owner revokes half_plus_two's key: the server unloads it within the lease")
+        sealserve("kbs", "secret", "revoke", "sealserve/model-key/half_plus_two", *admin)
+        status = wait_for_end(certs, rest_port, "half_plus_two", server_ca)
+        print(f"  half_plus_two: {status['state']}, {status['status']['error_message']}")
+    finally:
+        stop_process(attested)
+
+
+def wait_for_end(certs: Path, port: int, model: str, server_ca: Path) -> dict[str, Any]:
+    """The model's status once it has ended (its key revoked), from the attested server."""
+    context = ssl.create_default_context(cafile=str(server_ca))
+    context.check_hostname = False  # the KBS certified "demo-server"; the CA is what counts
+    context.load_cert_chain(str(certs / "client" / "cert.pem"), str(certs / "client" / "key.pem"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        url = f"https://127.0.0.1:{port}/v1/models/{model}"
+        with urllib.request.urlopen(url, context=context, timeout=10) as answer:
+            status: dict[str, Any] = json.loads(answer.read())["model_version_status"][0]
+        if status["state"] == "END":
+            return status
+        time.sleep(0.5)
+    raise DemoFailed(f"{model} was still served a minute after its key was revoked")
 
 
 def refuse_modified_server(work: Path, flags: list[str], mr_enclave: str) -> None:

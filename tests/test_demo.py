@@ -34,6 +34,10 @@ def test_demo_steps_run_end_to_end(tmp_path, capsys):
     assert "\n  errors: 0\n" in out
     # a version under a key the server lacks is refused
     assert "version 2: END, authentication failed" in out
+    # issue #16: verify before sending; an unattested server gets nothing; revocation
+    assert "carries no claims from the given server CA (not attested)" in out
+    assert "verified, then predicted: {" in out
+    assert "half_plus_two: END, key revoked" in out
     # the modified server measures differently and refuses to start (before any key)
     measured = re.search(r"mr_enclave ([0-9a-f]{16})… instead of the pinned ([0-9a-f]{16})…", out)
     assert measured and measured[1] != measured[2]
