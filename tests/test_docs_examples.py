@@ -187,3 +187,11 @@ def test_output_comments_are_told_from_prose() -> None:
     )
     assert pairs == [("sealserve verify x  y", ["OK: model …"]), ("echo hi  # note", [])]
     assert expected_pattern(["OK: model …, 4 files"]).search("OK:model6f1c,4files")
+
+
+def test_the_readme_quickstart_is_the_executed_one() -> None:
+    """The README's quickstart is docs/quickstart.md's, block for block, so running the page
+    runs the README (and README.md has no other runnable block)."""
+    readme = [(b.language, b.text) for b in blocks("README.md")]
+    guide = [(b.language, b.text) for b in blocks("docs/quickstart.md")]
+    assert readme == guide
