@@ -29,3 +29,35 @@ def test_a_bad_port_is_one_clear_line(bad, capsys):
         rest_port(f"--rest_api_port={bad}")
     assert raised.value.code == 2
     assert "is not a port: give 1-65535, 0 for any free port, or off" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_grpc_port_in_use_is_one_clear_line(half_plus_two, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base = tmp_path / "models" / "hpt"
+    base.mkdir(parents=True)
+    (base / "1").symlink_to(half_plus_two)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "sealserve"),
+                "serve",
+                "--model_name=hpt",
+                f"--model_base_path={base}",
+                f"--port={port}",
+                "--bind_address=127.0.0.1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode != 0
+    assert f"cannot serve gRPC on 127.0.0.1:{port}: the address is in use" in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr

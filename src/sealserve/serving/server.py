@@ -32,7 +32,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health
 
-from sealserve.errors import SealserveError
+from sealserve.errors import Code, SealserveError
 from sealserve.serving import attested_identity, grpc_service, rest
 from sealserve.serving.attested_identity import AttestedIdentity, BrokeredIdentity
 from sealserve.serving.batching import BatchingOptions, BatchScheduler
@@ -181,13 +181,19 @@ class ModelServer:
                 (attested_identity.grpc_attestation_handler(self.options.attested),)
             )
         address = f"{self.options.bind_address}:{self.options.grpc_port}"
-        if self.options.ssl is not None:
-            current = self.options.brokered.current if self.options.brokered else None
-            port = server.add_secure_port(
-                address, grpc_server_credentials(self.options.ssl, current)
-            )
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if self.options.ssl is not None:
+                current = self.options.brokered.current if self.options.brokered else None
+                port = server.add_secure_port(
+                    address, grpc_server_credentials(self.options.ssl, current)
+                )
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio's "Failed to bind to address"
+            raise SealserveError(
+                f"cannot serve gRPC on {address}: the address is in use or not available",
+                code=Code.UNAVAILABLE,
+            ) from None
         server.start()
         self._grpc, self.grpc_port = server, port
 
