@@ -32,7 +32,7 @@ from sealserve.attestation.sim import SimAttester, SimTee
 from sealserve.kbs import http as kbs_http
 from sealserve.kbs.client import KbsKeyProvider
 from sealserve.kbs.limits import AnonymousBudget, client_key
-from sealserve.kbs.logtext import shown
+from sealserve.kbs.logtext import LogThrottle, shown
 from sealserve.kbs.protocol import PROTOCOL_VERSION, tee_pubkey_jwk
 from sealserve.kbs.service import KbsService
 from tests.harness import RunningKbs, free_port
@@ -140,6 +140,8 @@ def test_url_encoded_newline_cannot_forge_a_log_line(
         "sealserve.model-key.m%20allowed%0d%0a"
     )
     abuser = Abuser(abused.port, abused.ca, "127.0.0.3")
+    # a fresh log window: this module's earlier floods may have used up the current second's
+    abused.service._log_throttle = LogThrottle()
     with caplog.at_level(logging.DEBUG, logger="sealserve"):
         for path in (f"/kbs/v0/resource/{forged}/b/c", f"/kbs/v0/resource/a/b/{forged}"):
             status, _ = abuser.request("GET", path)
@@ -436,3 +438,11 @@ def test_low_fd_limit_gives_no_traceback_storm(tmp_path: Path, sim_dir: Path, ce
     assert "Traceback" not in text
     assert len(text) < 20_000
     assert os.path.exists(tmp_path / "kbs.db")
+
+
+def test_the_log_throttle_allows_so_many_lines_a_second() -> None:
+    now = [100.0]
+    throttle = LogThrottle(per_second=3, clock=lambda: now[0])
+    assert [throttle.allow() for _ in range(5)] == [True, True, True, False, False]
+    now[0] += 1
+    assert throttle.allow()

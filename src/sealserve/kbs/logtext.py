@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 #: Longest text kept from a caller-chosen value (a resource path is at most 3 × 128 + 2).
@@ -40,14 +41,17 @@ class LogThrottle:
     the metrics either way), so a flood from many addresses cannot fill the disk with logs.
     Thread-safe."""
 
-    def __init__(self, per_second: int = 10) -> None:
+    def __init__(
+        self, per_second: int = 10, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._per_second = per_second
+        self._clock = clock
         self._window = 0
         self._count = 0
         self._lock = threading.Lock()
 
     def allow(self) -> bool:
-        second = int(time.monotonic())
+        second = int(self._clock())
         with self._lock:
             if second != self._window:
                 self._window, self._count = second, 0
