@@ -320,6 +320,21 @@ class ServeProcess(Child):
         self.rest_port = int(rest) if rest is not None else None
 
 
+def sim_kbs_argv(root: Path, tls: Any, *extra: str | Path) -> list[str | Path]:
+    """`sealserve kbs serve` on a free port with the keys of `kbs init root/kbs`, a SQLite
+    store in `root`, `tls`'s one-way certificate and the simulated TEE `root/sim` trusted."""
+    keys = root / "kbs"
+    return [
+        SEALSERVE, "kbs", "serve", "--db", root / "kbs.db",
+        "--master-key", keys / "master.key",
+        "--signing-key", keys / "signing-key.pem",
+        "--admin-token-file", keys / "admin.token",
+        "--insecure-trust-sim-root", root / "sim",
+        "--tls-cert", tls.server_cert, "--tls-key", tls.server_key,
+        "--port", "0", *extra,
+    ]  # fmt: skip
+
+
 class KbsProcess(Child):
     """A key broker process (`argv`, e.g. `sealserve kbs serve ... --port 0`), on the port
     its start-up line names."""

@@ -7,8 +7,6 @@ against their own policy before sending anything."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +16,8 @@ from cryptography import x509
 
 from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_oneway, make_twoway
-from tests.harness import free_port
-from tests.test_attested_tls import SEALSERVE, Server, model_available, run
+from tests.harness import KbsProcess, free_port, sim_kbs_argv
+from tests.test_attested_tls import Server, model_available, run
 
 TLS_NAME = "hpt-server"
 
@@ -30,22 +28,18 @@ def kbs(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[no-u
     run("sim", "init", root / "sim")
     run("kbs", "init", root / "kbs")
     tls = make_oneway("localhost", root / "kbs-tls", sans=["127.0.0.1"])
-    port = free_port()
-    process = subprocess.Popen(
-        [SEALSERVE, "kbs", "serve", "--db", str(root / "kbs.db")]
-        + ["--master-key", str(root / "kbs" / "master.key")]
-        + ["--signing-key", str(root / "kbs" / "signing-key.pem")]
-        + ["--admin-token-file", str(root / "kbs" / "admin.token")]
-        + ["--insecure-trust-sim-root", str(root / "sim")]
-        + ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)]
-        + ["--server-ca-key", str(root / "kbs" / "server-ca-key.pem")]
-        + ["--server-ca-cert", str(root / "kbs" / "server-ca.pem")]
-        + ["--server-cert-lifetime", "6", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = KbsProcess(
+        sim_kbs_argv(
+            root,
+            tls,
+            "--server-ca-key",
+            root / "kbs" / "server-ca-key.pem",
+            "--server-ca-cert",
+            root / "kbs" / "server-ca.pem",
+            "--server-cert-lifetime",
+            "6",
+        )  # fmt: skip
     )
-    assert process.stdout is not None and "https://" in process.stdout.readline()
     key = root / "model.key"
     run("keygen", "-w", key)
     encrypt_tree(half_plus_two, str(root / "models" / "hpt" / "1"), key.read_bytes())
@@ -56,13 +50,12 @@ def kbs(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[no-u
         sans=["127.0.0.1"],
         encrypt_ssl_cfg_key=key.read_bytes(),
     )
-    url = f"https://127.0.0.1:{port}"
+    url = process.url
     admin = ["--url", url, "--ca", tls.server_cert]
     admin += ["--admin-token-file", root / "kbs" / "admin.token"]
     run("kbs", "secret", "put", "sealserve/model-key/hpt", "--file", key, *admin)
     yield {"root": root, "url": url, "ca": tls.server_cert, "admin": admin, "certs": certs}
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    process.stop()
 
 
 def server_flags(kbs: dict) -> tuple[list[str], int, int]:  # type: ignore[type-arg]

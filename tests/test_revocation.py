@@ -23,7 +23,7 @@ import pytest
 
 from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_oneway
-from tests.harness import free_port
+from tests.harness import KbsProcess, free_port, sim_kbs_argv
 from tests.test_attested_tls import SEALSERVE, run
 
 LEASES = {"revoked": (4, False), "strict": (6, False), "kept": (6, True)}
@@ -64,21 +64,8 @@ def cluster(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[
     run("sim", "init", root / "sim")
     run("kbs", "init", root / "kbs")
     tls = make_oneway("localhost", root / "kbs-tls", sans=["127.0.0.1"])
-    kbs_port = free_port()
-    kbs = subprocess.Popen(
-        [SEALSERVE, "kbs", "serve", "--db", str(root / "kbs.db")]
-        + ["--master-key", str(root / "kbs" / "master.key")]
-        + ["--signing-key", str(root / "kbs" / "signing-key.pem")]
-        + ["--admin-token-file", str(root / "kbs" / "admin.token")]
-        + ["--insecure-trust-sim-root", str(root / "sim")]
-        + ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)]
-        + ["--port", str(kbs_port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert kbs.stdout is not None and "https://" in kbs.stdout.readline()
-    admin = ["--url", f"https://127.0.0.1:{kbs_port}", "--ca", tls.server_cert]
+    kbs = KbsProcess(sim_kbs_argv(root, tls))
+    admin = ["--url", kbs.url, "--ca", tls.server_cert]
     admin += ["--admin-token-file", root / "kbs" / "admin.token"]
     config = root / "models.config"
     entries = []
@@ -98,7 +85,7 @@ def cluster(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[
         f"--port={free_port()}",
         f"--rest_api_port={rest_port}",
         "--bind_address=127.0.0.1",
-        f"--key_broker=https://127.0.0.1:{kbs_port}",
+        f"--key_broker={kbs.url}",
         f"--key_broker_ca={tls.server_cert}",
         "--attestation=sim",
         f"--sim_dir={root / 'sim'}",
@@ -122,9 +109,7 @@ def cluster(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-        if kbs.poll() is None:
-            kbs.send_signal(signal.SIGTERM)
-            kbs.wait(timeout=30)
+        kbs.stop()
 
 
 def test_revoking_a_key_unloads_its_model_within_one_lease(cluster) -> None:  # type: ignore[no-untyped-def]
@@ -144,9 +129,7 @@ def test_revoking_a_key_unloads_its_model_within_one_lease(cluster) -> None:  # 
 
 def test_an_unreachable_kbs_ends_leases_only_when_they_run_out(cluster) -> None:  # type: ignore[no-untyped-def]
     port = cluster["port"]
-    kbs = cluster["kbs"]
-    kbs.send_signal(signal.SIGTERM)
-    kbs.wait(timeout=30)
+    cluster["kbs"].stop()
     # no outage from a KBS restart: the model serves on while its lease lasts
     assert status(port, "strict")["state"] == "AVAILABLE"
     assert predict(port, "strict") == 200
