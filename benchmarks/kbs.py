@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from charts import add_charts_option, write_results
+
 TARGET_PER_SECOND = 100
 RESOURCE = "sealserve/model-key/bench"
 MODELS = ("half_plus_two", "digits", "resnet")
@@ -240,6 +242,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating segments per tree")
     parser.add_argument("--reference", metavar="GIT_REF", help="also measure this commit's code")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    add_charts_option(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -291,11 +294,13 @@ def main() -> int:
 
     total = args.seconds * args.rounds
     results: dict[str, Any] = {
+        "benchmark": "kbs",
         "clients": args.clients,
         "round_trips": {k: summarise(v, total) for k, v in round_trips.items()},
         "releases_on_one_session": summarise(per_session, args.seconds),
         "startup": startup,
         "reference": args.reference,
+        "target_per_second": TARGET_PER_SECOND,
     }
     current = results["round_trips"]["current"]
     reference = results["round_trips"].get("reference")
@@ -344,8 +349,7 @@ def main() -> int:
             f"| start-up, 3 model keys + TLS key ({label}): attestations at the KBS, time | "
             f"{item['attestations']}, {item['seconds'] * 1000:.0f} ms | {target} | {status} |"
         )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, args)
     return 0 if passed else 1
 
 

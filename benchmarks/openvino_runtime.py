@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from charts import add_charts_option, write_results
 from loadgen import random_images
 
 from sealserve.serving.keys import StaticKeyProvider
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating slices per figure")
     parser.add_argument("--warmup", type=float, default=2, help="warm-up s before each slice")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    add_charts_option(parser)
     args = parser.parse_args()
 
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -236,20 +238,18 @@ def main() -> None:
     print()
     print(details(measurements))
     print("\nmemory (KiB): " + json.dumps(memory))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": date,
-                    "load_average": [load_before, load_after],
-                    "rows": [r.__dict__ for r in rows],
-                    "measurements": [m.summary() for m in measurements],
-                    "startup_s": startup,
-                    "memory_kib": memory,
-                },
-                indent=2,
-            )
-        )
+    write_results(
+        {
+            "benchmark": "openvino",
+            "date": date,
+            "load_average": [load_before, load_after],
+            "rows": [r.__dict__ for r in rows],
+            "measurements": [m.summary() for m in measurements],
+            "startup_s": startup,
+            "memory_kib": memory,
+        },
+        args,
+    )
     if any(r.passed is False for r in rows):
         sys.exit(1)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import shutil
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import cryptography
+from charts import add_charts_option, write_results
 from cryptography.hazmat.backends.openssl.backend import backend as openssl
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -290,6 +290,7 @@ def main() -> None:
         "--rekey-repeats", type=int, default=5, help="runs per rekey, the median kept (default 5)"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    add_charts_option(parser)
     args = parser.parse_args()
     if min(args.size_mb, args.rekey_mb, args.repeats, args.rekey_repeats) < 1:
         parser.error("sizes and repeats must be at least 1")
@@ -313,20 +314,16 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(table(results))
 
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": date,
-                    "machine": info,
-                    "parameters": {k: v for k, v in vars(args).items() if k != "json"},
-                    "results": [asdict(r) for r in results],
-                },
-                indent=2,
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
+    write_results(
+        {
+            "benchmark": "protected-files",
+            "date": date,
+            "machine": info,
+            "parameters": {k: v for k, v in vars(args).items() if k not in ("json", "charts")},
+            "results": [asdict(r) for r in results],
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

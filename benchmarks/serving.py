@@ -81,6 +81,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from charts import add_charts_option, write_results
 from loadgen import random_images
 
 from sealserve.model_tree import encrypt_tree
@@ -802,6 +803,7 @@ def main() -> None:
         help=f"comma-separated subset of {','.join(PARTS)} (default: all)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    add_charts_option(parser)
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not parts <= set(PARTS):
@@ -937,27 +939,23 @@ def main() -> None:
             + "; ".join(f"{k} {', '.join(f'{x:.2f}' for x in v)}" for k, v in startup.items())
         )
 
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "date": date,
-                    "machine": info,
-                    "parameters": {
-                        k: str(v) if isinstance(v, Path) else v
-                        for k, v in vars(args).items()
-                        if k != "json"
-                    },
-                    "results": [asdict(r) for r in rows],
-                    "measurements": [m.summary() for m in measurements],
-                    "startup_runs_s": startup,
-                    "load_average_1min": {"before": load_before, "after": load_after},
-                },
-                indent=2,
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
+    write_results(
+        {
+            "benchmark": "serving",
+            "date": date,
+            "machine": info,
+            "parameters": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in vars(args).items()
+                if k not in ("json", "charts")
+            },
+            "results": [asdict(r) for r in rows],
+            "measurements": [m.summary() for m in measurements],
+            "startup_runs_s": startup,
+            "load_average_1min": {"before": load_before, "after": load_after},
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

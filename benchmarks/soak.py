@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -27,6 +26,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from charts import add_charts_option, write_results
 
 MALFORMED_SHARE = 0.1
 BAD_BODIES = [
@@ -137,6 +138,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    add_charts_option(parser)
     args = parser.parse_args()
 
     from sealserve.serving.tensorflow_runtime import import_tensorflow
@@ -196,21 +198,18 @@ def main() -> int:
     )
     passed = not unexpected and growth < 0.10
     print("PASS" if passed else f"FAIL: {unexpected or 'memory growth'}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "seconds": elapsed,
-                    "clients": args.clients,
-                    "outcomes": dict(counts),
-                    "rss_start": rss_start,
-                    "rss_end": rss_end,
-                    "passed": passed,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    write_results(
+        {
+            "benchmark": "soak",
+            "seconds": elapsed,
+            "clients": args.clients,
+            "outcomes": dict(counts),
+            "rss_start": rss_start,
+            "rss_end": rss_end,
+            "passed": passed,
+        },
+        args,
+    )
     return 0 if passed else 1
 
 

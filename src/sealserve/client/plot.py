@@ -4,13 +4,16 @@ the run (successful requests × batch per second, in up to 60 bins of at least 5
 
 matplotlib (the `plot` extra) is imported only here, with its non-interactive Agg backend; a
 missing matplotlib or an unsupported extension is one clear error before the run starts.
+`pyplot()` and `save_figure()` are shared with the benchmark charts (benchmarks/charts.py):
+figures are written atomically, SVG text stays text (no glyph outlines) and carries no date
+or random ids, so drawing the same data twice gives the same bytes.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sealserve.errors import Code, InvalidArgument, SealserveError
 from sealserve.fsio import atomic_output_file
@@ -21,29 +24,53 @@ if TYPE_CHECKING:
 FORMATS = {".png": "png", ".svg": "svg"}
 
 
+def require_matplotlib(option: str) -> None:
+    """Refuse a missing matplotlib in one line naming `option` (e.g. `--plot`)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SealserveError(
+            f"{option} needs matplotlib: pip install 'sealserve[plot]'",
+            code=Code.FAILED_PRECONDITION,
+        ) from None
+
+
 def check_plot_path(path: str) -> str:
     """The format of `path` (png or svg); refuses others and a missing matplotlib."""
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise InvalidArgument(f"--plot {path}: give a .png or .svg file name")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise SealserveError(
-            "--plot needs matplotlib: pip install 'sealserve[plot]'",
-            code=Code.FAILED_PRECONDITION,
-        ) from None
+    require_matplotlib("--plot")
     return fmt
 
 
-def plot_run(result: BenchmarkResult, path: str) -> None:
-    """Write the figure of `result` to `path` (replacing it atomically)."""
-    fmt = check_plot_path(path)
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, path: Path, fmt: str) -> None:
+    """Write `figure` to `path` (replacing it atomically); an SVG without a date."""
+    import matplotlib
+
+    # small, reproducible SVGs: text as <text> (drawn in the viewer's sans-serif) rather than
+    # glyph outlines, element ids from a fixed salt instead of a random one, no date
+    metadata = {"Date": None} if fmt == "svg" else None
+    style = matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "sealserve"})
+    with style, atomic_output_file(Path(path), replace=True) as out:
+        figure.savefig(out, format=fmt, metadata=metadata)
+
+
+def plot_run(result: BenchmarkResult, path: str) -> None:
+    """Write the figure of `result` to `path` (replacing it atomically)."""
+    fmt = check_plot_path(path)
+    plt = pyplot()
 
     config = result.config
     title = (
@@ -82,6 +109,5 @@ def plot_run(result: BenchmarkResult, path: str) -> None:
     rate_axes.set_ylabel("throughput (items/s)")
     rate_axes.set_ylim(bottom=0)
     rate_axes.set_title("throughput over the run")
-    with atomic_output_file(Path(path), replace=True) as out:
-        figure.savefig(out, format=fmt)
+    save_figure(figure, Path(path), fmt)
     plt.close(figure)
