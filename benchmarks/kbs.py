@@ -224,6 +224,11 @@ def summarise(results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     }
 
 
+def progress(message: str) -> None:
+    """One line on stderr per step of a run that takes minutes (stdout keeps the table)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def export_reference(ref: str, work: Path) -> Path:
     """The `src/` tree of commit `ref`, exported (not checked out: no worktree to clean)."""
     target = work / "reference"
@@ -271,13 +276,16 @@ def main() -> int:
 
         common = {"sim_dir": str(work / "sim"), "seconds": args.seconds}
         round_trips: dict[str, list[dict[str, Any]]] = {t.label: [] for t in trees}
-        for _ in range(args.rounds):
+        for segment in range(args.rounds):
             for tree in trees:
+                progress(f"round trips, segment {segment + 1}/{args.rounds}, {tree.label} code")
                 spec = {**common, "mode": "round-trips", "start_at": time.time() + 3}
                 round_trips[tree.label] += tree.run_workers(spec, args.clients)
+        progress("releases on one attested session")
         per_session = trees[-1].run_workers(
             {**common, "mode": "session", "start_at": time.time() + 3}, args.clients
         )
+        progress("start-up attestations")
         startup: dict[str, dict[str, Any]] = {}
         resources = [*(f"sealserve/model-key/{m}" for m in MODELS), TLS_KEY]
         for tree in trees:

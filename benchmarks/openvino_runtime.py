@@ -173,7 +173,6 @@ def main() -> None:
                     measurement.add(loadgen.run(resnet_spec(setup, servers[how], clients, args)))
                 else:
                     measurement.add(in_process(how, inputs, clients, args.warmup, slice_s))  # type: ignore[arg-type]
-                print(f"  {measurement.name}: {measurement.round_rates[-1]:.1f}", flush=True)
             measurements += [m for m, _ in items]
             for runtime in RUNTIMES[1:]:
                 label = LABELS[runtime]

@@ -106,6 +106,12 @@ PARTS = ("resnet", "batching", "kserve", "startup")
 BATCH = 8  # (d): the server's batches and the in-process reference's
 BATCHING_CLIENTS = 16
 BATCH_TIMEOUT_MICROS = 20_000  # a batch waits at most 20 ms to fill (a run takes ~400 ms)
+STARTED = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One line on stderr per step of a run that takes minutes (stdout keeps the tables)."""
+    print(f"[{time.monotonic() - STARTED:4.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -130,6 +136,7 @@ class Measurement:
         self.errors += run["errors"]
         self.first_error = self.first_error or run["first_error"]
         self.round_rates.append(run["completed"] / run["duration"])
+        progress(f"{self.name}: {self.round_rates[-1]:,.1f} {self.unit}")
         self.latencies_ms += run["latencies_ms"]
         for attr, key in (("client_cpu_s", "client_cpu"), ("server_cpu_s", "server_cpu")):
             if run.get(key) is not None:
@@ -318,9 +325,11 @@ def prepare(work: Path, parts: set[str]) -> Setup:
     key_file.write_bytes(key)
     key_file.chmod(0o600)
     if parts & {"resnet", "startup", "batching"}:
+        progress("making and encrypting ResNet-50")
         make_model("resnet50", plain / "1")
         encrypt_tree(plain / "1", str(encrypted / "1"), key)
     if "kserve" in parts:
+        progress("making half_plus_two")
         make_model("half_plus_two", work / "plain" / H2 / "1")
     certs = make_twoway("localhost", "client.local", work / "certs", sans=["127.0.0.1"])
     sealserve = str(Path(sys.executable).with_name("sealserve"))
@@ -408,6 +417,7 @@ def bench_startup(setup: Setup, repeats: int) -> tuple[dict[str, list[float]], S
         for encrypted in (False, True):
             kind = "encrypted" if encrypted else "plain"
             seconds, loaded_in, server = start_resnet_server(setup, encrypted=encrypted, run=run)
+            progress(f"start-up {run + 1}/{repeats}, {kind}: {seconds:.2f} s")
             runs.setdefault(f"process_{kind}_s", []).append(seconds)
             if loaded_in is not None:
                 runs.setdefault(f"server_logged_load_{kind}_s", []).append(loaded_in)
@@ -649,6 +659,7 @@ def bench_against_kserve(
                     grpc | {"target": f"127.0.0.1:{grpc_port}", "server_pid": ours.pid},
                 ),
             ]
+        progress(f"starting {len(servers)} half_plus_two servers")
         for server, ready_url in servers:
             wait_until(server, http_ok(ready_url))
         for target in rounds_order(targets, args.rounds):

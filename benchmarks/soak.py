@@ -30,6 +30,7 @@ from pathlib import Path
 from charts import add_charts_option, write_results
 
 MALFORMED_SHARE = 0.1
+PROGRESS_SECONDS = 30
 BAD_BODIES = [
     b"{",
     b"[]",
@@ -125,11 +126,22 @@ async def drive(
             ok = abs(float(to_numpy(response.outputs["y"])[0]) - (float(x[0]) / 2 + 2)) < 1e-4
             counts["gRPC ok" if ok and not malformed else "gRPC WRONG ANSWER"] += 1
 
+    async def report_progress() -> None:  # one stderr line every PROGRESS_SECONDS
+        started = time.monotonic()
+        while deadline - time.monotonic() > PROGRESS_SECONDS:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            print(
+                f"{time.monotonic() - started:.0f} of {seconds:.0f} s: "
+                f"{sum(counts.values()):,} requests",
+                file=sys.stderr,
+                flush=True,
+            )
+
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
         tasks = [rest_client(session, random.Random(i)) for i in range(clients // 2)]
         tasks += [grpc_client(random.Random(1000 + i)) for i in range(clients - clients // 2)]
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, report_progress())
     await channel.close()
 
 
