@@ -56,6 +56,7 @@ DOCS_SETUP = ROOT / "tests" / "docs_setup"
 EXECUTED_PAGES = [
     "docs/quickstart.md",
     "docs/owner.md",
+    "docs/benchmarks.md",
 ]
 
 FENCE = re.compile(r"^```(\S*)(.*)$")
