@@ -794,6 +794,8 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
             )
     elif args.batching_parameters_file:
         log.warning("--batching_parameters_file is ignored without --enable_batching")
+    # before anything fetches a key: the first attestation binds the TLS key to certify
+    brokered = _brokered_identity(args, keys)
     monitoring = MonitoringConfig()
     if args.monitoring_config_file:
         monitoring = read_monitoring_config(args.monitoring_config_file)
@@ -813,9 +815,8 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
     attested = _attested_identity(args)
     if attested is not None:
         ssl = attested_ssl_config(attested, ssl)
-    brokered = _brokered_identity(args, keys, ssl)
     if brokered is not None:
-        ssl = brokered.current()
+        ssl = brokered.start(ssl).current()
     tags = tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     return ServerOptions(
         models=models,
@@ -925,9 +926,7 @@ def _keep_leases(keys: KeyProvider, server: Any) -> None:
         LeaseKeeper(broker, server.manager.revoke).start()
 
 
-def _brokered_identity(
-    args: argparse.Namespace, keys: KeyProvider, given: SSLConfig | None
-) -> BrokeredIdentity | None:
+def _brokered_identity(args: argparse.Namespace, keys: KeyProvider) -> BrokeredIdentity | None:
     if not args.key_broker_tls_name:
         return None
     if args.attested_tls:
@@ -937,7 +936,7 @@ def _brokered_identity(
         raise InvalidArgument("--key_broker_tls_name needs --key_broker (and --attestation)")
     from sealserve.serving.attested_identity import BrokeredIdentity
 
-    return BrokeredIdentity(broker.session, args.key_broker_tls_name, given).start()
+    return BrokeredIdentity(broker.session, args.key_broker_tls_name)
 
 
 def _model_trust(args: argparse.Namespace) -> ModelTrust:

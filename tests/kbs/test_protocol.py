@@ -35,6 +35,34 @@ def test_report_data_is_sha384_of_rfc8785_json_zero_padded() -> None:
     assert report_data_for("bm9uY2U=", JWK, "extra") != expected
 
 
+def test_a_bound_tls_key_is_a_fourth_member_of_the_hashed_runtime_data() -> None:
+    """sealserve's extension (`kbs.server_ca` certifies only this key); absent, the hash is
+    Trustee's three-member one above, byte for byte."""
+    spki = hashlib.sha256(b"a SubjectPublicKeyInfo").hexdigest()
+    canonical = (
+        '{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":'
+        '{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"AAAA","y":"BBBB"},'
+        f'"tls-spki-sha256":"{spki}"}}'
+    )
+    expected = hashlib.sha384(canonical.encode()).digest() + bytes(16)
+    assert report_data_for("bm9uY2U=", JWK, tls_spki_sha256=spki) == expected
+    assert report_data_for("bm9uY2U=", JWK, tls_spki_sha256=None) == report_data_for(
+        "bm9uY2U=", JWK
+    )
+    jwk = tee_pubkey_jwk(ECKey.generate_key("P-256"))
+    bound = Attestation(
+        nonce="bm9uY2U=", tee_pubkey=TeePubKey.from_jwk(jwk), quote=b"q", tls_spki_sha256=spki
+    ).to_json()
+    assert bound["runtime-data"]["tls-spki-sha256"] == spki
+    parsed = Attestation.parse(json.dumps(bound))
+    assert parsed.tls_spki_sha256 == spki
+    assert parsed.report_data() == report_data_for("bm9uY2U=", jwk, tls_spki_sha256=spki)
+    del bound["runtime-data"]["tls-spki-sha256"]
+    assert Attestation.parse(bound).tls_spki_sha256 is None
+    with pytest.raises(InvalidArgument, match="tls-spki-sha256"):
+        report_data_for("bm9uY2U=", JWK, tls_spki_sha256=spki.upper())
+
+
 def test_nonces_are_fresh_32_bytes() -> None:
     import base64
 

@@ -6,9 +6,11 @@ key; the attester quotes `report_data_for(nonce, tee-pubkey)`; `POST /kbs/v0/att
 Trustee's composite evidence → token. Every `GET /kbs/v0/resource/<path>` then carries the
 cookie and the token, and the answer (a flattened JSON JWE, or the compact JWE of older
 sealserve KBSs) is decrypted with the ephemeral key. A new attestation happens only when the
-token's lifetime runs out or the KBS answers a resource request with 401. `KbsKeyProvider`
-is the server's key provider over one such session. The ephemeral private key and the
-secrets live in memory only and never appear in logs or `repr`.
+token's lifetime runs out or the KBS answers a resource request with 401. A server whose TLS
+key the KBS certifies binds that key in its attestations too (`AttestedSession.bind_tls_key`,
+`runtime-data` `tls-spki-sha256`). `KbsKeyProvider` is the server's key provider over one such
+session. The ephemeral private key and the secrets live in memory only and never appear in
+logs or `repr`.
 
 Failures: 401/403 from the KBS → `KbsDenied` (PERMISSION_DENIED) carrying the KBS's words;
 404 → `NotFound`; connection errors, 5xx and 429 (the KBS is rate-limiting) → retried with
@@ -45,6 +47,8 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from joserfc.jwk import ECKey, RSAKey
 
 from sealserve.attestation import Attester
@@ -58,6 +62,7 @@ from sealserve.kbs.protocol import (
     TeePubKey,
     check_resource_path,
     report_data_for,
+    spki_sha256,
     tee_pubkey_jwk,
 )
 
@@ -285,6 +290,8 @@ class _Attested:
     token: str = field(repr=False)
     expires_at: float
     lifetime: float
+    #: the TLS key this attestation bound (hex SHA-256 of its SPKI), None: none
+    tls_spki_sha256: str | None = None
 
     def headers(self) -> dict[str, str]:
         # Both credentials, as Trustee's KBS reads them: the attested session named by the
@@ -321,10 +328,12 @@ class AttestedSession:
     cost one attestation, not N (issue #13 §5).
 
     Built to carry more over the same session (issue #16): `key_factory` chooses the TEE key
-    the evidence binds (e.g. the server's TLS key, so that a certificate can be issued for
-    it), `init_data` travels with the attestation, and a lease renewal is another
-    `get_resource` (re-attesting only when needed). `attestations` counts successful
-    attestations (tests, benchmarks).
+    the resources are encrypted to, `init_data` travels with the attestation, and a lease
+    renewal is another `get_resource` (re-attesting only when needed). `bind_tls_key` makes
+    every later attestation bind a TLS key too (`runtime-data` `tls-spki-sha256`), the only
+    key the KBS certifies for this server (`server_certificate`): bind it before the first
+    request and one attestation serves the keys and the certificate. `attestations` counts
+    successful attestations (tests, benchmarks).
 
     Thread-safe: one attestation at a time (callers that need one wait for it); resource
     requests run in parallel.
@@ -348,6 +357,7 @@ class AttestedSession:
         self._clock = clock
         self._lock = threading.Lock()
         self._state: _Attested | None = None
+        self._tls_spki: str | None = None
         self.attestations = 0
 
     def __repr__(self) -> str:
@@ -385,12 +395,30 @@ class AttestedSession:
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def bind_tls_key(self, public_key: PublicKeyTypes) -> None:
+        """Bind this TLS public key in every attestation from now on (the current one, if it
+        bound another key, is replaced when a certificate is next requested)."""
+        spki = spki_sha256(public_key)
+        with self._lock:
+            self._tls_spki = spki
+
     def server_certificate(self, name: str, csr_pem: str) -> str:
         """The PEM chain the KBS issues for this CSR over the attested session (sealserve's
-        extension: `POST /kbs/v0/server-certificate/<name>`, `kbs.server_ca`)."""
+        extension: `POST /kbs/v0/server-certificate/<name>`, `kbs.server_ca`). The KBS
+        certifies only the TLS key the attestation bound: the CSR's key is bound first
+        (`bind_tls_key`), and an attestation that bound another key, or none, is replaced."""
         resource = f"sealserve/tls-cert/{name}"
+        try:
+            public_key = x509.load_pem_x509_csr(csr_pem.encode()).public_key()
+        except ValueError:
+            raise InvalidArgument("not a PEM certificate signing request") from None
+        self.bind_tls_key(public_key)
+        wanted = spki_sha256(public_key)
         for attempt in (1, 2):
             state = self._current(resource)
+            if state.tls_spki_sha256 != wanted:
+                self.invalidate(state)
+                state = self._current(resource)
             answer = self.client.call(
                 "POST",
                 f"/kbs/v0/server-certificate/{urllib.parse.quote(name, safe='')}",
@@ -472,12 +500,16 @@ class AttestedSession:
         session_connection = client._connections_opened()
         cookie = _session_cookie(answer)
         challenge = Challenge.parse(answer.body)
-        evidence = self.attester.evidence(report_data_for(challenge.nonce, jwk))
+        tls_spki = self._tls_spki  # the caller (`_current`) holds the lock
+        evidence = self.attester.evidence(
+            report_data_for(challenge.nonce, jwk, tls_spki_sha256=tls_spki)
+        )
         attestation = Attestation(
             nonce=challenge.nonce,
             tee_pubkey=TeePubKey.from_jwk(jwk),
             quote=evidence.quote,
             init_data=self._init_data,
+            tls_spki_sha256=tls_spki,
         )
         answer = client.call(
             "POST",
@@ -506,6 +538,7 @@ class AttestedSession:
             token=token,
             expires_at=self._clock() + lifetime,
             lifetime=lifetime,
+            tls_spki_sha256=tls_spki,
         )
 
 

@@ -24,6 +24,14 @@ Trustee's KBS hands its attestation service as the primary evidence's runtime da
 A quote is therefore only good for the one nonce (one session) and the one ephemeral key the
 resource is encrypted to: a quote replayed with another key does not match.
 
+sealserve's extension, the TLS key binding: an attested server that wants the KBS to certify
+its TLS key (`kbs.server_ca`) adds `"tls-spki-sha256"` to `runtime-data`, the lowercase hex
+SHA-256 of the DER SubjectPublicKeyInfo of that key (what Gramine's RA-TLS binds too), and
+the canonical JSON hashed into report_data then has that fourth member. Without it the
+binding is byte for byte Trustee's, so Trustee clients and older sealserve servers attest as
+before (they just cannot get a server certificate); a KBS older than this extension refuses
+an attestation that carries it (the report_data does not match its three-member hash).
+
 Invariants: a `TeePubKey` is always a *public* EC (P-256/P-384/P-521) or RSA (≥ 2048 bits)
 key; private JWK members are refused. Resource paths are exactly three safe segments.
 
@@ -42,6 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rfc8785
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from joserfc.jwk import ECKey, RSAKey
 
 from sealserve.errors import InvalidArgument
@@ -58,6 +68,9 @@ _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _EC_CURVES = ("P-256", "P-384", "P-521")
 _MIN_RSA_BITS = 2048
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: the runtime-data member binding a TLS key (sealserve's extension; see the module docstring)
+TLS_SPKI_MEMBER = "tls-spki-sha256"
 #: The JWE key-management algorithm per key type (protocol §3: ECDH-ES+A256KW for EC keys,
 #: RSA-OAEP-256 for RSA), content encryption always A256GCM.
 JWE_ALG = {"EC": "ECDH-ES+A256KW", "RSA": "RSA-OAEP-256"}
@@ -177,15 +190,41 @@ def tee_pubkey_jwk(key: ECKey | RSAKey) -> dict[str, Any]:
 # --- the binding ------------------------------------------------------------------------
 
 
-def report_data_for(nonce: str, tee_pubkey: dict[str, Any], additional_evidence: str = "") -> bytes:
+def spki_sha256(public_key: PublicKeyTypes) -> str:
+    """Lowercase hex SHA-256 of a public key's DER SubjectPublicKeyInfo: how the runtime data
+    names a TLS key (`TLS_SPKI_MEMBER`)."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def check_spki_sha256(value: Any) -> str:
+    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+        raise InvalidArgument(
+            f"runtime-data {TLS_SPKI_MEMBER} must be the lowercase hex SHA-256 (64 digits) of "
+            "the TLS key's DER SubjectPublicKeyInfo"
+        )
+    return value
+
+
+def report_data_for(
+    nonce: str,
+    tee_pubkey: dict[str, Any],
+    additional_evidence: str = "",
+    tls_spki_sha256: str | None = None,
+) -> bytes:
     """The 64 report_data bytes binding a quote to `nonce` and `tee_pubkey` (protocol §3):
     SHA-384 of RFC 8785 canonical JSON `{"additional-evidence", "nonce", "tee-pubkey"}`,
-    followed by 16 zero bytes."""
+    followed by 16 zero bytes; with `tls_spki_sha256`, that TLS key as a fourth member
+    (sealserve's extension)."""
     runtime: dict[str, Any] = {
         "additional-evidence": additional_evidence,
         "nonce": nonce,
         "tee-pubkey": tee_pubkey,
     }
+    if tls_spki_sha256 is not None:
+        runtime[TLS_SPKI_MEMBER] = check_spki_sha256(tls_spki_sha256)
     digest = hashlib.sha384(rfc8785.dumps(runtime)).digest()
     return digest + bytes(REPORT_DATA_SIZE - len(digest))
 
@@ -251,7 +290,7 @@ class Challenge:
 class Attestation:
     """`POST /kbs/v0/attest` body. `quote` is the decoded primary evidence's quote (public
     data); `cc_eventlog` the TDX CCEL, carried along but not verified (the policy pins RTMRs,
-    not event logs)."""
+    not event logs); `tls_spki_sha256` the TLS key the TEE binds (None: none)."""
 
     nonce: str
     tee_pubkey: TeePubKey
@@ -259,6 +298,7 @@ class Attestation:
     additional_evidence: str = ""
     init_data: Any = None
     cc_eventlog: str | None = field(default=None, repr=False)
+    tls_spki_sha256: str | None = None
 
     @classmethod
     def parse(cls, body: Any, *, tee: str | None = None) -> Attestation:
@@ -296,6 +336,9 @@ class Attestation:
         eventlog = primary.get("cc_eventlog")
         if eventlog is not None and not isinstance(eventlog, str):
             raise InvalidArgument("tee-evidence cc_eventlog must be a base64 string")
+        tls_spki = None  # absent; present, it must be well formed (even a JSON null is not)
+        if TLS_SPKI_MEMBER in runtime:
+            tls_spki = check_spki_sha256(runtime[TLS_SPKI_MEMBER])
         return cls(
             nonce=nonce,
             tee_pubkey=TeePubKey.from_jwk(runtime.get("tee-pubkey")),
@@ -303,6 +346,7 @@ class Attestation:
             additional_evidence=additional,
             init_data=data.get("init-data"),
             cc_eventlog=eventlog,
+            tls_spki_sha256=tls_spki,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -310,8 +354,11 @@ class Attestation:
         primary: dict[str, Any] = {"quote": b64encode(self.quote)}
         if self.cc_eventlog is not None:
             primary["cc_eventlog"] = self.cc_eventlog
+        runtime: dict[str, Any] = {"nonce": self.nonce, "tee-pubkey": self.tee_pubkey.jwk}
+        if self.tls_spki_sha256 is not None:
+            runtime[TLS_SPKI_MEMBER] = self.tls_spki_sha256
         out: dict[str, Any] = {
-            "runtime-data": {"nonce": self.nonce, "tee-pubkey": self.tee_pubkey.jwk},
+            "runtime-data": runtime,
             "tee-evidence": {
                 "primary_evidence": primary,
                 "additional_evidence": self.additional_evidence,
@@ -322,7 +369,9 @@ class Attestation:
         return out
 
     def report_data(self) -> bytes:
-        return report_data_for(self.nonce, self.tee_pubkey.jwk, self.additional_evidence)
+        return report_data_for(
+            self.nonce, self.tee_pubkey.jwk, self.additional_evidence, self.tls_spki_sha256
+        )
 
 
 def _refuse_additional_evidence(additional: str) -> None:

@@ -7,6 +7,13 @@ session's verified claims. The certificate carries those claims (TEE type, measu
 status) in a non-critical extension, `CLAIMS_OID`, as canonical JSON, so that a requester
 holding the owner's server CA certificate can check both who issued it and what it attests.
 
+Only for the key the evidence bound: the session's attestation names the server's TLS key
+(`runtime-data` `tls-spki-sha256`, covered by the quote's report_data, `kbs.protocol`), and
+`issue` refuses a CSR for any other key, or when the evidence bound none (`KeyNotBound`, 403).
+So a stolen session cookie or token, or a process outside the TEE riding the session, cannot
+get an attested certificate for a key of its own: the key must be one the TEE quoted. The same
+key is certified again over the session (renewal); a new key needs a new attestation.
+
 Certificates: the CSR's key (EC P-256/P-384, or RSA >= 2048) with a valid CSR signature (proof
 of possession); subject CN and DNS SAN `NAME`; serverAuth only; not a CA; valid from a minute
 before `now` for `lifetime` seconds. The CA key is read from a 0600 file and never leaves this
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hmac
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -29,8 +37,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sealserve.attestation import Claims
-from sealserve.errors import InvalidArgument
+from sealserve.errors import InvalidArgument, PermissionDenied
 from sealserve.fsio import PRIVATE_FILE_MODE, atomic_output_file, read_user_file
+from sealserve.kbs.protocol import TLS_SPKI_MEMBER, spki_sha256
 
 #: the resource type whose policies decide who gets a server certificate for a name
 TLS_CERT_RESOURCE = "sealserve/tls-cert/{name}"
@@ -40,6 +49,18 @@ DEFAULT_LIFETIME_SECONDS = 3600
 MIN_LIFETIME_SECONDS = 5  # servers renew at two thirds of it: short ones are for tests
 MAX_CSR_BYTES = 16 << 10
 CA_FILES = {"key": "server-ca-key.pem", "cert": "server-ca.pem"}
+
+
+class KeyNotBound(PermissionDenied):
+    """The CSR's key is not the TLS key the session's evidence bound (HTTP 403). The message,
+    what the caller is told, names no key; `reason` (which key was bound) is for the audit
+    log, as for a policy denial."""
+
+    def __init__(self, resource: str, *, reason: str) -> None:
+        super().__init__(
+            f"the KBS does not certify this key for {resource} (the KBS's audit log says why)"
+        )
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -70,9 +91,13 @@ class ServerCA:
     def certificate_pem(self) -> str:
         return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
 
-    def issue(self, csr_pem: str, name: str, claims: Claims, now: int) -> str:
+    def issue(
+        self, csr_pem: str, name: str, claims: Claims, now: int, *, bound_spki: str | None
+    ) -> str:
         """The PEM chain (leaf, then this CA) for the CSR's key; `InvalidArgument` for a CSR
-        that does not parse, is not self-signed by its key, or has a weak key."""
+        that does not parse, is not self-signed by its key, or has a weak key; `KeyNotBound`
+        unless the key's SHA-256 SubjectPublicKeyInfo is `bound_spki`, the one the attested
+        evidence bound (None: it bound none)."""
         if not isinstance(csr_pem, str) or len(csr_pem) > MAX_CSR_BYTES:
             raise InvalidArgument("csr must be a PEM certificate signing request")
         try:
@@ -82,6 +107,20 @@ class ServerCA:
         if not csr.is_signature_valid:
             raise InvalidArgument("the CSR's signature does not verify with its own key")
         public = csr.public_key()
+        resource = TLS_CERT_RESOURCE.format(name=name)
+        requested = spki_sha256(public)
+        if bound_spki is None:
+            raise KeyNotBound(
+                resource,
+                reason="the session's evidence bound no TLS key (its runtime-data has no "
+                f"{TLS_SPKI_MEMBER}): attest again binding the key to certify",
+            )
+        if not hmac.compare_digest(requested, bound_spki):
+            raise KeyNotBound(
+                resource,
+                reason=f"the CSR's key (SHA-256 SPKI {requested}) is not the TLS key the "
+                f"session's evidence bound ({bound_spki})",
+            )
         strong = (
             isinstance(public, ec.EllipticCurvePublicKey)
             and public.curve.name in ("secp256r1", "secp384r1")

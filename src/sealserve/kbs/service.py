@@ -14,13 +14,19 @@ v0.4.0 (`reference/attestation.md` §3):
    `attestation.verify_quote` against the configured collateral at `clock()`, and the quote's
    report_data must equal `protocol.report_data_for(nonce, tee-pubkey, additional-evidence)`.
    Success yields an ES256 JWT (the attestation token) carrying the claims and the
-   tee-pubkey, valid `token_ttl` seconds (never past the session's end).
+   tee-pubkey (and the TLS key the evidence bound, if any), valid `token_ttl` seconds (never
+   past the session's end).
 3. `resource(path, session_id, bearer)` → the attested session named by the cookie, or else
    the bearer token (Trustee's order), gives the claims and the tee-pubkey; the resource's
    policy (its own, or the `default` one; none → denied) decides (`Policy.decide`, at the
    time of the release, so a token does not outlive a TCB grace period or a collateral age);
    the secret is returned as a JWE in the flattened JSON serialization (`kbs.jwe`) to the
    attested tee-pubkey, so only the key whose hash the TEE quoted can read it.
+
+4. `issue_server_certificate(name, csr)` → the same credentials and the policy of
+   `sealserve/tls-cert/<name>`; the certificate is issued only for the TLS key the evidence
+   bound (`runtime-data` `tls-spki-sha256`, `kbs.server_ca`), so credentials alone (a stolen
+   cookie or token) cannot certify another key.
 
 One attestation serves many releases: a server attests once and fetches every key it needs
 with the cookie or the token until they expire; the token is signed by this KBS's signing
@@ -81,15 +87,17 @@ from sealserve.kbs.jwe import LEASE_HEADER, seal_resource
 from sealserve.kbs.logtext import LogThrottle, shown
 from sealserve.kbs.metrics import KbsMetrics
 from sealserve.kbs.protocol import (
+    TLS_SPKI_MEMBER,
     Attestation,
     Challenge,
     Request,
     TeePubKey,
     check_resource_path,
+    check_spki_sha256,
     new_nonce,
 )
 from sealserve.kbs.secret_prov import SecretProvMap
-from sealserve.kbs.server_ca import TLS_CERT_RESOURCE, ServerCA
+from sealserve.kbs.server_ca import TLS_CERT_RESOURCE, KeyNotBound, ServerCA
 from sealserve.kbs.store import DEFAULT_POLICY, SECRET_PROV_MAP, KbsStore, check_policy_key
 
 log = logging.getLogger(__name__)
@@ -162,6 +170,18 @@ class _Session:
     nonce_used: bool = False
     claims: Claims | None = None
     tee_pubkey: TeePubKey | None = None
+    tls_spki_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    """What an attested session or its token vouches for: the session, the verified claims,
+    the tee-pubkey resources are encrypted to, the TLS key the evidence bound (None: none)."""
+
+    sid: str
+    claims: Claims
+    tee_pubkey: TeePubKey
+    tls_spki_sha256: str | None = None
 
 
 def claims_from_json(data: dict[str, Any]) -> Claims:
@@ -352,6 +372,7 @@ class KbsService:
             with self._lock:
                 session.claims = claims
                 session.tee_pubkey = attestation.tee_pubkey
+                session.tls_spki_sha256 = attestation.tls_spki_sha256
                 self._settle(session)
             token = self._issue_token(session, claims, attestation.tee_pubkey, now)
         except SealserveError as err:
@@ -417,7 +438,7 @@ class KbsService:
 
     def _issue_token(self, session: _Session, claims: Claims, key: TeePubKey, now: int) -> str:
         exp = min(now + self.config.token_ttl, session.expires_at)
-        payload = {
+        payload: dict[str, Any] = {
             "iss": TOKEN_ISSUER,
             "iat": now,
             "exp": exp,
@@ -426,9 +447,11 @@ class KbsService:
             "tee-pubkey": key.jwk,
             "claims": claims.to_json(),
         }
+        if session.tls_spki_sha256 is not None:
+            payload[TLS_SPKI_MEMBER] = session.tls_spki_sha256
         return jwt.encode({"alg": "ES256", "typ": "JWT"}, payload, self.config.signing_key)
 
-    def _token_claims(self, token: str, now: int) -> tuple[str, Claims, TeePubKey]:
+    def _token_claims(self, token: str, now: int) -> _Credentials:
         try:
             decoded = jwt.decode(token, self.config.signing_key, algorithms=["ES256"])
             payload = decoded.claims
@@ -437,10 +460,12 @@ class KbsService:
             exp = payload.get("exp")
             if not isinstance(exp, int) or exp < now:
                 raise Unauthenticated("the attestation token has expired: attest again")
-            return (
-                str(payload.get("sid", "")),
-                claims_from_json(payload["claims"]),
-                TeePubKey.from_jwk(payload["tee-pubkey"]),
+            tls_spki = payload.get(TLS_SPKI_MEMBER)
+            return _Credentials(
+                sid=str(payload.get("sid", "")),
+                claims=claims_from_json(payload["claims"]),
+                tee_pubkey=TeePubKey.from_jwk(payload["tee-pubkey"]),
+                tls_spki_sha256=None if tls_spki is None else check_spki_sha256(tls_spki),
             )
         except Unauthenticated:
             raise
@@ -461,7 +486,8 @@ class KbsService:
         tee = ""
         try:
             path = check_resource_path(path)
-            sid, claims, key = self._credentials(session_id, bearer, now)
+            credentials = self._credentials(session_id, bearer, now)
+            sid, claims, key = credentials.sid, credentials.claims, credentials.tee_pubkey
             tee = claims.tee
             if not self._stored("resource_exists", self.store.resource_exists, path):
                 raise NotFound(f"resource {path} not found")
@@ -505,7 +531,8 @@ class KbsService:
         bearer: str | None = None,
     ) -> str:
         """A certificate chain for the CSR's key, carrying the attested session's claims,
-        when the policy of `sealserve/tls-cert/<name>` admits them. Audited like a release."""
+        when the policy of `sealserve/tls-cert/<name>` admits them and the key is the TLS key
+        the session's evidence bound (`kbs.server_ca`). Audited like a release."""
         now = self._now()
         sid = session_id or ""
         claims: Claims | None = None
@@ -513,7 +540,8 @@ class KbsService:
         path = ""
         try:
             path = check_resource_path(TLS_CERT_RESOURCE.format(name=name))
-            sid, claims, _key = self._credentials(session_id, bearer, now)
+            credentials = self._credentials(session_id, bearer, now)
+            sid, claims = credentials.sid, credentials.claims
             tee = claims.tee
             if self.config.server_ca is None:
                 raise NotFound("this KBS issues no server certificates (no --server-ca-key)")
@@ -524,13 +552,15 @@ class KbsService:
                     f"the policy of {path} denied this TEE (the KBS's audit log says why)",
                     reason="; ".join(decision.reasons),
                 )
-            chain = self.config.server_ca.issue(csr_pem, name, claims, now)
+            chain = self.config.server_ca.issue(
+                csr_pem, name, claims, now, bound_spki=credentials.tls_spki_sha256
+            )
         except SealserveError as err:
             if claims is None:
                 self._unauthenticated("server-certificate", err)
                 raise
             self.metrics.releases.labels(path, "denied").inc()
-            detail = err.reason if isinstance(err, PolicyDenied) else err.message
+            detail = err.reason if isinstance(err, PolicyDenied | KeyNotBound) else err.message
             self._audit(sid, tee, claims, path, "certificate", "denied", detail, now)
             raise
         self._audit(sid, tee, claims, path, "certificate", "issued", "policy allowed", now)
@@ -604,9 +634,7 @@ class KbsService:
         root = self.config.insecure_trust_sim_root
         return root is not None and pck_root_der(quote) == root
 
-    def _credentials(
-        self, session_id: str | None, bearer: str | None, now: int
-    ) -> tuple[str, Claims, TeePubKey]:
+    def _credentials(self, session_id: str | None, bearer: str | None, now: int) -> _Credentials:
         """Claims and key of the attested session named by the cookie, else of the bearer
         token (Trustee's `get_attestation_token` order). An unknown session with a valid token
         is the normal case after a KBS restart or on another replica."""
@@ -621,7 +649,9 @@ class KbsService:
             elif session.claims is None or session.tee_pubkey is None:
                 problem = "the session has not attested: POST /kbs/v0/attest"
             else:
-                return session.id, session.claims, session.tee_pubkey
+                return _Credentials(
+                    session.id, session.claims, session.tee_pubkey, session.tls_spki_sha256
+                )
         if bearer:
             return self._token_claims(bearer, now)
         raise Unauthenticated(problem)

@@ -5,7 +5,8 @@
   produces, plus Gramine's legacy extension); no KBS involved.
 - `BrokeredIdentity` (`serve --key_broker_tls_name NAME`): a certificate the owner's key
   broker issues over the server's attested session, carrying the verified claims, renewed
-  before it expires (`kbs.server_ca`).
+  before it expires (`kbs.server_ca`). The session's evidence binds the TLS key (its SHA-256
+  SubjectPublicKeyInfo in the runtime data), and the broker certifies no other key.
 
 A requester that checks the evidence before sending anything (`sealserve.client.attested`)
 knows it talks to code the owner's policy accepts, on genuine hardware, holding a key that
@@ -147,46 +148,65 @@ def grpc_attestation_handler(identity: AttestedIdentity) -> Any:
 
 class BrokeredIdentity:
     """A TLS identity the key broker certifies (`serve --key_broker_tls_name NAME`): a key
-    pair made in memory, a CSR sent over the server's attested KBS session, and the chain
-    the KBS issues (`kbs.server_ca`), carrying the verified claims. A daemon thread renews
-    it at two thirds of its lifetime (a new key each time), retrying until it expires;
-    `current()` is what new TLS connections get. Thread safe."""
+    pair made in memory and bound to the server's attested KBS session at once (so the
+    session's first attestation, which also fetches the model keys, binds it), a CSR sent
+    over that session, and the chain the KBS issues (`kbs.server_ca`), carrying the verified
+    claims. `start(given)` obtains the first certificate; a daemon thread then renews it at
+    two thirds of its lifetime with a new key, which a new attestation binds, retrying until
+    it expires. `current()` is what new TLS connections get. Thread safe."""
 
     def __init__(
         self,
         session: Any,  # kbs.client.AttestedSession
         name: str,
-        given: SSLConfig | None,
         *,
         clock: Any = time.time,
     ) -> None:
         self._session = session
         self.name = name
-        self._given = given
+        self._given: SSLConfig | None = None
         self._clock = clock
         self._lock = threading.Lock()
         self._listeners: list[Any] = []
-        self._config, self._not_after = self._obtain()
+        self._first_key: ec.EllipticCurvePrivateKey | None = self._bound_key()
+        self._config: SSLConfig | None = None
+        self._not_after = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_forever, daemon=True)
 
     def current(self) -> SSLConfig:
         with self._lock:
+            if self._config is None:
+                raise RuntimeError("BrokeredIdentity.current() before start()")
             return self._config
 
     def add_listener(self, listener: Any) -> None:
         """`listener(config)` after each renewal (from the renewal thread)."""
         self._listeners.append(listener)
 
-    def start(self) -> BrokeredIdentity:
+    def start(self, given: SSLConfig | None) -> BrokeredIdentity:
+        """The first certificate (client verification as `given` says; its own key and
+        certificate are not used), then renewals in the background."""
+        self._given = given
+        key, self._first_key = self._first_key, None
+        if key is None:
+            raise RuntimeError("BrokeredIdentity.start() twice")
+        config, not_after = self._obtain(key)
+        with self._lock:
+            self._config, self._not_after = config, not_after
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _obtain(self) -> tuple[SSLConfig, float]:
+    def _bound_key(self) -> ec.EllipticCurvePrivateKey:
+        """A new TLS key, bound in the session's attestations from now on."""
         key = ec.generate_private_key(ec.SECP256R1())
+        self._session.bind_tls_key(key.public_key())
+        return key
+
+    def _obtain(self, key: ec.EllipticCurvePrivateKey) -> tuple[SSLConfig, float]:
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, self.name)]))
@@ -222,7 +242,7 @@ class BrokeredIdentity:
                 return
             while not self._stop.is_set():
                 try:
-                    config, not_after = self._obtain()
+                    config, not_after = self._obtain(self._bound_key())
                 except SealserveError as err:
                     left = not_after - self._clock()
                     log.warning(
