@@ -283,6 +283,28 @@ def test_server_ports_and_service(variant: str) -> None:
     assert 1 <= budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
 
 
+#: kinds that route HTTP (and so terminate TLS, or invite a TLS-terminating controller)
+HTTP_ROUTING_KINDS = {"Ingress", "IngressClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_servers_are_exposed_at_layer_4_only(variant: str) -> None:
+    """TLS must end inside the TEE (issue #16): requesters verify the replica's own attested
+    certificate, and nothing in front of the servers may read the requests. So the servers are
+    reached through Services (TCP, L4) only: no Ingress or Gateway API route, no cloud load
+    balancer annotation that terminates TLS, no Service port that speaks anything but TCP."""
+    assert not [_id(item) for item in OBJECTS if item[1]["kind"] in HTTP_ROUTING_KINDS]
+    services = [d for d in _variant(variant) if d["kind"] == "Service"]
+    selector = _server(variant)["spec"]["selector"]["matchLabels"]
+    to_servers = [s for s in services if s["spec"].get("selector", {}).items() >= selector.items()]
+    assert {s["metadata"]["name"] for s in to_servers} == {"sealserve", "sealserve-pods"}
+    for service in to_servers:
+        annotations = service["metadata"].get("annotations", {})
+        assert not [a for a in annotations if re.search(r"ssl|tls|cert|backend-protocol", a)]
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+        assert all(p.get("protocol", "TCP") == "TCP" for p in service["spec"]["ports"])
+
+
 def _coco_entrypoint() -> list[str]:
     from tests.deploy.test_docker import effective, load
 
