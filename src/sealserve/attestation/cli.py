@@ -91,7 +91,8 @@ def run_attest_verify(args: argparse.Namespace) -> int:
         decision = Policy.load(args.policy).decide(claims, now)
         reasons = [] if decision.allowed else list(decision.reasons)
         document["decision"] = {"allowed": decision.allowed, "reasons": list(decision.reasons)}
-    print(json.dumps(document, indent=2, sort_keys=True))
+    # flushed: where stdout and stderr share a pipe, the claims come before the verdict on them
+    print(json.dumps(document, indent=2, sort_keys=True), flush=True)
     if reasons:
         raise InvalidArgument("the policy denies this evidence: " + "; ".join(reasons))
     return 0
