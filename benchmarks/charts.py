@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import textwrap
@@ -583,14 +584,21 @@ def draw_latencies(results: Results) -> Any:
 
 def draw(results: Results, directory: Path) -> list[Path]:
     """Write the charts of `results` into `directory` (made if missing); their paths."""
+    import matplotlib
+
     plt = _pyplot()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ChartError(f"{directory}: cannot make it ({error.strerror})") from None
     written = []
     drawers: list[tuple[str, Callable[[Results], Any]]] = [("", draw_comparisons)]
     if results.latencies:
         drawers.append(("-latency", draw_latencies))
     for suffix, drawer in drawers:
-        figure = drawer(results)
+        # labels are the results' own text: a "$" is a dollar, not the start of TeX math
+        with matplotlib.rc_context({"text.parse_math": False}):
+            figure = drawer(results)
         path = directory / f"{results.kind}{suffix}.svg"
         try:
             from sealserve.client.plot import save_figure
@@ -617,8 +625,11 @@ def charts_directory(text: str) -> Path:
         require_matplotlib("--charts")
     except SealserveError as error:
         raise argparse.ArgumentTypeError(error.message) from None
-    if path.exists() and not path.is_dir():
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write into {existing}")
     return path
 
 

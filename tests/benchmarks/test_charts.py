@@ -10,6 +10,7 @@ import importlib
 import inspect
 import json
 import re
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
@@ -224,6 +225,17 @@ def test_charts_show_the_ratio_the_target_and_a_failure(bench: Any, tmp_path: Pa
     assert "1.30× · target ≤ TensorFlow · FAIL" in shown
 
 
+def test_labels_are_shown_as_written_not_as_tex(bench: Any, tmp_path: Path) -> None:
+    payload = soak_results()
+    payload["outcomes"] = {"from $1 to $2": 1, "a $\\frac{$ fraction": 2}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(payload))
+    assert bench("charts").main([str(results), "--out", str(tmp_path)]) == 0
+    shown = svg_text(tmp_path / "soak.svg")
+    for label in payload["outcomes"]:
+        assert label in shown
+
+
 def test_redrawing_the_same_results_gives_the_same_bytes_without_a_date(
     bench: Any, tmp_path: Path
 ) -> None:
@@ -293,10 +305,11 @@ def test_a_missing_results_file_and_an_output_that_is_a_file_are_refused(
 
     a_file = tmp_path / "file"
     a_file.write_text("")
-    with pytest.raises(SystemExit) as exit_:
-        charts.main([str(a_file), "--out", str(a_file)])
-    assert exit_.value.code == 2
-    assert f"argument --out: {a_file} is not a directory" in capsys.readouterr().err
+    for out in (a_file, a_file / "charts"):
+        with pytest.raises(SystemExit) as exit_:
+            charts.main([str(a_file), "--out", str(out)])
+        assert exit_.value.code == 2
+        assert f"argument --out: {out} is not a directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -354,3 +367,21 @@ def test_each_script_checks_its_charts_directory_before_it_runs(
 
     assert exit_.value.code == 2  # argparse's usage error: nothing was measured
     assert f"argument --charts: {a_file} is not a directory" in capsys.readouterr().err
+
+
+def test_the_command_exits_non_zero_with_one_line_on_a_malformed_file(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text('{"benchmark": "serving", "results": [{"measurement": 1}]}')
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "charts.py"), str(results), "--out", "x"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr
+        == f"charts.py: error: {results}.results[0]: 'measurement' must be text, not 1\n"
+    )
+    assert not (tmp_path / "x").exists()
