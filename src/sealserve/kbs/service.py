@@ -385,7 +385,10 @@ class KbsService:
                 self._audit(sid, tee, claims, "", "attest", "denied", err.message, now)
             raise
         self.metrics.attestations.labels(tee, "verified").inc()
-        self._audit(sid, tee, claims, "", "attest", "verified", "evidence verified", now)
+        verified = "evidence verified"
+        if attestation.tls_spki_sha256 is not None:  # which key a later certificate may carry
+            verified += f"; binds the TLS key with SHA-256 SPKI {attestation.tls_spki_sha256}"
+        self._audit(sid, tee, claims, "", "attest", "verified", verified, now)
         return {"token": token}
 
     def _verify(self, tee: str, quote: bytes, now: int) -> Claims:
@@ -563,7 +566,8 @@ class KbsService:
             detail = err.reason if isinstance(err, PolicyDenied | KeyNotBound) else err.message
             self._audit(sid, tee, claims, path, "certificate", "denied", detail, now)
             raise
-        self._audit(sid, tee, claims, path, "certificate", "issued", "policy allowed", now)
+        issued = f"policy allowed; the bound TLS key, SHA-256 SPKI {credentials.tls_spki_sha256}"
+        self._audit(sid, tee, claims, path, "certificate", "issued", issued, now)
         self.metrics.releases.labels(path, "allowed").inc()
         return chain
 
