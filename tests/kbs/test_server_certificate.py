@@ -285,3 +285,24 @@ def test_no_key_material_in_the_audit_log(broker: Broker) -> None:
     """The audit names keys by their SHA-256 only."""
     for record in broker.service.store.audit_records(since_seq=0, limit=100_000):
         assert "BEGIN" not in json.dumps(record.to_json())
+
+
+def test_the_server_identity_binds_its_key_before_the_first_attestation(
+    broker: Broker, attester: SimAttester
+) -> None:
+    """`serve --key_broker_tls_name`: the identity is made before anything fetches a key, so
+    the attestation that releases the model key also binds the key the KBS then certifies."""
+    from sealserve.serving.attested_identity import BrokeredIdentity
+
+    session = AttestedSession(KbsClient(broker.url, ca_pem=broker.ca, attempts=1), attester)
+    identity = BrokeredIdentity(session, NAME)
+    assert session.get_resource(RESOURCE) == SECRET
+    try:
+        served = identity.start(None).current()
+    finally:
+        identity.stop()
+    assert session.attestations == 1
+    leaf = x509.load_pem_x509_certificate(served.server_cert.encode())
+    key = serialization.load_pem_private_key(served.server_key.encode(), password=None)
+    assert leaf.public_key() == key.public_key()
+    assert spki_sha256(key.public_key()) in last_audit(broker)["reason"]

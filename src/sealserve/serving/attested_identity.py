@@ -159,12 +159,13 @@ class BrokeredIdentity:
         self,
         session: Any,  # kbs.client.AttestedSession
         name: str,
+        given: SSLConfig | None = None,
         *,
         clock: Any = time.time,
     ) -> None:
         self._session = session
         self.name = name
-        self._given: SSLConfig | None = None
+        self._given = given
         self._clock = clock
         self._lock = threading.Lock()
         self._listeners: list[Any] = []
@@ -184,10 +185,11 @@ class BrokeredIdentity:
         """`listener(config)` after each renewal (from the renewal thread)."""
         self._listeners.append(listener)
 
-    def start(self, given: SSLConfig | None) -> BrokeredIdentity:
-        """The first certificate (client verification as `given` says; its own key and
-        certificate are not used), then renewals in the background."""
-        self._given = given
+    def start(self, given: SSLConfig | None = None) -> BrokeredIdentity:
+        """The first certificate (client verification as `given`, or the constructor's, says;
+        its own key and certificate are not used), then renewals in the background."""
+        if given is not None:
+            self._given = given
         key, self._first_key = self._first_key, None
         if key is None:
             raise RuntimeError("BrokeredIdentity.start() twice")
