@@ -406,7 +406,11 @@ def test_certs_twoway_and_oneway_write_the_seeds_layout(capsys, tmp_path, key_fi
         assert (root / name).is_file(), name
     assert (root / "ssl.cfg").read_bytes().startswith(b"GRAFS_PF")
     assert stat.S_IMODE((root / "server" / "key.pem").stat().st_mode) == 0o600
-    code, _, _ = run(capsys, "certs", "oneway", "localhost", "-o", tmp_path / "oneway")
+    code, out, _ = run(capsys, "certs", "oneway", "localhost", "-o", tmp_path / "oneway")
     assert code == 0 and b"client_verify: false" in (tmp_path / "oneway" / "ssl.cfg").read_bytes()
+    # the hint names the flags of both servers that take these files (the key broker has no
+    # --ssl_config_file)
+    oneway = tmp_path / "oneway" / "server"
+    assert f"--tls-cert {oneway / 'cert.pem'} --tls-key {oneway / 'key.pem'}" in out
     code, _, err = run(capsys, "certs", "oneway", "localhost", "-o", tmp_path / "oneway")
     assert_one_line_error(code, err, "already exists")

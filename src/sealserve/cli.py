@@ -1008,7 +1008,8 @@ def _ssl_cfg_key(args: argparse.Namespace) -> bytes | None:
 
 def _print_certs(made: CertificateSet, kind: str) -> None:
     print(f"wrote {kind} keys and certificates to {made.root}")
-    print(f"  server: --ssl_config_file {made.ssl_config}")
+    print(f"  sealserve serve: --ssl_config_file {made.ssl_config}")
+    print(f"  sealserve kbs serve: --tls-cert {made.server_cert} --tls-key {made.server_key}")
     print(f"  clients trust: {made.trust_anchor}")
 
 
