@@ -105,6 +105,22 @@ def test_cli_secret_policy_audit(
     assert not kbs.store.resource_exists(resource)
 
 
+def test_cli_policy_show_ends_its_output_with_a_newline(
+    kbs: Kbs, token_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JSON policy (as `secret-prov map --ra-config` stores it) has no final newline of its
+    own; the shell prompt must not follow it on the same line."""
+    from sealserve.attestation import Policy
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(Policy.from_toml(POLICY).to_dict()))
+    assert cli.run(_args(kbs, token_file, "policy", "set", RESOURCE, str(policy))) == 0
+    capsys.readouterr()
+    assert cli.run(_args(kbs, token_file, "policy", "show", RESOURCE)) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("}\n") and json.loads(out)["tee"] == ["sim"]
+
+
 def test_cli_refuses_a_bad_policy_before_sending(
     kbs: Kbs, token_file: Path, tmp_path: Path
 ) -> None:

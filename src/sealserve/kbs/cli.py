@@ -415,7 +415,9 @@ def run_policy(args: argparse.Namespace) -> int:
         print(f"policy of {args.resource} set")
     else:
         result = _admin_call(args, "GET", f"/kbs/v0/resource-policy/{args.resource}")
-        sys.stdout.write(result["policy"])
+        text = result["policy"]
+        # a JSON policy is stored as sent, without a final newline
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
