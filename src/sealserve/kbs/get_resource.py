@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sim-mr-enclave",
         metavar="HEX",
-        help="the simulated enclave's measurement (default: that of this sealserve with no "
-        "serve flags; `sealserve measure` prints a server's)",
+        help="the simulated enclave's measurement (default: this sealserve's code with no "
+        "launch configuration at all, which no server has: give a server's, as `sealserve "
+        "measure` with its serve flags prints it)",
     )
     parser.add_argument(
         "-o",
