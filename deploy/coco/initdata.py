@@ -45,7 +45,10 @@ _HEX48 = re.compile(r"^[0-9a-f]{96}$")
 def agent_policy(image: str, key_broker: str, ssl_config_key: str) -> str:
     """policy.rego with this deployment's image, key broker and ssl.cfg key."""
     if not _DIGEST_IMAGE.match(image):
-        raise SystemExit(f"--image {image!r} must name the image by digest: REF@sha256:<64 hex>")
+        raise SystemExit(
+            f"--image {image!r} must name the image by digest, in lower case (as image "
+            "references are): ref@sha256:<64 hex>"
+        )
     if not key_broker.startswith("https://") or '"' in key_broker:
         raise SystemExit("--key-broker must be an https:// URL")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", ssl_config_key):

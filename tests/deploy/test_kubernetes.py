@@ -380,6 +380,13 @@ def test_the_init_data_pins_the_image_the_pod_pulls_by_digest() -> None:
     assert rebuilt == _initdata_text(), "regenerate: deploy/coco/initdata.py build"
 
 
+def test_init_data_refuses_an_image_not_by_lower_case_digest_and_says_why() -> None:
+    digest = "sha256:" + "ab" * 32
+    for image, why in [("REGISTRY/server@" + digest, "lower case"), ("reg/server:1", "digest")]:
+        with pytest.raises(SystemExit, match=why):
+            initdata_tool.build(image, "https://kbs.example.com:8080", "half_plus_two")
+
+
 @pytest.mark.parametrize(
     ("request_name", "allowed"),
     [
