@@ -23,6 +23,8 @@ Conventions the pages follow (authors: read these before writing an example):
 - In a Python block, the comment lines ending the block directly below its last statement
   are what the block prints, compared the same way. Each Python block runs in its own
   interpreter (the venv's) in the page's directory.
+- curl runs with `--no-progress-meter` (from `$HOME/.curlrc`), as a reader at a terminal
+  sees it: curl draws its meter only when its output is not a terminal.
 - Normalised before comparing: the page's ports (see `DOC_PORTS`: the suite replaces them
   with free loopback ports so pages run side by side, and maps them back in the output) and
   the page's temporary directory (printed as `.`). Nothing else: write `…` where a value
@@ -61,6 +63,7 @@ EXECUTED_PAGES = [
     "docs/key-broker.md",
     "docs/coming-from-gramine.md",
     "docs/deployment.md",
+    "docs/serving.md",
 ]
 # Pages with no shell or Python example that can run here (diagrams and tables; a cluster demo
 # the suite runs elsewhere): whatever block they have says visibly why it is not run.
@@ -243,6 +246,8 @@ def run_page(page: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str
     text, checks = script(page_blocks, ports)
     workdir = tmp_path / "page"
     workdir.mkdir()
+    # curl prints a progress meter when its output is not a terminal; a reader sees none
+    (tmp_path / ".curlrc").write_text("--no-progress-meter\n")
     (tmp_path / "doc-example.sh").write_text(text)
     env = {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -281,12 +286,15 @@ def test_page_examples_run_and_print_what_they_show(page: str, tmp_path: Path) -
         f"{page}: an example failed (exit {result.returncode}) in {last_block}\n"
         f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
     )
+    mismatches = []
     for mark, check in enumerate(checks):
         printed = result.stdout.split(f"@@start {mark}\n", 1)[1].split(f"@@end {mark}\n", 1)[0]
-        assert prints_as_shown(check.shown, printed), (
-            f"{check.block.page}:{check.block.line}: `{check.command.strip()[:300]}` printed\n"
-            f"{printed}\nbut the page shows\n" + "\n".join(check.shown)
-        )
+        if not prints_as_shown(check.shown, printed):
+            mismatches.append(
+                f"{check.block.page}:{check.block.line}: `{check.command.strip()[:300]}` "
+                f"printed\n{printed}\nbut the page shows\n" + "\n".join(check.shown)
+            )
+    assert not mismatches, "\n\n".join(mismatches)
 
 
 @pytest.mark.parametrize("page", ["README.md", *EXECUTED_PAGES, *PAGES_WITH_NOTHING_TO_RUN])
