@@ -64,6 +64,7 @@ EXECUTED_PAGES = [
     "docs/coming-from-gramine.md",
     "docs/deployment.md",
     "docs/serving.md",
+    "docs/requester.md",
 ]
 # Pages with no shell or Python example that can run here (diagrams and tables; a cluster demo
 # the suite runs elsewhere): whatever block they have says visibly why it is not run.
@@ -253,6 +254,8 @@ def run_page(page: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(tmp_path),
         "LANG": "C.UTF-8",
+        # stdout and stderr interleaved as on a terminal, where Python flushes every line
+        "PYTHONUNBUFFERED": "1",
         "DOCS_SETUP": str(DOCS_SETUP),
         "REPO": str(ROOT),
     }
