@@ -65,6 +65,7 @@ EXECUTED_PAGES = [
     "docs/deployment.md",
     "docs/serving.md",
     "docs/requester.md",
+    "docs/model-lifecycle.md",
 ]
 # Pages with no shell or Python example that can run here (diagrams and tables; a cluster demo
 # the suite runs elsewhere): whatever block they have says visibly why it is not run.
@@ -254,8 +255,6 @@ def run_page(page: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(tmp_path),
         "LANG": "C.UTF-8",
-        # stdout and stderr interleaved as on a terminal, where Python flushes every line
-        "PYTHONUNBUFFERED": "1",
         "DOCS_SETUP": str(DOCS_SETUP),
         "REPO": str(ROOT),
     }
