@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,54 @@ def test_unconvertible_signatures_fall_back_to_tensorflow_with_one_warning(openv
 def test_a_strict_openvino_model_with_unconvertible_signatures_is_refused(openvino_models):
     with pytest.raises(InvalidArgument, match="op ParseExampleV2.*runtime is strict"):
         load(openvino_models, "half_plus_two", "openvino:strict")
+
+
+@pytest.mark.parametrize(
+    ("name", "converted"), [("digits", {"serving_default"}), ("half_plus_two", set())]
+)
+def test_the_tensorflow_objects_of_the_conversion_are_gone_before_memory_is_handed_back(
+    openvino_models, monkeypatch, name, converted
+):
+    """The SavedModel TensorFlow loaded for the conversion (its object, concrete functions,
+    graphs, variables) and the decrypted ram:// files are released before the runtime hands
+    freed memory back to the system, both after the conversion and at the end of the load:
+    a converted signature keeps only its compiled model; signatures that fell back run on a
+    Session of their own (half_plus_two: all of them)."""
+    from sealserve.serving.runtimes import openvino as runtime
+
+    tf = import_tensorflow()
+    watched: list[weakref.ref] = []
+    roots: list[str] = []
+    real_load, real_free = tf.saved_model.load, runtime._return_freed_memory
+
+    def load_and_watch(root, *args, **kwargs):
+        loaded = real_load(root, *args, **kwargs)
+        roots.append(root)
+        watched.append(weakref.ref(loaded))
+        for function in loaded.signatures.values():
+            watched.extend([weakref.ref(function), weakref.ref(function.graph)])
+            watched.extend(weakref.ref(variable) for variable in function.variables)
+        return loaded
+
+    alive_when_freed: list[int] = []
+
+    def free_and_count():
+        elapsed = real_free()  # collects garbage first
+        alive_when_freed.append(sum(ref() is not None for ref in watched))
+        return elapsed
+
+    monkeypatch.setattr(tf.saved_model, "load", load_and_watch)
+    monkeypatch.setattr(runtime, "_return_freed_memory", free_and_count)
+    servable = load(openvino_models, name, "openvino")
+
+    assert set(servable.runtime_labels) == converted
+    assert len(roots) == 1 and len(watched) > 3
+    # after the conversion and after the load (warm-up done, ram:// files deleted)
+    expected_frees = 2 if converted else 1
+    assert alive_when_freed == [0] * expected_frees
+    assert not tf.io.gfile.exists(roots[0])
+    first = next(iter(servable.signatures))
+    assert servable.signature(first)  # still serves
 
 
 # -- served ----------------------------------------------------------------------------

@@ -85,6 +85,7 @@ class VersionLoader:
         self.keys, self.options, self.metrics = keys, options, metrics
         self.runtime = runtime
         self.trust = trust if trust is not None else trust_for(keys)
+        self._openvino_models: dict[str, Any] = {}  # of the load under way
 
     def load(self) -> Servable:
         if self.metrics is None:
@@ -104,9 +105,16 @@ class VersionLoader:
         return servable
 
     def _load(self) -> Servable:
-        if self.trust.keyed(self.name):
-            return self._load_keyed()
-        return self._load_unkeyed()
+        self._openvino_models = {}
+        servable = self._load_keyed() if self.trust.keyed(self.name) else self._load_unkeyed()
+        if self._openvino_models:
+            from sealserve.serving.runtimes.openvino import release_memory
+
+            # once the warm-up has run and the ram:// files are deleted: the load's
+            # intermediate buffers and freed heap go back to the system
+            release_memory(self._openvino_models)
+            self._openvino_models = {}
+        return servable
 
     def _load_keyed(self) -> Servable:
         """Only a tree authenticated by the model's key, bound here, within the pins."""
@@ -216,6 +224,7 @@ class VersionLoader:
             model, root, signature_defs, keys, self.options.tags, self.runtime, gate_inputs
         )
         labels = dict.fromkeys(converted.runners, self.runtime.label)
+        self._openvino_models = converted.compiled
         runners, resources = dict(converted.runners), [converted.compiled]
         if converted.unconverted:
             reasons: dict[str, list[str]] = {}
