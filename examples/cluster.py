@@ -603,16 +603,21 @@ class ClusterReport:
         the killed replica was gone, still in use when the signal was sent and, where the
         requester knows its peer (REST), to the killed replica. A gRPC request must also have
         started before the replica was gone (plus `grace`, for a connection nginx had not yet
-        seen close): gRPC reconnects a channel by itself."""
+        seen close): gRPC reconnects a channel by itself. A request whose connection was still
+        being opened (no verified certificate yet) counts when it was in flight at the kill:
+        its handshake may have been with the killed replica."""
         sent, gone = self.replica_killed
-        if not 0 <= request.connection < len(self.connections) or request.end < sent:
+        in_flight = request.start <= gone + grace and request.end >= sent
+        if not 0 <= request.connection < len(self.connections):
+            return in_flight
+        if request.end < sent:
             return False
         connection = self.connections[request.connection]
         if connection.opened > gone:
             return False
         if connection.certificate:
             return self.replica_of(connection.certificate) == self.victim
-        return request.start <= gone + grace
+        return in_flight
 
     def releases(self, decision: str = "allowed") -> list[dict[str, Any]]:
         return [
@@ -863,10 +868,21 @@ def _run(
     load.start()
     try:
         time.sleep(before)
-        counts = {r.name: ok_request_count(trust, r.rest_port) for r in replica_set}
-        say(f"  after {before:.0f} s: {summary(load.requests)}; per replica: {per(counts)}")
-        if not all(counts.values()):
-            raise ClusterFailed(f"nginx did not spread the load over every replica: {counts}")
+        # until every replica has served requests and REST requesters have verified each one
+        # (a condition, with a generous deadline for a loaded machine)
+        deadline = time.monotonic() + 120
+        while True:
+            counts = {r.name: ok_request_count(trust, r.rest_port) for r in replica_set}
+            verified = {report.replica_of(c.certificate) for c in list(load.connections)}
+            if all(counts.values()) and verified >= set(counts):
+                break
+            if time.monotonic() > deadline:
+                raise ClusterFailed(
+                    f"nginx did not spread the load over every replica: {counts}; REST "
+                    f"requesters verified {seen(report) or 'no replica'}"
+                )
+            time.sleep(0.5)
+        say(f"  {summary(load.requests)}; per replica: {per(counts)}")
         say(f"  replica certificates the REST requesters verified: {seen(report)}")
 
         victim = replica_set[-1]

@@ -89,7 +89,8 @@ def test_only_requests_on_connections_to_the_killed_replica_failed(
     failures = report.failures()
     assert [r for r in failures if not report.on_killed_connection(r)] == []
     # a connection breaks once: its requester opens a new one, which nginx sends elsewhere
-    assert all(n == 1 for n in Counter(r.connection for r in failures).values())
+    per_connection = Counter(r.connection for r in failures if r.connection >= 0)
+    assert all(n == 1 for n in per_connection.values())
     assert len(failures) <= report.concurrency  # one connection per client at a time
     assert len(report.requests) > 20 * max(1, len(failures))
 
@@ -123,3 +124,50 @@ def test_revocation_reaches_every_replica(report: cluster.ClusterReport) -> None
     assert revoke and revoke[0]["action"] == "admin" and revoke[0]["reason"] == "revoke"
     refused = {report.replica_named(r) for r in report.releases("denied")}
     assert refused == names  # every replica's renewal was refused, and audited
+
+
+# --- the run's own rules, without a run (unit tier) ---------------------------------------------
+
+
+def _report_with_a_kill() -> cluster.ClusterReport:
+    """replica-3 killed at t=10 (gone at 10.1); REST connection 0 on replica-3, 1 on replica-1
+    (both opened at 5), 2 opened after the kill; gRPC channel 3 opened at 5 (peer unknown)."""
+    report = cluster.ClusterReport(victim="replica-3", replica_killed=(10.0, 10.1))
+    report.replica_certificates = {"replica-1": ["a1"], "replica-3": ["c1", "c2"]}
+    report.connections = [
+        cluster.Connection("REST", 5.0, "c1"),
+        cluster.Connection("REST", 5.0, "a1"),
+        cluster.Connection("REST", 12.0, "c2"),
+        cluster.Connection("gRPC", 5.0, ""),
+    ]
+    return report
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("request_", "excused"),
+    [
+        (cluster.Request("REST", 10.01, 10.05, "RemoteDisconnected", 0), True),
+        (cluster.Request("REST", 11.0, 11.01, "RemoteDisconnected", 0), True),  # next use
+        (cluster.Request("REST", 10.01, 10.05, "RemoteDisconnected", 1), False),  # other replica
+        (cluster.Request("REST", 13.0, 13.05, "HTTP 502", 2), False),  # opened after the kill
+        (cluster.Request("REST", 9.0, 9.5, "HTTP 500", 0), False),  # before the kill
+        (cluster.Request("gRPC", 10.0, 10.08, "UNAVAILABLE", 3), True),  # in flight
+        (cluster.Request("gRPC", 20.0, 20.01, "UNAVAILABLE", 3), False),  # long after
+        (cluster.Request("REST", 10.05, 10.2, "SSLError", -1), True),  # handshake at the kill
+        (cluster.Request("REST", 30.0, 30.2, "SSLError", -1), False),
+    ],
+)
+def test_which_failures_the_kill_excuses(request_: cluster.Request, excused: bool) -> None:
+    assert _report_with_a_kill().on_killed_connection(request_) is excused
+
+
+@pytest.mark.unit
+def test_the_balancer_config_is_layer_4_only(tmp_path: Path) -> None:
+    replicas = [cluster.Replica(f"replica-{i}", 9000 + i, 9100 + i, []) for i in (1, 2, 3)]
+    config = cluster.nginx_conf(tmp_path, "", [8001, 8002], 8000, 8501, 8500, replicas)
+    assert not re.search(r"^\s*http\s*\{", config, re.MULTILINE)
+    assert "ssl" not in config and ".pem" not in config
+    for port in (9101, 9102, 9103, 9001, 9002, 9003):
+        assert f"server 127.0.0.1:{port} max_fails=1" in config
+    assert config.count("proxy_next_upstream on;") == 3
