@@ -3,8 +3,9 @@
 #   make test   install what the tests need and run the whole suite (every tier)
 #   make test-quick   the unit tier only (no server, no TensorFlow, no child process): seconds
 #   make check  lint (ruff), format (ruff format --check), types (mypy src), import contracts
-#   make cluster-demo   two KBS on one PostgreSQL, three attested replicas behind nginx, killed
-#                       and restarted under load (needs root or sudo for the Debian packages)
+#   make cluster-demo   two KBS on one PostgreSQL, three attested replicas behind nginx (layer 4),
+#                       killed and restarted under load, the key revoked (needs root or sudo for
+#                       the Debian packages)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
