@@ -3,6 +3,7 @@ ssl config itself encrypted as in the seed's enclave."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import urllib.error
 
@@ -92,6 +93,34 @@ def test_rest_refuses_clients_without_a_certificate_and_plain_http(mtls_server, 
         )
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         mtls_server.http("POST", "/v1/models/secret_h2:predict", {"instances": [1.0]})
+
+
+@pytest.mark.parametrize(
+    ("version", "alert"),
+    [
+        # TLS 1.3 has an alert for it (RFC 8446 §6.2); a TLS 1.3 client learns of it at
+        # its first read, its own handshake having ended before the server checked
+        (ssl.TLSVersion.TLSv1_3, "TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+        # TLS 1.2 has none more precise than handshake_failure, which OpenSSL sends
+        (ssl.TLSVersion.TLSv1_2, "SSLV3_ALERT_HANDSHAKE_FAILURE"),
+    ],
+)
+def test_rest_tells_a_client_without_a_certificate_in_its_tls_alert(
+    mtls_server, certs, version, alert
+):
+    """A raw TLS client that sends no certificate reads the server's alert (before the fix
+    the REST port closed the connection without one: 'EOF occurred in violation of
+    protocol')."""
+    context = client_context(certs, with_client_cert=False)
+    context.minimum_version = context.maximum_version = version
+    with (
+        pytest.raises(ssl.SSLError) as refused,
+        socket.create_connection(("127.0.0.1", mtls_server.rest_port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET /v1/models/secret_h2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        tls.recv(1)
+    assert refused.value.reason == alert, refused.value
 
 
 def test_grpc_refuses_clients_without_a_certificate_and_plaintext(mtls_server, certs):

@@ -50,6 +50,7 @@ from sealserve.serving.tls import (
     reload_server_certificate,
     server_ssl_context,
 )
+from sealserve.serving.tls_site import AlertingTLSSite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -219,7 +220,8 @@ class ModelServer:
             self.options.brokered.add_listener(
                 functools.partial(reload_server_certificate, ssl_context)
             )
-        site = web.TCPSite(
+        # TLS: a site whose failed handshakes still send their alert ("certificate required")
+        site = (web.TCPSite if ssl_context is None else AlertingTLSSite)(
             runner, self.options.bind_address, self.options.rest_port, ssl_context=ssl_context
         )
         await site.start()
