@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sealserve")
 
 EXIT_ERROR = 1
+EXIT_MODELS_UNAVAILABLE = 3  # `serve`: a model's initial load failed (docs/serving.md)
 EXIT_INTERRUPTED = 130
 
 
@@ -427,6 +429,24 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     )
     own.add_argument("--bind_address", default="0.0.0.0", help="address to listen on")
     own.add_argument(
+        "--allow_unavailable_models",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BOOL",
+        help="start even if some models fail their initial load (their status says why; the "
+        "base paths are still polled); by default such a start exits with code "
+        f"{EXIT_MODELS_UNAVAILABLE}, as tensorflow_model_server fails (default false)",
+    )
+    own.add_argument(
+        "--log_level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the server's own log lines shown on stderr: info (default) shows its lifecycle "
+        "(loading, available, serving, unloading, shutting down); warning only problems",
+    )
+    own.add_argument(
         "--runtime",
         default="tensorflow",
         metavar="RUNTIME",
@@ -636,12 +656,17 @@ def _verify(args: argparse.Namespace) -> None:
             )
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from sealserve.serving import hardening
     from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
 
+    # the lifecycle lines are INFO and shown by default, as tensorflow_model_server's are
+    level = logging.DEBUG if args.debug else getattr(logging, args.log_level.upper())
+    logging.getLogger("sealserve").setLevel(level)
+    if not args.debug:  # gRPC's C core's lines (one per refused handshake): errors only
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if args.attestation:  # before any secret exists in this process
         _refuse_unmeasured_code()
         if args.model_config_file_poll_wait_seconds > 0:
@@ -657,11 +682,10 @@ def _serve(args: argparse.Namespace) -> None:
     configure_threads(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
     import_tensorflow()
 
-    from sealserve.serving.server import ModelServer
+    from sealserve.serving.server import ModelServer, ModelsUnavailable
 
     keys = _key_provider(args)
     options = _server_options(args, keys)
-    logging.getLogger("sealserve").setLevel(logging.DEBUG if args.debug else logging.INFO)
     if args.attestation:
         soft, hard = hardening.core_limit()
         try:
@@ -671,7 +695,18 @@ def _serve(args: argparse.Namespace) -> None:
         log.info("attested: core dumps off (RLIMIT_CORE %d/%d, dumpable %s)", soft, hard, dumpable)
     server = ModelServer(options, keys)
     _keep_leases(keys, server)
-    asyncio.run(server.serve_until_signalled())
+    try:
+        asyncio.run(server.serve_until_signalled())
+    except ModelsUnavailable as failed:  # as tensorflow_model_server: no start without them
+        for name, why in failed.reasons.items():
+            print(f"sealserve: error: model {name}: {why}", file=sys.stderr)
+        print(
+            f"sealserve: error: {len(failed.reasons)} model(s) failed to load, not serving "
+            "(--allow_unavailable_models serves the others and keeps polling)",
+            file=sys.stderr,
+        )
+        return EXIT_MODELS_UNAVAILABLE
+    return 0
 
 
 #: serve flags naming files whose content the simulated measurement covers, as Gramine's
@@ -695,7 +730,7 @@ def _launch_config(args: argparse.Namespace) -> dict[str, object]:
 
     from sealserve.fsio import read_user_file
 
-    skip = {"run", "debug"}
+    skip = {"run", "debug", "log_level"}  # what is shown, not what runs
     # canonical JSON has no floats (their text is not unique): render them as text
     config: dict[str, object] = {
         k: repr(v) if isinstance(v, float) else v
@@ -853,6 +888,7 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         monitoring=monitoring,
         model_management=management,
         trust=_model_trust(args),
+        allow_unavailable_models=args.allow_unavailable_models,
     )
 
 

@@ -71,7 +71,8 @@ def broken(model_root):
         ModelConfig("good", str(model_root / "half_plus_two")),
         ModelConfig("broken", str(model_root / "secret_h2")),
     ]
-    running = RunningServer(server_options(models), StaticKeyProvider({"broken": bytes(16)}))
+    options = server_options(models, allow_unavailable_models=True)  # up, but not ready
+    running = RunningServer(options, StaticKeyProvider({"broken": bytes(16)}))
     yield running
     running.stop()
 

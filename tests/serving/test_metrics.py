@@ -46,7 +46,10 @@ def monitored(model_root):
         ModelConfig("wrong_key", str(model_root / "secret_h2")),  # its only version fails
     ]
     keys = StaticKeyProvider({"secret_h2": SECRET_KEY, "wrong_key": bytes(16)})
-    options = server_options(models, monitoring=MonitoringConfig(enable=True, path=PATH))
+    # wrong_key fails on purpose: the server stays up to count it
+    options = server_options(
+        models, monitoring=MonitoringConfig(enable=True, path=PATH), allow_unavailable_models=True
+    )
     running = RunningServer(options, keys)
     yield running
     running.stop()

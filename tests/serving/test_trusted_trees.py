@@ -51,6 +51,8 @@ def servers():
     started = []
 
     def start(models, keys, trust=None, **options):
+        # trees are refused on purpose: the server stays up to report them in the status
+        options.setdefault("allow_unavailable_models", True)
         server = RunningServer(server_options(models, trust=trust, **options), keys)
         started.append(server)
         return server

@@ -708,3 +708,4 @@ class LeaseKeeper:
             self.on_revoked(name, f"key lease expired: the key broker could not be reached ({err})")
             return
         self.provider.note_lease(name, lease)
+        log.debug("renewed the key lease of model %s", name)  # routine: --log_level=debug

@@ -340,6 +340,8 @@ class ModelManager:
         for attempt in range(1, attempts + 1):
             with self._lock:
                 entry.status = VersionStatus(version, State.LOADING)
+            if attempt == 1:
+                log.info("model %s version %d loading", name, version)
             started = time.monotonic()
             try:
                 servable = self._new_loader(name, version, path, model.config.runtime).load()
@@ -549,9 +551,32 @@ class ModelManager:
                 if not model.available()
             }
 
+    def unavailable_reasons(self) -> dict[str, str]:
+        """Why each model with no available version has none, in one line per model (the
+        start-up check: TF Serving's ServerCore fails its start on these)."""
+        with self._lock:
+            reasons = {}
+            for name, model in sorted(self._models.items()):
+                if model.available():
+                    continue
+                failed = [
+                    f"version {v} {_failure(model.versions[v].status)}"
+                    for v in sorted(model.versions, reverse=True)
+                ]
+                reasons[name] = "; ".join(failed) or (
+                    f"no version directory under {model.config.base_path}"
+                )
+            return reasons
+
     def _snapshot(self) -> list[_Model]:
         with self._lock:
             return list(self._models.values())
+
+
+def _failure(status: VersionStatus) -> str:
+    if status.error is not None:
+        return f"failed to load: {status.error}"
+    return f"is {status.state.name}"
 
 
 def _wait(futures: list[Future[None]]) -> None:

@@ -4,10 +4,13 @@ calls run in grpc's own handler threads.
 
 Start-up order follows TF Serving: every model's aspired versions are loaded (or have failed)
 before the ports open, so a client never meets a server that answers "not found" for a model
-that is merely still loading. Shutdown first turns readiness off (the REST probe answers 503,
-gRPC health NOT_SERVING) so that load balancers stop sending, stops accepting, lets in-flight
-requests finish for a grace period, then stops polling. Not reentrant: one `ModelServer`
-serves once.
+that is merely still loading. As TF Serving's ServerCore, a start where any model ends up
+with no available version fails (`ModelsUnavailable`, one reason per model) before a port
+opens, unless `allow_unavailable_models` keeps the server up to report the failures in the
+model status and to keep polling for versions that load. Shutdown first turns readiness off
+(the REST probe answers 503, gRPC health NOT_SERVING) so that load balancers stop sending,
+stops accepting, lets in-flight requests finish for a grace period, then stops polling. Not
+reentrant: one `ModelServer` serves once.
 
 Metrics (`options.monitoring`) are one `Metrics` per server, fed by the loaders, the adapters
 and the servables' run observers; the gRPC health service follows the manager's readiness
@@ -89,6 +92,20 @@ class ServerOptions:
     # who may call HandleReloadConfigRequest; the default: nobody
     model_management: ModelManagementPolicy = ModelManagementPolicy()
     trust: ModelTrust | None = None  # keyed / plain models and pins; None: from the keys
+    # --allow_unavailable_models: start (and poll) even if some model's initial load failed
+    allow_unavailable_models: bool = False
+
+
+class ModelsUnavailable(SealserveError):
+    """The initial load left models with no available version: `reasons` maps each such
+    model to one line saying why."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        super().__init__(
+            "; ".join(f"model {name}: {why}" for name, why in reasons.items()),
+            code=Code.UNAVAILABLE,
+        )
+        self.reasons = reasons
 
 
 class ModelServer:
@@ -132,6 +149,7 @@ class ModelServer:
         # on a daemon thread: a load waiting on an unresponsive key broker must not keep a
         # server that was told to stop (SIGTERM) from exiting
         await _on_daemon_thread(self.manager.start, "sealserve-start")
+        self._check_initial_load()
         await self._start_grpc()
         if self.options.rest_port is not None:
             await self._start_rest()
@@ -146,7 +164,7 @@ class ModelServer:
             tls += f" with an attested certificate ({self.options.attested.tee} evidence)"
         elif self.options.brokered is not None:
             tls += f" with a certificate from the key broker for {self.options.brokered.name}"
-        log.warning(
+        log.info(
             "serving %s: gRPC on %s:%s%s, %s",
             ", ".join(self.manager.model_names()),
             self.options.bind_address,
@@ -154,6 +172,17 @@ class ModelServer:
             f", REST on port {self.rest_port}" if self.rest_port is not None else "",
             tls,
         )
+
+    def _check_initial_load(self) -> None:
+        """Fail the start if a model has no available version (TF Serving's behaviour),
+        unless `allow_unavailable_models`: then say which, and serve the others."""
+        reasons = self.manager.unavailable_reasons()
+        if not reasons:
+            return
+        if not self.options.allow_unavailable_models:
+            raise ModelsUnavailable(reasons)
+        for name, why in reasons.items():
+            log.warning("model %s is not available (serving anyway): %s", name, why)
 
     async def _start_grpc(self) -> None:
         limit = self.options.grpc_max_message_bytes
@@ -259,7 +288,7 @@ class ModelServer:
                 # off the loop and the inference threads; the loads go on in the background
                 reload = functools.partial(self.manager.reload, configs, wait=False)
                 await _on_daemon_thread(reload, "sealserve-reload")
-                log.warning("reloaded %s: serving %s", path, ", ".join(self.manager.model_names()))
+                log.info("reloaded %s: serving %s", path, ", ".join(self.manager.model_names()))
             except SealserveError as exc:
                 log.error("model config %s not applied: %s", path, exc)
 
@@ -294,7 +323,7 @@ class ModelServer:
             starting = asyncio.create_task(self.start())
             await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
             if not starting.done():
-                log.warning("stop requested during start-up: not waiting for the model loads")
+                log.info("stop requested during start-up: not waiting for the model loads")
                 starting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await starting
@@ -303,7 +332,7 @@ class ModelServer:
                 await signalled
         finally:
             signalled.cancel()
-            log.warning("shutting down")
+            log.info("shutting down")
             await self.stop()
 
 
