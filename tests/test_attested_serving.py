@@ -117,8 +117,23 @@ def test_the_key_goes_only_to_the_measured_server(broker):
         server.stop()
 
     # a server launched differently has another measurement: the KBS refuses it, tells the
-    # server only that its policy denied it, and tells the administrator why (the audit)
-    tampered = ServeProcess(*serve_flags(broker, "--enable_model_warmup=false"))
+    # server only that its policy denied it, and tells the administrator why (the audit);
+    # with nothing to serve, the server exits and says why (as tensorflow_model_server)
+    tampered = subprocess.run(
+        [SEALSERVE, "serve", *serve_flags(broker, "--enable_model_warmup=false")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert tampered.returncode == 3, tampered.stderr
+    (reason, _) = [x for x in tampered.stderr.splitlines() if x.startswith("sealserve: error:")]
+    assert reason.startswith("sealserve: error: model hpt: version 1 failed to load: ")
+    assert "denied this TEE" in reason and "mr_enclave" not in reason
+    assert "Traceback" not in tampered.stderr
+    # --allow_unavailable_models: it stays up, the denial in the model's status
+    tampered = ServeProcess(
+        *serve_flags(broker, "--enable_model_warmup=false", "--allow_unavailable_models")
+    )
     try:
         status = model_status(tampered.rest_port, "hpt")
         assert status["state"] == "END"
@@ -127,7 +142,6 @@ def test_the_key_goes_only_to_the_measured_server(broker):
         assert "mr_enclave" not in status["status"]["error_message"]
     finally:
         tampered.stop()
-    assert "denied" in tampered.stderr and "Traceback" not in tampered.stderr
 
     audit = sealserve("kbs", "audit", "--resource", "sealserve/model-key/hpt", *broker["admin"])
     assert "allowed" in audit and "denied" in audit and "mr_enclave" in audit
