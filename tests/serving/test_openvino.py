@@ -204,6 +204,25 @@ def test_concurrent_runs_each_get_their_own_answer(digits_fp32, digits_tensorflo
         assert list(pool.map(classify, range(64))) == list(expected)
 
 
+def test_read_only_and_shared_inputs_of_changing_sizes_get_their_own_answers(
+    digits_fp32, digits_tensorflow
+):
+    """gRPC's inputs are read-only views of the request's bytes (copied into tensors each
+    infer request owns and resizes), REST's and batches' are writable arrays (shared with
+    OpenVINO): alternating both, with batch sizes growing and shrinking, every answer is
+    TensorFlow's, and no caller's array is written to."""
+    images = digits_dataset()[2][:40]
+    for rows in (17, 1, 3, 40, 2):
+        batch = np.ascontiguousarray(images[:rows][::-1])
+        writable = batch.copy()
+        read_only = np.frombuffer(batch.tobytes(), batch.dtype).reshape(batch.shape)
+        expected = digits_tensorflow.run("serving_default", {"image": batch})["scores"]
+        for inputs in (read_only, writable, read_only):
+            got = digits_fp32.run("serving_default", {"image": inputs})["scores"]
+            assert relative_error(expected, got) <= 1e-4
+        np.testing.assert_array_equal(writable, batch)
+
+
 def test_bf16_agreement_with_tensorflow_on_the_digits_classifier(
     openvino_models, digits_tensorflow
 ):

@@ -385,15 +385,23 @@ class _Bindings:
         )
 
 
+@dataclass
+class _Slot:
+    """An infer request and the input tensors it owns (keyed by port index)."""
+
+    request: Any
+    owned: dict[int, Any] = field(default_factory=dict)
+
+
 class _InferRequests:
     """A pool of infer requests of one compiled model, created on demand."""
 
     def __init__(self, compiled: Any, limit: int) -> None:
         self._compiled, self._limit, self._made = compiled, limit, 0
-        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[_Slot] = queue.LifoQueue()
         self._lock = threading.Lock()
 
-    def take(self) -> Any:
+    def take(self) -> _Slot:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
@@ -401,15 +409,16 @@ class _InferRequests:
         with self._lock:
             if self._made < self._limit:
                 self._made += 1
-                return self._compiled.create_infer_request()
+                return _Slot(self._compiled.create_infer_request())
         return self._idle.get()
 
-    def give_back(self, request: Any) -> None:
-        self._idle.put(request)
+    def give_back(self, slot: _Slot) -> None:
+        self._idle.put(slot)
 
 
 def _runner(compiled: Any, bindings: _Bindings, signature: Any) -> Runner:
     pool = _InferRequests(compiled, INFER_REQUESTS)
+    ports = _ports(compiled, bindings.inputs)
     checks = tuple(
         (alias, dims_of(signature.inputs[alias].tensor_shape)) for alias, _ in bindings.inputs
     )
@@ -421,20 +430,23 @@ def _runner(compiled: Any, bindings: _Bindings, signature: Any) -> Runner:
     def run(values: Mapping[str, np.ndarray], quick: bool) -> dict[str, np.ndarray]:
         for alias, dims in checks:
             check_shape(alias, values[alias].shape, dims)
-        feeds = {index: np.ascontiguousarray(values[alias]) for alias, index in bindings.inputs}
-        request = pool.take()
+        slot = pool.take()
         try:
-            # share_inputs: OpenVINO reads the request's own arrays, no copy; outputs are
-            # copied out, since the infer request is reused by the next run
-            request.infer(feeds, share_inputs=True)
+            if ports is None:
+                feeds = {index: values[alias] for alias, index in bindings.inputs}
+                slot.request.infer(feeds, share_inputs=True)
+            else:
+                _feed(slot, ports, values)
+                slot.request.infer()
+            # copied out: the request's output tensors are reused by its next run
             results = {
-                alias: request.get_output_tensor(index).data.copy()
+                alias: slot.request.get_output_tensor(index).data.copy()
                 for alias, index in bindings.outputs
             }
         except RuntimeError as exc:  # OpenVINO's errors for inputs it cannot run on
             raise InvalidArgument(_brief(exc)) from None
         finally:
-            pool.give_back(request)
+            pool.give_back(slot)
         # OpenVINO may compute in a narrower type (i32 for i64 indices): answer in the
         # signature's own dtypes, as TensorFlow does
         return {
@@ -443,6 +455,46 @@ def _runner(compiled: Any, bindings: _Bindings, signature: Any) -> Runner:
         }
 
     return run
+
+
+# (alias, port index, the port's OpenVINO element type, its numpy dtype)
+_Port = tuple[str, int, Any, np.dtype]
+
+
+def _ports(compiled: Any, inputs: Sequence[tuple[str, int]]) -> tuple[_Port, ...] | None:
+    """The input ports `_feed` sets, or None if one has a type it leaves to OpenVINO's data
+    dispatcher (strings; bf16 and f16, whose numpy views the dispatcher reinterprets)."""
+    ports = []
+    for alias, index in inputs:
+        port_type = compiled.inputs[index].get_element_type()
+        if port_type.get_type_name() in ("string", "bf16", "f16"):
+            return None
+        ports.append((alias, index, port_type, np.dtype(port_type.to_dtype())))
+    return tuple(ports)
+
+
+def _feed(slot: _Slot, ports: Sequence[_Port], values: Mapping[str, np.ndarray]) -> None:
+    """Set the request's input tensors. A writable array of the port's type is shared, not
+    copied (REST's decoded JSON, batches). A read-only one (gRPC's inputs are views of the
+    request's bytes, which OpenVINO cannot share) is copied into a tensor the slot owns and
+    reuses, resized in place: OpenVINO's data dispatcher would allocate a fresh tensor for
+    each run (ResNet-50: 600 kB; measured, 150-250 us less per run). Shared arrays are
+    only ever read, and owned tensors are never a caller's memory, so nothing of one run
+    reaches another's arrays."""
+    request = slot.request
+    for alias, index, port_type, dtype in ports:
+        array = values[alias]
+        if array.dtype != dtype:  # a port OpenVINO narrowed (i64 -> i32): as the dispatcher
+            array = array.astype(dtype)
+        if array.flags.writeable and array.flags.c_contiguous:
+            tensor = import_openvino().Tensor(array, shared_memory=True)
+        else:
+            tensor = slot.owned.get(index)
+            if tensor is None:
+                tensor = slot.owned[index] = import_openvino().Tensor(port_type, array.shape)
+            tensor.shape = array.shape
+            np.copyto(tensor.data, array)
+        request.set_input_tensor(index, tensor)
 
 
 def generated_inputs(
