@@ -7,14 +7,16 @@ in-process loop):
 (a) Start-up and memory: `sealserve serve` with `--runtime=tensorflow`, `openvino` and
     `openvino:bf16`, each started from nothing until its first gRPC answer (process start,
     imports, key, decryption, load or conversion and accuracy gate, warm-up); then its
-    resident memory (VmRSS) once it has served the throughput runs, and its peak (VmHWM).
+    resident memory (VmRSS) once it has served the throughput runs (every server, the
+    TensorFlow one included, serves the same runs of (b)), and its peak (VmHWM).
     Targets: OpenVINO start-up <= TensorFlow's + 5 s; resident memory <= TensorFlow's.
 (b) Throughput, batch 1, with 1 and 4 clients (each on its own mTLS channel, `loadgen.py`):
     the OpenVINO servers, against in-process TensorFlow (`tf.saved_model.load`, the signature
     called by as many threads) and against in-process OpenVINO of the same precision (the
     same runtime code as the server, `VersionLoader(...).load()` in this process). Targets:
     fp32 served >= 1.7x TensorFlow, bf16 served >= 3.0x (1 client and 4 clients); served >=
-    0.90x in-process OpenVINO of its precision.
+    0.90x in-process OpenVINO of its precision. The TensorFlow server is measured alongside
+    (no target: the figure users compare with, and the load its memory is read after).
 
 All measurements of one concurrency are taken in alternating rounds (A B C ..., ... C B A), so
 that other load on the machine weighs on all alike.
@@ -157,7 +159,13 @@ def main() -> None:
         for clients in (1, 4):
             plural = "s" if clients > 1 else ""
             local_tf = Measurement(f"TensorFlow in-process, {clients} thread{plural}", "images/s")
-            items: list[tuple[Measurement, object]] = [(local_tf, tf_function)]
+            served_tf = Measurement(
+                f"TensorFlow served, mTLS gRPC, {clients} client{plural}", "images/s"
+            )
+            items: list[tuple[Measurement, object]] = [
+                (local_tf, tf_function),
+                (served_tf, "tensorflow"),
+            ]
             served, local = {}, {}
             for runtime in RUNTIMES[1:]:
                 label = LABELS[runtime]
