@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -118,4 +119,39 @@ def test_a_full_batch_queue_answers_503_at_once(model_root):
             last = pool.submit(predict, [4.0])  # fills the first batch: both are answered
             assert (first.result(60), last.result(60)) == (200, 200)
     finally:
+        server.stop()
+
+
+def test_grpc_runs_a_quick_signature_at_once_with_batching_checks(model_root, monkeypatch):
+    """Over gRPC, a quick signature's request is not queued (a handler thread waiting for a
+    batch costs more than merging quick runs saves): it is answered although its batch could
+    never fill or time out, no batch is run, and it is still refused as a batched request
+    is when it holds more rows than a batch."""
+    monkeypatch.setattr(Servable, "quick", lambda self, key: True)
+    batching = BatchingOptions(
+        max_batch_size=2, batch_timeout_micros=600_000_000, num_batch_threads=1
+    )
+    options = server_options(
+        [ModelConfig("secret_h2", str(model_root / "secret_h2"))], batching=batching
+    )
+    server = RunningServer(options, StaticKeyProvider({"secret_h2": SECRET_KEY}))
+    channel = server.channel()
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    def request(xs: list[float]) -> predict_pb2.PredictRequest:
+        message = predict_pb2.PredictRequest()
+        message.model_spec.name = "secret_h2"
+        from_numpy(np.asarray(xs, np.float32), out=message.inputs["x"])
+        return message
+
+    try:
+        answer = stub.Predict(request([1.0]), timeout=60)
+        assert to_numpy(answer.outputs["y"]).tolist() == [2.5]
+        assert server.server.dataplane.batcher.batches_run == 0
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Predict(request([1.0, 2.0, 3.0]), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "Task size 3 is larger than maximum input batch size 2"
+    finally:
+        channel.close()
         server.stop()

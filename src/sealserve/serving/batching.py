@@ -142,12 +142,7 @@ class BatchScheduler:
         """Queue a request; its future holds all of the signature's outputs for its rows.
         Without `wake_threads`, the caller promises to call `run_ready` for this queue soon
         (the batch threads still take it on their next wake-up or timeout)."""
-        rows, shape_key = _batch_shape(inputs, self.options.pad_variable_length_inputs)
-        if rows > self.options.max_batch_size:
-            raise InvalidArgument(
-                f"Task size {rows} is larger than maximum input batch size "
-                f"{self.options.max_batch_size}"
-            )
+        rows, shape_key = self.check_task(inputs)
         future: Future[Outputs] = Future()
         with self._ready:
             if self._closed:
@@ -166,11 +161,17 @@ class BatchScheduler:
                 self._ready.notify()
         return future
 
-    def idle(self, servable: Servable, signature: str) -> bool:
-        """Whether the queue of this signature holds no request (read without the lock: a
-        request queued meanwhile is run by its own thread or a batch thread as usual)."""
-        queue = self._queues.get(servable, {}).get(signature)
-        return queue is None or not queue.tasks
+    def check_task(self, inputs: dict[str, np.ndarray]) -> tuple[int, tuple[object, ...] | None]:
+        """TF Serving's checks of a request under batching (equal 0th dimensions, at most
+        `max_batch_size` rows), also for a request that is then run on its own; returns its
+        rows and what must match for it to share a batch."""
+        rows, shape_key = _batch_shape(inputs, self.options.pad_variable_length_inputs)
+        if rows > self.options.max_batch_size:
+            raise InvalidArgument(
+                f"Task size {rows} is larger than maximum input batch size "
+                f"{self.options.max_batch_size}"
+            )
+        return rows, shape_key
 
     def run_ready(self, servable: Servable, signature: str) -> None:
         """Run, in the caller's thread, the batches of one queue that are ready (full, or

@@ -137,20 +137,20 @@ class DataPlane:
         self, resolved: Resolved, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
     ) -> Outputs:
         """`predict` in the caller's own thread (gRPC's handler threads): with batching, the
-        thread waits for its batch."""
+        thread waits for its batch, unless the signature is quick.
+
+        A quick signature's request is checked as a batched one is, then run at once in
+        this thread: a handler thread that waits for a batch costs a wake-up and two GIL
+        hand-offs (measured on half_plus_two: 576 µs of server CPU per request batched
+        against 407 µs run at once), more than merging quick runs can save. REST merges
+        quick runs on the event loop instead, where waiting costs no thread."""
         servable, key = resolved.servable, resolved.signature_name
         if self.batcher is None:
             return servable.run(key, inputs, output_filter)
-        quick = servable.quick(key)
-        if quick and self.batcher.idle(servable, key):
-            # a quick run alone costs what it would in a batch: merging saves nothing, and
-            # queueing, waking and waiting cost a handler thread more than the run itself
+        if servable.quick(key):
+            self.batcher.check_task(inputs)
             return servable.run(key, inputs, output_filter)
-        # quick: this thread runs whatever batch is ready, its own request's or one that
-        # other threads' requests formed meanwhile, rather than a batch thread
-        future, wanted = self._submit(resolved.handle, key, inputs, output_filter, not quick)
-        if quick:
-            self.batcher.run_ready(servable, key)
+        future, wanted = self._submit(resolved.handle, key, inputs, output_filter, True)
         batch_outputs = future.result()
         return {alias: batch_outputs[alias] for alias in wanted}
 
