@@ -251,6 +251,29 @@ def test_the_accuracy_gate_refuses_a_model_outside_its_bounds(openvino_models):
     assert f"over {4 + 2} runs" in message  # the warm-up requests and the generated inputs
 
 
+def test_a_model_whose_rows_depend_on_each_other_passes_the_gate(tmp_path):
+    """The gate's generated batch is answered by TensorFlow row by row (its kernels keep
+    scratch memory sized for the largest batch they ran); a model whose rows depend on each
+    other (here: centred on the batch's mean) differs from those rows, and is compared with
+    TensorFlow's answer for the whole batch instead of being refused."""
+    tf = import_tensorflow()
+
+    class Centred(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"centred": x - tf.reduce_mean(x, axis=0, keepdims=True)}
+
+    module = Centred()
+    plain = tmp_path / "plain"
+    tf.saved_model.save(module, str(plain), signatures={"serving_default": module.serve})
+    encrypt_tree(plain, str(tmp_path / "centred" / "1"), SECRET_KEY)
+    servable = load(tmp_path, "centred", "openvino")
+    assert servable.runtime_labels == {"serving_default": "OpenVINO"}
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    got = servable.run("serving_default", {"x": x})["centred"]
+    np.testing.assert_allclose(got, x - x.mean(axis=0), rtol=1e-6)
+
+
 def test_unconvertible_signatures_fall_back_to_tensorflow_with_one_warning(openvino_models, caplog):
     with caplog.at_level(logging.WARNING):
         servable = load(openvino_models, "half_plus_two", "openvino")
