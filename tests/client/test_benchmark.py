@@ -278,8 +278,11 @@ def test_secure_channel_lines(client_mtls_server):
     assert [m[1] for m in query_lines(out)] == ["secure", "secure"]
 
 
+@pytest.mark.parametrize("warmup", ["5", "0"])  # told by the warm-up, or by the run itself
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
-def test_mutual_tls_server_refuses_a_client_without_certificate(client_mtls_server, protocol):
+def test_mutual_tls_server_refuses_a_client_without_certificate(
+    client_mtls_server, protocol, warmup
+):
     where = (
         ["-url", client_mtls_server.grpc_target]
         if protocol == "grpc"
@@ -287,7 +290,18 @@ def test_mutual_tls_server_refuses_a_client_without_certificate(client_mtls_serv
     )
     message = r"requires a client certificate \(mutual TLS\): give -crt and -key"
     with pytest.raises(SealserveError, match=message):
-        bench(*where, "-ca", str(client_mtls_server.certs.ca_cert), "-cnum", "1", *TINY)
+        bench(
+            *where,
+            "-ca",
+            str(client_mtls_server.certs.ca_cert),
+            "-cnum",
+            "1",
+            "-loop",
+            "2",
+            "--warmup",
+            warmup,
+            *TINY,
+        )
 
 
 # -- failures and interruption -----------------------------------------------------------------

@@ -546,10 +546,7 @@ async def run_benchmark(
                 return result
             if warm_ok[0] == 0:  # one line says it all (and spares a -loop 0 from spinning)
                 first = warm_errors[0][2]
-                if first.code == "UNAVAILABLE" and needs_client_certificate(
-                    config.target, config.tls
-                ):
-                    raise client_certificate_error(("-crt", "-key"))
+                _refused_for_want_of_a_certificate(config, {first.code})
                 raise SealserveError(f"every warm-up request failed: {first.code}: {first.message}")
             for task, index, error in warm_errors:  # some failed: worth knowing, not fatal
                 reporter.failure(task, index, error, warmup=True)
@@ -557,10 +554,19 @@ async def run_benchmark(
         await _phase(stopper, [timed(i) for i in range(config.cnum)])
         result.wall_seconds = time.perf_counter() - start
         result.stopped_by = stopper.signum
+        if not result.latencies and result.errors:  # --warmup 0: the run itself says why
+            _refused_for_want_of_a_certificate(config, set(result.errors))
     finally:
         stopper.uninstall()
         await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
     return result
+
+
+def _refused_for_want_of_a_certificate(config: BenchmarkConfig, codes: set[str]) -> None:
+    """Raise the one-line "requires a client certificate" error if every request failed
+    UNAVAILABLE because the server's TLS handshake wants a certificate this client lacks."""
+    if codes == {"UNAVAILABLE"} and needs_client_certificate(config.target, config.tls):
+        raise client_certificate_error(("-crt", "-key"))
 
 
 async def _phase(stopper: _Stopper, coroutines: list[Any]) -> None:
