@@ -1,5 +1,6 @@
 """Key leases on the wire: the policy's key_lease_seconds rides in the resource JWE's
-authenticated protected header, and only where the policy sets one."""
+authenticated protected header, and only where the policy sets one; a renewal the KBS refuses
+ends the model with one clear sentence."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 from joserfc.jwk import ECKey
 
 from sealserve.attestation import Policy
-from sealserve.errors import InvalidArgument
-from sealserve.kbs.client import Lease
+from sealserve.attestation.sim import SimAttester
+from sealserve.errors import InvalidArgument, NotFound
+from sealserve.kbs.client import HeldLease, KbsDenied, KbsKeyProvider, Lease, LeaseKeeper
 from sealserve.kbs.jwe import (
     LEASE_HEADER,
     b64url,
@@ -18,6 +20,7 @@ from sealserve.kbs.jwe import (
     open_resource_with_header,
     seal_resource,
 )
+from tests.kbs.conftest import POLICY, RESOURCE, Kbs
 
 IDENTITY = '[[sim]]\nmr_enclave = ["' + "ab" * 32 + '"]\nmr_signer = "any"\nisv_prod_id = "any"\n'
 
@@ -68,3 +71,47 @@ def test_no_lease_unless_the_policy_sets_one() -> None:
 def test_bad_lease_settings_do_not_load(setting: str) -> None:
     with pytest.raises(InvalidArgument):
         policy(setting + "\n")
+
+
+def refused_renewal(kbs: Kbs, attester: SimAttester) -> str:
+    """The END reason the lease keeper gives model "mnist" once the KBS refuses its key."""
+    provider = KbsKeyProvider(kbs.url, kbs.ca, attester, attempts=1)
+    ended: list[tuple[str, str]] = []
+    keeper = LeaseKeeper(provider, lambda model, reason: ended.append((model, reason)))
+    keeper._renew(
+        "mnist", HeldLease(expires_at=0.0, renew_at=0.0, keep_when_unreachable=False), 0.0
+    )
+    assert [model for model, _ in ended] == ["mnist"]
+    return ended[0][1]
+
+
+def test_a_revoked_key_ends_its_model_with_one_clear_reason(
+    kbs: Kbs, attester: SimAttester
+) -> None:
+    kbs.service.admin_delete_resource(kbs.admin_token, RESOURCE, revoke=True)
+    reason = refused_renewal(kbs, attester)
+    assert (
+        reason == f"key revoked: the key broker no longer releases {RESOURCE} (resource not found)"
+    )
+
+
+def test_a_policy_that_no_longer_admits_the_server_ends_its_model_with_one_clear_reason(
+    kbs: Kbs, attester: SimAttester
+) -> None:
+    kbs.store.set_policy(RESOURCE, POLICY.replace("min_isv_svn = 2", "min_isv_svn = 9"), "toml")
+    reason = refused_renewal(kbs, attester)
+    assert reason.startswith(f"key revoked: the key broker no longer releases {RESOURCE} (")
+    assert reason.count(RESOURCE) == 1 and reason.count("denies") == 1
+
+
+def test_a_refused_key_names_its_resource_once(kbs: Kbs, attester: SimAttester) -> None:
+    """The load failure of a model whose key the KBS refuses: the KBS's words name the
+    resource already, the client's prefix does not repeat it."""
+    provider = KbsKeyProvider(kbs.url, kbs.ca, attester, attempts=1)
+    with pytest.raises(NotFound) as missing:
+        provider.key_for("absent")
+    assert str(missing.value).count("sealserve/model-key/absent") == 1
+    kbs.store.set_policy(RESOURCE, POLICY.replace("min_isv_svn = 2", "min_isv_svn = 9"), "toml")
+    with pytest.raises(KbsDenied, match="denied this TEE") as denied:
+        provider.key_for("mnist")
+    assert str(denied.value).count(RESOURCE) == 1

@@ -78,12 +78,16 @@ def default_resource_for_model(name: str) -> str:
 
 
 class KbsDenied(PermissionDenied):
-    """The KBS refused attestation or release; `reason` is the KBS's own words."""
+    """The KBS refused attestation or release; `reason` is the KBS's own words, `step` what
+    it refused ("attest", "release", ...)."""
 
-    def __init__(self, message: str, *, reason: str = "", status: int = 403) -> None:
+    def __init__(
+        self, message: str, *, reason: str = "", status: int = 403, step: str = ""
+    ) -> None:
         super().__init__(message)
         self.reason = reason or message
         self.status = status
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -553,17 +557,28 @@ def _detail(answer: _Answer) -> str:
 
 
 def _raise_for(answer: _Answer, step: str, resource: str) -> None:
+    """Raise for a refused answer: one sentence naming `resource` once (the KBS's own words
+    often name it too: then they are the only ones that do)."""
     if 200 <= answer.status < 300:
         return
     reason = _detail(answer)
+    named = resource in reason
     if answer.status in (401, 403):
         raise KbsDenied(
-            f"key broker denied {step} for {resource}: {reason}",
+            f"key broker denied {step}: {reason}"
+            if named
+            else f"key broker denied {step} for {resource}: {reason}",
             reason=reason,
             status=answer.status,
+            step=step,
         )
     if answer.status == 404:
-        raise NotFound(f"key broker has no resource {resource}: {reason}")
+        # our KBS says "resource X not found": nothing the prefix does not already say
+        raise NotFound(
+            f"key broker has no resource {resource}"
+            if named
+            else f"key broker has no resource {resource} ({reason})"
+        )
     raise SealserveError(
         f"key broker refused {step} for {resource} (HTTP {answer.status}): {reason}",
         code=Code.INVALID_ARGUMENT if answer.status == 400 else Code.UNKNOWN,
@@ -645,6 +660,19 @@ class KbsKeyProvider:
         return f"KbsKeyProvider({self.client.url!r}, tee={self.attester.tee!r})"
 
 
+def revocation_reason(resource: str, refusal: KbsDenied | NotFound) -> str:
+    """The END reason of a model whose lease renewal the KBS refused: one sentence naming the
+    resource once and why once."""
+    if isinstance(refusal, NotFound):
+        why = "resource not found"
+    elif refusal.status == 403 and refusal.step == "release":
+        # the KBS's words name the resource again; the failed rules are in its audit log only
+        why = "its policy denies this server; the KBS's audit log says why"
+    else:
+        why = f"{refusal.step or 'attestation'} denied: {refusal.reason}"
+    return f"key revoked: the key broker no longer releases {resource} ({why})"
+
+
 class LeaseKeeper:
     """Keeps the keys a KBS lent this server (`Lease`) for as long as the KBS lends them.
 
@@ -694,7 +722,7 @@ class LeaseKeeper:
             _secret, lease = self.provider.session.get_leased_resource(resource)
         except (KbsDenied, NotFound) as err:
             self.provider.forget_lease(name)
-            self.on_revoked(name, f"key revoked: the key broker refused {resource}: {err}")
+            self.on_revoked(name, revocation_reason(resource, err))
             return
         except SealserveError as err:
             if held.keep_when_unreachable or now < held.expires_at:
