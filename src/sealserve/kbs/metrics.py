@@ -1,9 +1,11 @@
 """The KBS's Prometheus metrics (`sealserve_kbs_*`), one `CollectorRegistry` per service.
 
 What is counted, and why the labels are safe: label values come only from bounded sets —
-TEE names the protocol accepts, results and decisions we name, and resource paths that
-*exist in the store* (a request for any other path is counted without its path), so an
-attacker cannot grow the number of series. No metric carries a secret, a session id or a
+TEE names the protocol accepts, results and decisions we name, resource paths that *exist in
+the store* (a request for any other path is counted without its path), and certificate paths
+`sealserve/tls-cert/NAME` the owner set a policy for (any other NAME, which the attested caller
+chooses, is counted as `sealserve/tls-cert/(other)`), so an attacker cannot grow the number
+of series. No metric carries a secret, a session id or a
 measurement.
 
 Series: attestations by TEE and result; releases by resource and decision; evidence

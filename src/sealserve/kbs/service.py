@@ -562,14 +562,25 @@ class KbsService:
             if claims is None:
                 self._unauthenticated("server-certificate", err)
                 raise
-            self.metrics.releases.labels(path, "denied").inc()
+            self.metrics.releases.labels(self._certificate_label(path), "denied").inc()
             detail = err.reason if isinstance(err, PolicyDenied | KeyNotBound) else err.message
             self._audit(sid, tee, claims, path, "certificate", "denied", detail, now)
             raise
         issued = f"policy allowed; the bound TLS key, SHA-256 SPKI {credentials.tls_spki_sha256}"
         self._audit(sid, tee, claims, path, "certificate", "issued", issued, now)
-        self.metrics.releases.labels(path, "allowed").inc()
+        self.metrics.releases.labels(self._certificate_label(path), "allowed").inc()
         return chain
+
+    def _certificate_label(self, path: str) -> str:
+        """The `releases` label of a certificate request. NAME in `sealserve/tls-cert/NAME` is
+        the attested caller's choice (the default policy may admit any), so it is a label only
+        where the owner set a policy for that very path: every other name is counted as
+        `sealserve/tls-cert/(other)`, and the number of series stays the owner's to grow."""
+        try:
+            own = self.store.get_policy(path) is not None
+        except Exception:  # the store is down: the request already failed or is audited
+            own = False
+        return path if own else TLS_CERT_RESOURCE.format(name="(other)")
 
     # --- Gramine secret provisioning (kbs.secret_prov) ------------------------------------
 
