@@ -7,6 +7,7 @@ carries the Kata agent policy (policy.rego: no exec, the pinned image, command l
 environment and mounts). The KBS policy pins that MRCONFIGID next to MRTD and RTMR0-2.
 
     initdata.py build --image REF@sha256:... [--key-broker URL] [--ssl-config-key NAME]
+                      [--key-broker-tls-name NAME]
                                              the init-data TOML (write it to initdata.toml)
     initdata.py annotation initdata.toml     the pod annotation's value (gzip, then base64)
     initdata.py mrconfigid initdata.toml     the MRCONFIGID a TD launched with it carries (hex)
@@ -38,12 +39,21 @@ VERSION = "0.1.0"
 MRCONFIGID_SIZE = 48
 DEFAULT_KEY_BROKER = "https://sealserve-kbs.sealserve.svc:8080"
 DEFAULT_SSL_CONFIG_KEY = "half_plus_two"
+#: the name the KBS certifies the servers' TLS keys for (`serve --key_broker_tls_name`): the
+#: Service's DNS name, so that a requester reaching them through it finds that name
+DEFAULT_KEY_BROKER_TLS_NAME = "sealserve.sealserve.svc"
 _DIGEST_IMAGE = re.compile(r"^[a-z0-9][a-z0-9./:_-]*@sha256:[0-9a-f]{64}$")
 _HEX48 = re.compile(r"^[0-9a-f]{96}$")
 
 
-def agent_policy(image: str, key_broker: str, ssl_config_key: str) -> str:
-    """policy.rego with this deployment's image, key broker and ssl.cfg key."""
+def agent_policy(
+    image: str,
+    key_broker: str,
+    ssl_config_key: str,
+    key_broker_tls_name: str = DEFAULT_KEY_BROKER_TLS_NAME,
+) -> str:
+    """policy.rego with this deployment's image, key broker, ssl.cfg key and the name the
+    KBS certifies the servers' TLS keys for."""
     if not _DIGEST_IMAGE.match(image):
         raise SystemExit(
             f"--image {image!r} must name the image by digest, in lower case (as image "
@@ -53,17 +63,31 @@ def agent_policy(image: str, key_broker: str, ssl_config_key: str) -> str:
         raise SystemExit("--key-broker must be an https:// URL")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", ssl_config_key):
         raise SystemExit("--ssl-config-key must be a model name")
+    # a KBS resource path segment (sealserve/tls-cert/NAME) and a DNS name in the certificate
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", key_broker_tls_name):
+        raise SystemExit("--key-broker-tls-name must be a DNS name (letters, digits, '.', '-')")
     text = POLICY.read_text()
     text, n = re.subn(r'^SERVER_IMAGE := ".*"$', f'SERVER_IMAGE := "{image}"', text, flags=re.M)
     assert n == 1, "policy.rego has no SERVER_IMAGE line"
-    text = text.replace(f'"--key_broker={DEFAULT_KEY_BROKER}"', f'"--key_broker={key_broker}"')
-    return text.replace(
-        f'"--ssl_config_key={DEFAULT_SSL_CONFIG_KEY}"', f'"--ssl_config_key={ssl_config_key}"'
-    )
+    for flag, default, value in (
+        ("--key_broker", DEFAULT_KEY_BROKER, key_broker),
+        ("--ssl_config_key", DEFAULT_SSL_CONFIG_KEY, ssl_config_key),
+        ("--key_broker_tls_name", DEFAULT_KEY_BROKER_TLS_NAME, key_broker_tls_name),
+    ):
+        text, n = re.subn(
+            rf'^  "{flag}={re.escape(default)}",$', f'  "{flag}={value}",', text, flags=re.M
+        )
+        assert n == 1, f"policy.rego's SERVER_ARGS has no {flag}={default} line"
+    return text
 
 
-def build(image: str, key_broker: str, ssl_config_key: str) -> str:
-    policy = agent_policy(image, key_broker, ssl_config_key)
+def build(
+    image: str,
+    key_broker: str,
+    ssl_config_key: str,
+    key_broker_tls_name: str = DEFAULT_KEY_BROKER_TLS_NAME,
+) -> str:
+    policy = agent_policy(image, key_broker, ssl_config_key, key_broker_tls_name)
     if "'''" in policy:
         raise SystemExit("policy.rego must not contain ''' (TOML literal string delimiter)")
     return (
@@ -126,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--image", required=True, help="the coco server image, REF@sha256:...")
     make.add_argument("--key-broker", default=DEFAULT_KEY_BROKER)
     make.add_argument("--ssl-config-key", default=DEFAULT_SSL_CONFIG_KEY)
+    make.add_argument(
+        "--key-broker-tls-name",
+        default=DEFAULT_KEY_BROKER_TLS_NAME,
+        help="the name the KBS certifies the servers' TLS keys for (its policy "
+        "sealserve/tls-cert/NAME decides which servers get one)",
+    )
     for name in ("annotation", "mrconfigid"):
         sub.add_parser(name).add_argument("initdata")
     policy = sub.add_parser("policy", help="a KBS policy pinning the TD and this init-data")
@@ -135,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         policy.add_argument(f"--rtmr{i}", required=True)
     args = parser.parse_args(argv)
     if args.command == "build":
-        sys.stdout.write(build(args.image, args.key_broker, args.ssl_config_key))
+        sys.stdout.write(
+            build(args.image, args.key_broker, args.ssl_config_key, args.key_broker_tls_name)
+        )
         return 0
     text = Path(args.initdata).read_text()
     if args.command == "annotation":

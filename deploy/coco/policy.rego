@@ -59,8 +59,11 @@ default WriteStreamRequest := false
 SERVER_IMAGE := "registry.example.com/sealserve/sealserve-server-coco@sha256:0000000000000000000000000000000000000000000000000000000000000000"
 
 # the command line: the coco image's entrypoint (deploy/docker/server.Dockerfile, target
-# coco; its configuration files are inside the image) and the pod's two args, the key broker
-# and the model key that decrypts ssl.cfg (deploy/kubernetes/tdx/server.yaml)
+# coco; its configuration files are inside the image) and the pod's args
+# (deploy/kubernetes/tdx/server.yaml): the key broker, the model key that decrypts ssl.cfg (its
+# client verification: the CA of the requesters' certificates), and the name the key broker
+# certifies the server's TLS key for (made in the TD's memory; ssl.cfg's own key and
+# certificate are not served)
 SERVER_ARGS := [
   "/opt/sealserve/venv/bin/sealserve",
   "serve",
@@ -72,6 +75,7 @@ SERVER_ARGS := [
   "--rest_api_port=8501",
   "--key_broker=https://sealserve-kbs.sealserve.svc:8080",
   "--ssl_config_key=half_plus_two",
+  "--key_broker_tls_name=sealserve.sealserve.svc",
 ]
 
 # environment variables the server may get, and their values where they matter: nothing that

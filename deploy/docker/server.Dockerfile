@@ -14,7 +14,8 @@
 #       --build-context sgx-config=DIR_WITH_models.config_ssl.cfg_kbs-ca.pem \
 #       --secret id=enclave-key,src=enclave-key.pem \
 #       --build-arg KEY_BROKER=https://sealserve-kbs.sealserve.svc:8080 \
-#       --build-arg SSL_CONFIG_KEY=half_plus_two .
+#       --build-arg SSL_CONFIG_KEY=half_plus_two \
+#       --build-arg KEY_BROKER_TLS_NAME=sealserve.sealserve-sgx.svc .
 #
 # Reproducible: everything that ends up measured in MRENCLAVE is pinned, so that the model
 # owner can rebuild the enclave from this source and get the same MRENCLAVE
@@ -66,7 +67,8 @@ CMD ["--help"]
 # --- Confidential Containers (TDX): the configuration in the image ------------------------
 # The pod's TD is attested by the Attestation Agent (--attestation=coco); the Kata agent
 # policy in its init-data pins this image's digest and the whole command line (this
-# entrypoint and the pod's args: --key_broker, --ssl_config_key), see deploy/coco.
+# entrypoint and the pod's args: --key_broker, --ssl_config_key, --key_broker_tls_name), see
+# deploy/coco.
 #   docker build -f deploy/docker/server.Dockerfile --target coco -t sealserve-server-coco \
 #       --build-context coco-config=DIR_WITH_models.config_ssl.cfg_kbs-ca.pem .
 FROM server AS coco
@@ -117,12 +119,15 @@ RUN rm -f /etc/apt/sources.list.d/debian.sources \
  && rm -rf /var/lib/apt/lists/*
 COPY deploy/gramine/ /opt/sealserve/gramine/
 # Public or encrypted files only: the model config, ssl.cfg encrypted under a model key
-# (`sealserve certs ... --encrypt-ssl-cfg`), the CA certificate of the key broker.
+# (`sealserve certs ... --encrypt-ssl-cfg`; with KEY_BROKER_TLS_NAME it only sets client
+# verification, the server's certificate comes from the key broker), the CA certificate of the
+# key broker.
 # (sgx-config is a named build context, `--build-context sgx-config=DIR`, not a stage)
 # hadolint ignore=DL3022
 COPY --from=sgx-config models.config ssl.cfg kbs-ca.pem /etc/sealserve/
 ARG KEY_BROKER
 ARG SSL_CONFIG_KEY
+ARG KEY_BROKER_TLS_NAME
 ARG ENCLAVE_SIZE=8G
 ARG MAX_THREADS=256
 ARG EDMM=0
@@ -132,6 +137,7 @@ ENV GRAMINE_MAKE_ARGS="PYTHON=/opt/sealserve/venv/bin/python CONFIG_DIR=/etc/sea
 RUN mkdir -p /models \
  && make -C /opt/sealserve/gramine sealserve.manifest ${GRAMINE_MAKE_ARGS} \
         KEY_BROKER="$KEY_BROKER" SSL_CONFIG_KEY="$SSL_CONFIG_KEY" \
+        KEY_BROKER_TLS_NAME="$KEY_BROKER_TLS_NAME" \
         ENCLAVE_SIZE="$ENCLAVE_SIZE" MAX_THREADS="$MAX_THREADS" EDMM="$EDMM" \
         ISV_PROD_ID="$ISV_PROD_ID" ISV_SVN="$ISV_SVN"
 

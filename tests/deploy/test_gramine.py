@@ -37,6 +37,8 @@ RUNTIME = "/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc"
 CONFIG_DIR = "/etc/sealserve"
 MODELS_DIR = "/models"
 KEY_BROKER = "https://sealserve-kbs.sealserve.svc:8080"
+#: the name the KBS certifies the enclave's TLS key for (the SGX Service's DNS name)
+TLS_NAME = "sealserve.sealserve-sgx.svc"
 MR_ENCLAVE = "3f" * 32
 MR_SIGNER = "a1" * 32
 
@@ -59,6 +61,7 @@ def make_defaults() -> dict[str, str]:
         "MODELS_DIR": MODELS_DIR,
         "KEY_BROKER": KEY_BROKER,
         "SSL_CONFIG_KEY": "half_plus_two",
+        "KEY_BROKER_TLS_NAME": TLS_NAME,
     }
     return {name: values.get(var, defaults.get(var, "")) for name, var in options.items()}
 
@@ -205,6 +208,17 @@ def test_argv_is_fixed_and_runs_sealserve_serve_with_the_key_broker(
     assert args.ssl_config_key == "half_plus_two"
     assert (args.port, args.rest_api_port) == (8500, 8501)
     assert args.model_key == []  # no key file: keys come from the KBS only
+
+
+def test_the_enclave_serves_a_certificate_the_key_broker_issues_not_ssl_cfg_s(
+    manifest: dict[str, Any],
+) -> None:
+    """Issue #16: requesters verify that they talk to an attested enclave. The enclave makes
+    its TLS key in its memory and serves the certificate the KBS issued for it after
+    attestation; the name is measured (in argv), so the host cannot change what is certified."""
+    args = build_parser().parse_args(manifest["loader"]["argv"][2:])
+    assert args.key_broker_tls_name == TLS_NAME and not args.attested_tls
+    assert args.key_broker  # the flag needs the key broker the certificate comes from
 
 
 def test_environment_is_fixed(manifest: dict[str, Any]) -> None:
@@ -653,6 +667,7 @@ def _make(build_dir: Path, env: dict[str, str], *targets: str, **variables: str)
         "SGX_SIGNER_KEY": str(root / "enclave-key.pem"),
         "KEY_BROKER": KEY_BROKER,
         "SSL_CONFIG_KEY": "half_plus_two",
+        "KEY_BROKER_TLS_NAME": TLS_NAME,
         **variables,
     }
     command = [
@@ -674,6 +689,7 @@ def test_makefile_renders_signs_and_writes_the_policy(
     signed = tomllib.loads((build_dir / "sealserve.manifest.sgx").read_text())
     assert signed["sgx"]["max_threads"] == 128
     assert f"--key_broker={KEY_BROKER}" in signed["loader"]["argv"]
+    assert f"--key_broker_tls_name={TLS_NAME}" in signed["loader"]["argv"]
     assert (build_dir / "sealserve.sig").read_bytes() == b"sigstruct"
     policy = Policy.load(build_dir / "policy.toml")
     assert policy.sgx[0].mr_enclave == (MR_ENCLAVE,)
@@ -690,6 +706,9 @@ def test_makefile_renders_signs_and_writes_the_policy(
         ({"KEY_BROKER": ""}, "set KEY_BROKER"),
         ({"KEY_BROKER": "http://kbs:8080"}, "must be an https:// URL"),
         ({"SSL_CONFIG_KEY": ""}, "set SSL_CONFIG_KEY"),
+        ({"KEY_BROKER_TLS_NAME": ""}, "set KEY_BROKER_TLS_NAME"),
+        ({"KEY_BROKER_TLS_NAME": "two words"}, "KEY_BROKER_TLS_NAME must be a DNS name"),
+        ({"KEY_BROKER_TLS_NAME": "a/b"}, "KEY_BROKER_TLS_NAME must be a DNS name"),
     ],
 )
 def test_makefile_refuses_an_incomplete_configuration(
@@ -752,6 +771,7 @@ def test_makefile_reproduce_mrenclave_rebuilds_and_compares(
     assert args[args.index("--target") + 1] == "sgx-measurement"
     assert args[args.index("-f") + 1] == "../docker/server.Dockerfile"
     assert f"KEY_BROKER={KEY_BROKER}" in args and "SSL_CONFIG_KEY=half_plus_two" in args
+    assert f"KEY_BROKER_TLS_NAME={TLS_NAME}" in args  # in argv, so in MRENCLAVE
     assert f"sgx-config={build_dir.parent / 'config'}" in args
     if expected == MR_ENCLAVE:
         assert result.returncode == 0, result.stderr

@@ -376,8 +376,24 @@ def test_the_init_data_pins_the_image_the_pod_pulls_by_digest() -> None:
     policy = data["data"]["policy.rego"]
     assert f'SERVER_IMAGE := "{image}"' in policy
     parsed = build_parser().parse_args(["serve", *container["args"]])
-    rebuilt = initdata_tool.build(image, parsed.key_broker, parsed.ssl_config_key)
+    rebuilt = initdata_tool.build(
+        image, parsed.key_broker, parsed.ssl_config_key, parsed.key_broker_tls_name
+    )
     assert rebuilt == _initdata_text(), "regenerate: deploy/coco/initdata.py build"
+
+
+@pytest.mark.parametrize("name", ["", "-leading", "two words", "a/b", 'a"b', "a_b"])
+def test_init_data_refuses_a_tls_name_the_kbs_cannot_certify(name: str) -> None:
+    image = "reg/server@sha256:" + "ab" * 32
+    with pytest.raises(SystemExit, match="--key-broker-tls-name must be a DNS name"):
+        initdata_tool.build(image, "https://kbs.example.com:8080", "half_plus_two", name)
+
+
+def test_init_data_carries_the_tls_name_it_is_built_with() -> None:
+    image = "reg/server@sha256:" + "ab" * 32
+    text = initdata_tool.build(image, "https://kbs:8080", "m", "models.example.com")
+    assert '"--key_broker_tls_name=models.example.com",' in text
+    assert "sealserve.sealserve.svc" not in text
 
 
 def test_init_data_refuses_an_image_not_by_lower_case_digest_and_says_why() -> None:
@@ -474,6 +490,21 @@ def test_models_are_a_read_only_volume(variant: str) -> None:
     assert volume["persistentVolumeClaim"] == {"claimName": "sealserve-models", "readOnly": True}
 
 
+def test_tdx_servers_serve_a_certificate_the_key_broker_issues_for_the_service_name() -> None:
+    """Issue #16: a requester of the Kubernetes deployment verifies that it talks to an
+    attested replica. Each pod makes its TLS key in the TD and serves the certificate the KBS
+    issued for it after attestation (`--key_broker_tls_name`), not ssl.cfg's key (which anyone
+    holding the model key could have made); the certified name is the Service's DNS name."""
+    container = _container(_server("tdx"), "server")
+    args = build_parser().parse_args([*_coco_entrypoint(), *container["args"]][1:])
+    assert args.key_broker_tls_name and not args.attested_tls
+    service = _object("tdx", "Service", "sealserve")
+    namespace = _server("tdx")["metadata"]["namespace"]
+    assert args.key_broker_tls_name == f"{service['metadata']['name']}.{namespace}.svc"
+    # ssl.cfg stays for client verification only (mutual TLS), under a model key from the KBS
+    assert args.ssl_config_file and args.ssl_config_key
+
+
 # --- the key broker -----------------------------------------------------------------------------
 
 
@@ -529,6 +560,32 @@ def test_kbs_key_files_come_from_secrets() -> None:
     assert init["command"][:3] == ["install", "-m", "0600"]
     assert init["command"][-1] == args.master_key
     assert "secret" in _volume_of(kbs, init, init["command"][-2])
+
+
+def test_kbs_issues_server_certificates_with_a_ca_from_a_secret() -> None:
+    """The KBS is the CA of the attested servers' certificates: its key and certificate from
+    a Secret (kubectl create secret tls, from `kbs init`'s server-ca files), mounted read-only;
+    the certificate is also published for requesters (a ConfigMap of public text)."""
+    kbs = _kbs()
+    container = _container(kbs, "kbs")
+    args = build_parser().parse_args(["kbs", "serve", *container["args"]])
+    assert args.server_ca_key and args.server_ca_cert
+    assert args.server_cert_lifetime <= 24 * 3600  # short-lived: renewals re-apply the policy
+    key_volume = _volume_of(kbs, container, args.server_ca_key)
+    assert key_volume == _volume_of(kbs, container, args.server_ca_cert)
+    secret = _template_objects()[("Secret", key_volume["secret"]["secretName"])]
+    assert secret["type"] == "kubernetes.io/tls"  # the API server checks key and cert match
+    mount = next(m for m in container["volumeMounts"] if m["name"] == key_volume["name"])
+    assert mount["readOnly"] is True
+    assert {Path(args.server_ca_key).name, Path(args.server_ca_cert).name} == set(secret["data"])
+    assert key_volume["secret"]["defaultMode"] == 0o400
+    # no other container or init container sees the CA key
+    pod = kbs["spec"]["template"]["spec"]
+    others = [c for c in pod["containers"] + pod.get("initContainers", []) if c is not container]
+    assert not [c for c in others for m in c.get("volumeMounts", []) if m["name"] == mount["name"]]
+    published = _template_objects()[("ConfigMap", "sealserve-server-ca")]
+    assert published["metadata"]["namespace"] == kbs["metadata"]["namespace"]
+    assert "server-ca.pem" in published["data"]["ca.crt"]
 
 
 def test_kbs_service_keeps_a_client_on_one_instance() -> None:
@@ -837,6 +894,7 @@ def test_secret_templates_hold_placeholders_only() -> None:
     assert {d["metadata"]["name"] for d in objects if d["kind"] == "Secret"} >= {
         "sealserve-kbs-keys",
         "sealserve-kbs-tls",
+        "sealserve-kbs-server-ca",
         "sealserve-postgres",
     }
     for doc in objects:

@@ -43,3 +43,10 @@ def test_the_command_line_attests_with_tsm_and_uses_the_kbs_only() -> None:
     assert args.attestation == "tsm" and args.model_key == []
     assert args.key_broker.startswith("https://") and args.key_broker_ca
     assert args.ssl_config_file and args.ssl_config_key
+
+
+def test_the_server_serves_a_certificate_the_key_broker_issued_not_ssl_cfg_s() -> None:
+    (command,) = _settings()["ExecStart"]
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    # its TLS key made in the TD, certified by the KBS after attestation: requesters can check it
+    assert args.key_broker_tls_name and not args.attested_tls
