@@ -325,8 +325,8 @@ def test_the_tensorflow_objects_of_the_conversion_are_gone_before_memory_is_hand
 
     alive_when_freed: list[int] = []
 
-    def free_and_count():
-        elapsed = real_free()  # collects garbage first
+    def free_and_count(**options):
+        elapsed = real_free(**options)
         alive_when_freed.append(sum(ref() is not None for ref in watched))
         return elapsed
 
