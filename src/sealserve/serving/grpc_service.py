@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import grpc
@@ -99,11 +100,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         metrics: Metrics | None = None,
         budget: RequestBudget | None = None,
         max_response_bytes: int = 1 << 31,
+        batch_wait: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.budget = budget if budget is not None else RequestBudget()
         self.max_response_bytes = max_response_bytes
+        self.batch_wait = batch_wait  # around a handler thread's wait for its batch
 
     def _examples_budget(self, request: Any) -> Any:
         """A reservation for a Classify/Regress/MultiInference request: the message, and the
@@ -133,7 +136,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     for alias, t in protos.items()
                 }
                 outputs = self.dataplane.predict_blocking(
-                    resolved, inputs, tuple(request.output_filter)
+                    resolved, inputs, tuple(request.output_filter), self.batch_wait
                 )
                 estimate = RESPONSE_OVERHEAD_BYTES + sum(
                     TENSOR_OVERHEAD_BYTES + tensor_proto.encoded_bytes_estimate(array)
@@ -322,11 +325,13 @@ def add_services(
     management: ModelManagementPolicy | None = None,
     budget: RequestBudget | None = None,
     max_response_bytes: int = 1 << 31,
+    batch_wait: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> health.HealthServicer | None:
     """Add TF Serving's services (and grpc.health.v1 if asked, returned so that the caller
-    keeps it in step with readiness: see `set_health`)."""
+    keeps it in step with readiness: see `set_health`). `batch_wait`: the handler pool's
+    `HandlerPool.waiting`, entered while a handler thread waits for its batch."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(dataplane, metrics, budget, max_response_bytes), server
+        PredictionService(dataplane, metrics, budget, max_response_bytes, batch_wait), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(dataplane, metrics, management), server

@@ -27,7 +27,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -40,6 +39,7 @@ from sealserve.serving import attested_identity, grpc_service, rest
 from sealserve.serving.attested_identity import AttestedIdentity, BrokeredIdentity
 from sealserve.serving.batching import BatchingOptions, BatchScheduler
 from sealserve.serving.dataplane import DataPlane
+from sealserve.serving.handler_pool import HandlerPool
 from sealserve.serving.keys import KeyProvider
 from sealserve.serving.manager import ManagerOptions, ModelManager, loader_factory
 from sealserve.serving.metrics import Metrics, MonitoringConfig
@@ -187,8 +187,12 @@ class ModelServer:
     async def _start_grpc(self) -> None:
         limit = self.options.grpc_max_message_bytes
         threads = self.options.grpc_threads or grpc_threads(self.options.batching)
+        # with batching, threads beyond one per CPU start only for requests that wait for a
+        # batch (see `handler_pool`)
+        runners = min(threads, grpc_threads(None)) if self.options.batching else threads
+        pool = HandlerPool(runners, threads, "sealserve-grpc")
         server = grpc.server(
-            ThreadPoolExecutor(threads, "sealserve-grpc"),
+            pool,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -203,6 +207,7 @@ class ModelServer:
             management=self.options.model_management,
             budget=self.request_budget,
             max_response_bytes=limit,
+            batch_wait=pool.waiting,
         )
         if self._health is not None:
             self._health_watch = asyncio.create_task(self._follow_readiness(self._health))
@@ -366,7 +371,7 @@ def grpc_threads(batching: BatchingOptions | None) -> int:
     """Default gRPC handler threads: one per CPU, as each handler runs its request in
     Python (more threads only contend for the GIL: on 2 cores, 8 threads cut half_plus_two's
     requests/s by a third); with batching, enough more to wait for two full batches, one
-    running and the next forming."""
+    running and the next forming (started only while requests wait: `HandlerPool`)."""
     cpus = os.cpu_count() or 1
     if batching is None:
         return cpus
