@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from examples import demo
+from tests.test_docs_examples import listing_lines_not_printed, output_listing
 
 
 def test_demo_steps_run_end_to_end(tmp_path, capsys):
@@ -54,3 +55,9 @@ def test_demo_steps_run_end_to_end(tmp_path, capsys):
     assert "(stopped serve --model_config_file=" in out
     assert "(stopped kbs serve)" in out
     assert "Demo complete" in out
+    # docs/demo.md shows some of these lines: they are what the demo prints
+    as_make_demo_prints = out.replace(str(tmp_path / "demo"), ".demo")
+    missing = listing_lines_not_printed(
+        output_listing("docs/demo.md", "make demo"), as_make_demo_prints
+    )
+    assert not missing, f"docs/demo.md shows lines the demo does not print: {missing}\n{out}"

@@ -66,6 +66,7 @@ EXECUTED_PAGES = [
     "docs/serving.md",
     "docs/requester.md",
     "docs/model-lifecycle.md",
+    "docs/openvino.md",
 ]
 # Every page of the documentation. One not in EXECUTED_PAGES has nothing to run here (diagrams,
 # tables, a demo the suite runs elsewhere): each block it has says visibly why it is not run.
@@ -197,6 +198,50 @@ def prints_as_shown(shown: list[str], printed: str) -> bool:
     return expected_pattern(shown).fullmatch(re.sub(r"\s+", "", printed)) is not None
 
 
+def output_listing(page: str, program: str) -> list[str]:
+    """The lines of the listing a page shows as `program`'s output: the fenced block after an
+    `<!-- output of PROGRAM` line. The test that runs the program compares them
+    (`listing_lines_not_printed`), since a listing is not a command to run here."""
+    lines = (ROOT / page).read_text().splitlines()
+    marker = f"<!-- output of {program}"
+    start = next(i for i, line in enumerate(lines) if line.startswith(marker))
+    fence = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```"))
+    end = next(i for i in range(fence + 1, len(lines)) if lines[i].startswith("```"))
+    return [line.strip() for line in lines[fence + 1 : end] if line.strip()]
+
+
+_HEX_RUN = re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _figures_as_placeholders(text: str) -> str:
+    """Hashes and numbers as placeholders: a listing's figures are one run's."""
+    return _NUMBER.sub("0", _HEX_RUN.sub("HEX", text))
+
+
+def listing_lines_not_printed(listing: list[str], printed: str) -> list[str]:
+    """The lines of a listing that the program's output lacks, in order: each must be a whole
+    line of the output (whitespace ignored, `…` for anything, figures and hashes free)."""
+    output = [_figures_as_placeholders(line) for line in printed.splitlines()]
+    missing: list[str] = []
+    position = 0
+    for line in listing:
+        pattern = expected_pattern([_figures_as_placeholders(line)])
+        found = next(
+            (
+                index
+                for index in range(position, len(output))
+                if pattern.fullmatch(re.sub(r"\s+", "", output[index]))
+            ),
+            None,
+        )
+        if found is None:
+            missing.append(line)
+        else:
+            position = found + 1
+    return missing
+
+
 @dataclass
 class Check:
     block: Block
@@ -324,6 +369,21 @@ def test_output_comments_are_told_from_prose() -> None:
     assert not prints_as_shown(["OK: model …, 4 files"], "noise\nOK: model 6f1c, 4 files\n")
     assert python_shown_output("x = 1\n# prose\nprint(x)\n# 1\n") == ["1"]
     assert python_shown_output("# prose\nprint(1)\n\n# after a blank line\n") == []
+
+
+def test_listings_are_compared_line_by_line_with_figures_free() -> None:
+    printed = (
+        "noise\n  serving m: gRPC on 127.0.0.1:35481\n  mr_enclave 7dd362e06b918f60… x\n"
+        "Done in 9 s\n"
+    )
+    listing = [
+        "serving m: gRPC on 127.0.0.1:8500",
+        "mr_enclave a546775a24cf7832… x",
+        "Done in 70 s",
+    ]
+    assert listing_lines_not_printed(listing, printed) == []
+    assert listing_lines_not_printed(["Done in 70 s", "serving m: …"], printed) == ["serving m: …"]
+    assert listing_lines_not_printed(["serving n: …"], printed) == ["serving n: …"]
 
 
 def test_hidden_and_skipped_blocks_are_recognised(tmp_path: Path, monkeypatch) -> None:
