@@ -190,6 +190,11 @@ def test_the_batch_dimension_stays_dynamic(digits_fp32, rows):
 def test_wrong_shapes_are_invalid_arguments_and_the_model_keeps_serving(digits_fp32):
     with pytest.raises(InvalidArgument, match=r"input 'image' has shape \[2,8,8\]"):
         digits_fp32.run("serving_default", {"image": np.zeros((2, 8, 8), np.float32)})
+    # what OpenVINO itself refuses is said in its own words, in one line
+    empty = np.frombuffer(b"", np.float32).reshape(0, 8, 8, 1)  # as gRPC's inputs
+    with pytest.raises(InvalidArgument) as refused:
+        digits_fp32.run("serving_default", {"image": empty})
+    assert str(refused.value) == "OpenVINO cannot run this input: Batch size is zero."
     assert digits_fp32.run("serving_default", {"image": np.zeros((1, 8, 8, 1), np.float32)})
 
 

@@ -460,7 +460,7 @@ def _runner(compiled: Any, bindings: _Bindings, signature: Any) -> Runner:
                 for alias, index in bindings.outputs
             }
         except RuntimeError as exc:  # OpenVINO's errors for inputs it cannot run on
-            raise InvalidArgument(_brief(exc)) from None
+            raise InvalidArgument(openvino_message(exc)) from None
         finally:
             pool.give_back(slot)
         # OpenVINO may compute in a narrower type (i32 for i64 indices): answer in the
@@ -616,6 +616,15 @@ def _check_accuracy(
         )
     log.info("%s: signature %s on OpenVINO %s: %s", model, key, precision, agreement.summary())
     return agreement
+
+
+def openvino_message(exc: BaseException) -> str:
+    """What an OpenVINO runtime error says, in one line: its last line that is not one of
+    the "Exception from <source file>:<line>:" lines it starts with (e.g. "Batch size is
+    zero."), prefixed to say who refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("Exception from ")]
+    return f"OpenVINO cannot run this input: {said[-1] if said else _brief(exc)}"
 
 
 def _brief(exc: BaseException) -> str:
