@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -226,7 +226,7 @@ class Child:
     stderr): `self.ready` is that match, so the ports it bound are read from it. Both streams
     are collected in the background (no pipe fills up) for assertions after `stop()`. A
     process that exits, or stays silent for `timeout` seconds, fails the test with its
-    output."""
+    output. `preexec_fn` runs in the child before it executes (e.g. to lower a limit)."""
 
     def __init__(
         self,
@@ -235,6 +235,7 @@ class Child:
         *,
         timeout: float = 120,
         env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.process = subprocess.Popen(
             [str(a) for a in argv],
@@ -242,6 +243,7 @@ class Child:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            preexec_fn=preexec_fn,
         )
         self._out: list[str] = []
         self._err: list[str] = []
@@ -339,7 +341,13 @@ class KbsProcess(Child):
     """A key broker process (`argv`, e.g. `sealserve kbs serve ... --port 0`), on the port
     its start-up line names."""
 
-    def __init__(self, argv: list[str | Path], timeout: float = 60) -> None:
-        super().__init__(argv, KBS_LISTENING, timeout=timeout)
+    def __init__(
+        self,
+        argv: list[str | Path],
+        timeout: float = 60,
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(argv, KBS_LISTENING, timeout=timeout, preexec_fn=preexec_fn)
         self.url = self.ready["url"]
         self.port = int(self.ready["port"])

@@ -14,13 +14,9 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +31,7 @@ from sealserve.kbs.limits import AnonymousBudget, client_key
 from sealserve.kbs.logtext import LogThrottle, shown
 from sealserve.kbs.protocol import PROTOCOL_VERSION, tee_pubkey_jwk
 from sealserve.kbs.service import KbsService
-from tests.harness import RunningKbs, free_port
+from tests.harness import SEALSERVE, KbsProcess, RunningKbs
 from tests.kbs.conftest import (
     POLICY,
     RESOURCE,
@@ -382,59 +378,51 @@ def test_low_fd_limit_gives_no_traceback_storm(tmp_path: Path, sim_dir: Path, ce
 
     (tmp_path / "signing.pem").write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     (tmp_path / "signing.pem").chmod(0o600)
-    port = free_port()
 
     def low_limit() -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
-    log = tmp_path / "kbs.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("sealserve")),
-                "kbs",
-                "serve",
-                "--db",
-                str(tmp_path / "kbs.db"),
-                "--master-key",
-                str(tmp_path / "master.key"),
-                "--signing-key",
-                str(tmp_path / "signing.pem"),
-                "--insecure-trust-sim-root",
-                str(sim_dir),
-                "--tls-cert",
-                str(certs.server_cert),
-                "--tls-key",
-                str(certs.server_key),
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=low_limit,
-        )
+    kbs = KbsProcess(
+        [
+            SEALSERVE,
+            "kbs",
+            "serve",
+            "--db",
+            tmp_path / "kbs.db",
+            "--master-key",
+            tmp_path / "master.key",
+            "--signing-key",
+            tmp_path / "signing.pem",
+            "--insecure-trust-sim-root",
+            sim_dir,
+            "--tls-cert",
+            certs.server_cert,
+            "--tls-key",
+            certs.server_key,
+            "--port",
+            "0",
+        ],
+        preexec_fn=low_limit,
+    )
     held: list[socket.socket] = []
     try:
-        for _ in range(100):
-            if b"listening" in log.read_bytes():
-                break
-            time.sleep(0.1)
         for i in range(200):
             with contextlib.suppress(OSError):
                 held.append(
-                    socket.create_connection(("127.0.0.1", port), 10, (f"127.0.1.{i % 4 + 1}", 0))
+                    socket.create_connection(
+                        ("127.0.0.1", kbs.port), 10, (f"127.0.1.{i % 4 + 1}", 0)
+                    )
                 )
-        legit = Abuser(port, str(certs.trust_anchor), "127.0.0.1")
+        legit = Abuser(kbs.port, str(certs.trust_anchor), "127.0.0.1")
         assert legit.request("GET", "/healthz")[0] == 200
         legit.close()
     finally:
         for sock in held:
             sock.close()
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    text = log.read_text(errors="replace")
+        kbs.stop()
+    text = kbs.stdout + kbs.stderr
     assert "Traceback" not in text
     assert len(text) < 20_000
     assert os.path.exists(tmp_path / "kbs.db")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import socket
 import ssl
 import struct
@@ -26,9 +27,12 @@ from sealserve.attestation.ratls import FORMATS, LEGACY, TCG_DICE, make_certific
 from sealserve.attestation.sim import SimAttester
 from sealserve.kbs.secret_prov import REQUEST, RESPONSE, SecretProvServer, server_context
 from sealserve.kbs.store import SECRET_PROV_MAP
-from tests.harness import free_port
+from tests.harness import KBS_LISTENING, SEALSERVE, Child, sim_kbs_argv
 
 from .conftest import MR_ENCLAVE, RESOURCE, SECRET, Kbs
+
+#: `sealserve kbs serve --secret-prov-port`'s start-up line, after "KBS listening on URL".
+SECRET_PROV_ON = re.compile(r"secret provisioning \(Gramine RA-TLS\) on [^\s:]+:(?P<port>\d+)")
 
 OTHER_RESOURCE = "sealserve/model-key/other"
 OTHER_SECRET = b"\x42" * 16
@@ -297,56 +301,40 @@ RA_CONFIG = """{{
 def test_end_to_end_against_sealserve_kbs_serve(tmp_path: Path) -> None:
     """The seed's deployment with one host name changed: `kbs serve --secret-prov-port`, the
     wrap key put and mapped with the seed's ra_config.json, the emulated enclave gets it."""
-    import re
     import subprocess
-    import sys
 
     from sealserve.attestation.sim import init_sim
     from sealserve.tools.certs import make_oneway
 
-    sealserve = str(Path(sys.executable).parent / "sealserve")
     sim_dir = tmp_path / "sim"
     init_sim(sim_dir)  # the real clock: the process verifies at the current time
-    keys = tmp_path / "keys"
-    subprocess.run([sealserve, "kbs", "init", str(keys)], check=True, capture_output=True)
+    keys = tmp_path / "kbs"
+    subprocess.run([SEALSERVE, "kbs", "init", str(keys)], check=True, capture_output=True)
     certs = make_oneway("localhost", tmp_path / "tls", sans=["127.0.0.1"])
-    port = free_port()
-    server = subprocess.Popen(
-        [sealserve, "kbs", "serve", "--db", str(tmp_path / "kbs.db")]
-        + ["--master-key", str(keys / "master.key")]
-        + ["--signing-key", str(keys / "signing-key.pem")]
-        + ["--admin-token-file", str(keys / "admin.token")]
-        + ["--insecure-trust-sim-root", str(sim_dir)]
-        + ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
-        + ["--port", str(port), "--secret-prov-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # ready once the secret-provisioning port is bound (named after the KBS's own line)
+    server = Child(sim_kbs_argv(tmp_path, certs, "--secret-prov-port", "0"), SECRET_PROV_ON)
     try:
-        assert server.stdout is not None
-        lines = [server.stdout.readline(), server.stdout.readline()]
-        found = re.search(r"secret provisioning .* on 127\.0\.0\.1:(\d+)", "".join(lines))
-        assert found, lines
-        admin = ["--url", f"https://127.0.0.1:{port}", "--ca", str(certs.trust_anchor)]
+        kbs_url = KBS_LISTENING.search(server.stdout)
+        assert kbs_url, server.stdout
+        admin = ["--url", kbs_url["url"], "--ca", str(certs.trust_anchor)]
         admin += ["--admin-token-file", str(keys / "admin.token")]
         (tmp_path / "wrap-key").write_bytes(SECRET)
         (tmp_path / "ra_config.json").write_text(RA_CONFIG.format(mr_enclave=MR_ENCLAVE.hex()))
         subprocess.run(
-            [sealserve, "kbs", "secret", "put", RESOURCE, "--file", str(tmp_path / "wrap-key")]
+            [SEALSERVE, "kbs", "secret", "put", RESOURCE, "--file", str(tmp_path / "wrap-key")]
             + admin,
             check=True,
             capture_output=True,
         )
         mapped = subprocess.run(
-            [sealserve, "kbs", "secret-prov", "map", RESOURCE]
+            [SEALSERVE, "kbs", "secret-prov", "map", RESOURCE]
             + ["--ra-config", str(tmp_path / "ra_config.json"), "--insecure-sim"]
             + admin,
             capture_output=True,
             text=True,
         )
         assert mapped.returncode == 0, mapped.stderr
-        endpoint = Endpoint(int(found.group(1)), str(certs.trust_anchor), None)  # type: ignore[arg-type]
+        endpoint = Endpoint(int(server.ready["port"]), str(certs.trust_anchor), None)  # type: ignore[arg-type]
         enclave = SimAttester(sim_dir, mr_enclave=MR_ENCLAVE, isv_svn=3)
         key = new_key()
         identity = enclave_identity(tmp_path, make_certificate(enclave, key), key)
@@ -358,7 +346,7 @@ def test_end_to_end_against_sealserve_kbs_serve(tmp_path: Path) -> None:
         identity = enclave_identity(tmp_path, make_certificate(impostor, key), key)
         assert gramine_client(endpoint, identity) is None
         audit = subprocess.run(
-            [sealserve, "kbs", "audit", "--resource", RESOURCE] + admin,
+            [SEALSERVE, "kbs", "audit", "--resource", RESOURCE] + admin,
             capture_output=True,
             text=True,
         )
@@ -367,8 +355,7 @@ def test_end_to_end_against_sealserve_kbs_serve(tmp_path: Path) -> None:
         ]
         assert ['"decision": "allowed"' in d for d in decisions] == [True, False]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
 
 def test_anonymous_failures_use_up_a_per_client_budget_and_attested_enclaves_do_not(
