@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_twoway
-from tests.harness import free_port
+from tests.harness import SEALSERVE, ServeProcess
 
-SEALSERVE = str(Path(sys.executable).parent / "sealserve")
+__all__ = ["SEALSERVE", "Server", "model_available", "run"]  # the brokered-TLS tests use them
 
 
 def run(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -33,26 +32,25 @@ def run(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-class Server:
-    def __init__(self, flags: list[str], grpc_port: int, rest_port: int) -> None:
-        self.flags, self.grpc, self.rest = flags, grpc_port, rest_port
-        self.process = subprocess.Popen(
-            [SEALSERVE, "serve", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+class Server(ServeProcess):
+    """`sealserve serve FLAGS` (the harness's child process) on the ports it bound; `flags`
+    as given, so `sealserve measure FLAGS` measures this very server."""
 
-    def wait_ready(self, tls_probe) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, flags: list[str]) -> None:
+        super().__init__(*flags, timeout=180)
+        self.flags = flags
+        self.grpc = self.grpc_port
+        self.rest = self.rest_port
+
+    def wait_ready(self, probe: Callable[[Server], bool]) -> None:
+        """Wait until `probe(self)` (e.g. the model is AVAILABLE); fail with the server's
+        output if it exits first or the probe never holds."""
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(self.process.stderr.read() if self.process.stderr else "")
-            if tls_probe(self):
-                return
+        while not probe(self):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop(signal.SIGKILL)
+                raise AssertionError(f"the server did not become ready:\n{self.stderr}")
             time.sleep(0.3)
-        raise AssertionError("server did not come up")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +70,20 @@ def setup(tmp_path_factory, half_plus_two):  # type: ignore[no-untyped-def]
     return {"root": root, "key": key, "certs": certs}
 
 
-def serve_flags(setup, *, attested: bool) -> tuple[list[str], int, int]:  # type: ignore[no-untyped-def]
+def serve_flags(setup, *, attested: bool) -> list[str]:  # type: ignore[no-untyped-def]
     root = setup["root"]
-    grpc_port, rest_port = free_port(), free_port()
     flags = [
         "--model_name=hpt",
         f"--model_base_path={root / 'models' / 'hpt'}",
         f"--model_key=hpt={setup['key']}",
-        f"--port={grpc_port}",
-        f"--rest_api_port={rest_port}",
+        "--port=0",  # the harness reads the ports the server bound from its start-up line
+        "--rest_api_port=0",
         "--bind_address=127.0.0.1",
         f"--ssl_config_file={setup['certs'].ssl_config}",
     ]
     if attested:
         flags += ["--attested_tls", "--attestation=sim", f"--sim_dir={root / 'sim'}"]
-    return flags, grpc_port, rest_port
+    return flags
 
 
 def model_available(server: Server, setup) -> bool:  # type: ignore[no-untyped-def]
@@ -109,7 +106,7 @@ def model_available(server: Server, setup) -> bool:  # type: ignore[no-untyped-d
 
 
 def start(setup, *, attested: bool) -> Server:  # type: ignore[no-untyped-def]
-    server = Server(*serve_flags(setup, attested=attested))
+    server = Server(serve_flags(setup, attested=attested))
     server.wait_ready(lambda s: model_available(s, setup))
     return server
 

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_oneway, make_twoway
-from tests.harness import KbsProcess, free_port, sim_kbs_argv
+from tests.harness import KbsProcess, sim_kbs_argv
 from tests.test_attested_tls import Server, model_available, run
 
 TLS_NAME = "hpt-server"
@@ -58,27 +58,22 @@ def kbs(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[no-u
     process.stop()
 
 
-def server_flags(kbs: dict) -> tuple[list[str], int, int]:  # type: ignore[type-arg]
+def server_flags(kbs: dict) -> list[str]:  # type: ignore[type-arg]
     root = kbs["root"]
-    grpc_port, rest_port = free_port(), free_port()
-    return (
-        [
-            "--model_name=hpt",
-            f"--model_base_path={root / 'models' / 'hpt'}",
-            f"--port={grpc_port}",
-            f"--rest_api_port={rest_port}",
-            "--bind_address=127.0.0.1",
-            f"--ssl_config_file={kbs['certs'].ssl_config}",
-            "--ssl_config_key=hpt",
-            f"--key_broker={kbs['url']}",
-            f"--key_broker_ca={kbs['ca']}",
-            "--attestation=sim",
-            f"--sim_dir={root / 'sim'}",
-            f"--key_broker_tls_name={TLS_NAME}",
-        ],
-        grpc_port,
-        rest_port,
-    )
+    return [
+        "--model_name=hpt",
+        f"--model_base_path={root / 'models' / 'hpt'}",
+        "--port=0",  # the harness reads the ports the server bound from its start-up line
+        "--rest_api_port=0",
+        "--bind_address=127.0.0.1",
+        f"--ssl_config_file={kbs['certs'].ssl_config}",
+        "--ssl_config_key=hpt",
+        f"--key_broker={kbs['url']}",
+        f"--key_broker_ca={kbs['ca']}",
+        "--attestation=sim",
+        f"--sim_dir={root / 'sim'}",
+        f"--key_broker_tls_name={TLS_NAME}",
+    ]
 
 
 def sim_policy(path: Path, mr_enclave: str) -> Path:
@@ -91,13 +86,13 @@ def sim_policy(path: Path, mr_enclave: str) -> Path:
 
 @pytest.fixture(scope="module")
 def server(kbs) -> Iterator[Server]:  # type: ignore[no-untyped-def]
-    flags, grpc_port, rest_port = server_flags(kbs)
+    flags = server_flags(kbs)
     measured = run("measure", *flags).stdout.strip()
     policy = sim_policy(kbs["root"] / "policy.toml", measured)
     for resource in ("sealserve/model-key/hpt", f"sealserve/tls-cert/{TLS_NAME}"):
         run("kbs", "policy", "set", resource, policy, *kbs["admin"])
     kbs["policy"] = policy
-    started = Server(flags, grpc_port, rest_port)
+    started = Server(flags)
     started.wait_ready(lambda s: model_available(s, {"certs": kbs["certs"]}))
     yield started
     started.stop()
