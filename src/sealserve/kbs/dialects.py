@@ -1,7 +1,8 @@
 """What differs between the KBS's two SQL databases — SQLite (stdlib `sqlite3`, one file) and
 PostgreSQL (`psycopg`, replicated deployments) — so that `store.SqlStore` is one SQL
-implementation: connecting, the placeholder style, a few type names, how a write
-transaction starts and how writers are serialised.
+implementation: connecting, and one table of the statements that differ (`Statements`: the
+placeholder style, the byte-string type, how a write transaction starts and how writers are
+serialised, how tables are listed); everything else is shared (`_SqlDialect`).
 
 SQL in `store` is written with `?` placeholders; `Dialect.sql()` rewrites them for psycopg
 (`%s`). Our statements never contain a literal `?` or `%`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,64 @@ from sealserve.fsio import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 _WRITE_LOCK_ID = 0x5EA15E4B  # pg_advisory_xact_lock key serialising KBS writes
 
 
-class SqliteDialect:
+@dataclass(frozen=True)
+class Statements:
+    """The statements in which the two databases differ; all others are shared."""
+
+    placeholder: str  # psycopg takes %s where sqlite3 (and `store`'s SQL) takes ?
+    blob: str  # the type of a byte string column
+    begin_write: tuple[str, ...]  # start a transaction that holds the one writer's lock
+    list_tables: str  # the names of the tables in the database (one column)
+
+
+SQLITE = Statements(
+    placeholder="?",
+    blob="BLOB",
+    begin_write=("BEGIN IMMEDIATE",),  # one writer per file
+    list_tables="SELECT name FROM sqlite_master WHERE type='table'",
+)
+POSTGRESQL = Statements(
+    placeholder="%s",
+    blob="BYTEA",
+    # several KBS replicas on one database: a transaction-scoped advisory lock
+    begin_write=("BEGIN", f"SELECT pg_advisory_xact_lock({_WRITE_LOCK_ID})"),
+    list_tables="SELECT tablename FROM pg_tables WHERE schemaname = current_schema()",
+)
+
+
+class _SqlDialect:
+    """What both databases do alike, from their `Statements`; subclasses connect."""
+
+    name: str
+    statements: Statements
+
+    @property
+    def blob(self) -> str:
+        return self.statements.blob
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", self.statements.placeholder)
+
+    def begin_write(self, db: Any) -> None:
+        for statement in self.statements.begin_write:
+            db.execute(statement)
+
+    @staticmethod
+    def commit(db: Any) -> None:
+        db.execute("COMMIT")
+
+    @staticmethod
+    def rollback(db: Any) -> None:
+        db.execute("ROLLBACK")
+
+    def tables(self, db: Any) -> set[str]:
+        rows = db.execute(self.statements.list_tables).fetchall()
+        return {str(r[0]) for r in rows}
+
+
+class SqliteDialect(_SqlDialect):
     name = "sqlite"
-    blob = "BLOB"
+    statements = SQLITE
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path)
@@ -51,31 +108,10 @@ class SqliteDialect:
         db.execute("PRAGMA synchronous=FULL")
         return db
 
-    @staticmethod
-    def sql(statement: str) -> str:
-        return statement
 
-    @staticmethod
-    def begin_write(db: Any) -> None:
-        db.execute("BEGIN IMMEDIATE")
-
-    @staticmethod
-    def commit(db: Any) -> None:
-        db.execute("COMMIT")
-
-    @staticmethod
-    def rollback(db: Any) -> None:
-        db.execute("ROLLBACK")
-
-    @staticmethod
-    def tables(db: Any) -> set[str]:
-        rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-        return {str(r[0]) for r in rows}
-
-
-class PostgresDialect:
+class PostgresDialect(_SqlDialect):
     name = "postgresql"
-    blob = "BYTEA"
+    statements = POSTGRESQL
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -98,30 +134,6 @@ class PostgresDialect:
                 f"cannot connect to the KBS database {self._where}: {type(err).__name__}",
                 code=Code.UNAVAILABLE,
             ) from None
-
-    @staticmethod
-    def sql(statement: str) -> str:
-        return statement.replace("?", "%s")
-
-    @staticmethod
-    def begin_write(db: Any) -> None:
-        db.execute("BEGIN")
-        db.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK_ID,))
-
-    @staticmethod
-    def commit(db: Any) -> None:
-        db.execute("COMMIT")
-
-    @staticmethod
-    def rollback(db: Any) -> None:
-        db.execute("ROLLBACK")
-
-    @staticmethod
-    def tables(db: Any) -> set[str]:
-        rows = db.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-        ).fetchall()
-        return {str(r[0]) for r in rows}
 
 
 Dialect = SqliteDialect | PostgresDialect
