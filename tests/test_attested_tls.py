@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,14 @@ from sealserve.model_tree import encrypt_tree
 from sealserve.tools.certs import make_twoway
 from tests.harness import SEALSERVE, ServeProcess
 
-__all__ = ["SEALSERVE", "Server", "model_available", "run"]  # the brokered-TLS tests use them
+# the brokered-TLS and revocation tests use these
+__all__ = [
+    "SEALSERVE",
+    "Server",
+    "encrypted_model_and_certs",
+    "model_available",
+    "run",
+]
 
 
 def run(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -57,17 +65,25 @@ class Server(ServeProcess):
 def setup(tmp_path_factory, half_plus_two):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("attested-tls")
     run("sim", "init", root / "sim")
+    key, certs = encrypted_model_and_certs(root, half_plus_two)
+    return {"root": root, "key": key, "certs": certs}
+
+
+def encrypted_model_and_certs(root: Path, model: Path) -> tuple[Path, Any]:
+    """A new model key `root/model.key`; `model` encrypted with it as `root/models/hpt/1`; a
+    server and requester certificate pair in `root/certs` whose SSL config is protected with
+    that key (an attested server reads only a protected one)."""
     key = root / "model.key"
     run("keygen", "-w", key)
-    encrypt_tree(half_plus_two, str(root / "models" / "hpt" / "1"), key.read_bytes())
+    encrypt_tree(model, str(root / "models" / "hpt" / "1"), key.read_bytes())
     certs = make_twoway(
         "localhost",
         "requester",
         root / "certs",
         sans=["127.0.0.1"],
-        encrypt_ssl_cfg_key=key.read_bytes(),  # an attested server reads only a protected one
+        encrypt_ssl_cfg_key=key.read_bytes(),
     )
-    return {"root": root, "key": key, "certs": certs}
+    return key, certs
 
 
 def serve_flags(setup, *, attested: bool) -> list[str]:  # type: ignore[no-untyped-def]

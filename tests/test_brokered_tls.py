@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from sealserve.model_tree import encrypt_tree
-from sealserve.tools.certs import make_oneway, make_twoway
+from sealserve.tools.certs import make_oneway
 from tests.harness import KbsProcess, sim_kbs_argv
-from tests.test_attested_tls import Server, model_available, run
+from tests.test_attested_tls import Server, encrypted_model_and_certs, model_available, run
 
 TLS_NAME = "hpt-server"
 
@@ -40,16 +39,7 @@ def kbs(tmp_path_factory, half_plus_two) -> Iterator[dict]:  # type: ignore[no-u
             "6",
         )  # fmt: skip
     )
-    key = root / "model.key"
-    run("keygen", "-w", key)
-    encrypt_tree(half_plus_two, str(root / "models" / "hpt" / "1"), key.read_bytes())
-    certs = make_twoway(
-        "localhost",
-        "requester",
-        root / "certs",
-        sans=["127.0.0.1"],
-        encrypt_ssl_cfg_key=key.read_bytes(),
-    )
+    key, certs = encrypted_model_and_certs(root, half_plus_two)
     url = process.url
     admin = ["--url", url, "--ca", tls.server_cert]
     admin += ["--admin-token-file", root / "kbs" / "admin.token"]

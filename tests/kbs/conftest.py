@@ -91,6 +91,21 @@ def make_service(
     return KbsService(store, config)
 
 
+def make_ca_service(directory: Path, sim: SimTee) -> KbsService:
+    """A KBS service (no admin token) that issues attested servers' TLS certificates from a
+    server CA made in `directory` (one-hour certificates)."""
+    from sealserve.kbs.server_ca import ServerCA, make_server_ca
+
+    make_server_ca(directory)
+    service = make_service(directory, sim, Clock(SIM_NOW + 60), admin=None)
+    service.config.server_ca = ServerCA.load(
+        str(directory / "server-ca-key.pem"),
+        str(directory / "server-ca.pem"),
+        lifetime_seconds=3600,
+    )
+    return service
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     return make_oneway("localhost", tmp_path_factory.mktemp("tls") / "certs", sans=["127.0.0.1"])

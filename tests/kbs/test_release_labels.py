@@ -16,11 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sealserve.attestation.sim import SimAttester, SimTee
 from sealserve.kbs.client import AttestedSession, KbsClient, KbsDenied
-from sealserve.kbs.server_ca import ServerCA, make_server_ca
 from sealserve.kbs.service import KbsService
 from sealserve.kbs.store import DEFAULT_POLICY
 from tests.harness import RunningKbs
-from tests.kbs.conftest import POLICY, SIM_NOW, SVN, Clock, make_service
+from tests.kbs.conftest import POLICY, SVN, make_ca_service
 
 pytestmark = pytest.mark.integration  # a KBS on loopback
 
@@ -31,14 +30,7 @@ KNOWN = "sealserve/tls-cert/known"
 def broker(
     tmp_path_factory: pytest.TempPathFactory, sim: SimTee, certs
 ) -> Iterator[tuple[str, str, KbsService]]:  # type: ignore[no-untyped-def]
-    directory = tmp_path_factory.mktemp("kbs-labels")
-    make_server_ca(directory)
-    service = make_service(directory, sim, Clock(SIM_NOW + 60), admin=None)
-    service.config.server_ca = ServerCA.load(
-        str(directory / "server-ca-key.pem"),
-        str(directory / "server-ca.pem"),
-        lifetime_seconds=3600,
-    )
+    service = make_ca_service(tmp_path_factory.mktemp("kbs-labels"), sim)
     # the default policy admits the TEE for any name; `known` has a policy of its own
     service.store.set_policy(DEFAULT_POLICY, POLICY, "toml")
     service.store.set_policy(KNOWN, POLICY, "toml")

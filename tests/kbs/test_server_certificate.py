@@ -28,10 +28,10 @@ from sealserve.kbs.protocol import (
     spki_sha256,
     tee_pubkey_jwk,
 )
-from sealserve.kbs.server_ca import ServerCA, claims_in_certificate, make_server_ca
+from sealserve.kbs.server_ca import claims_in_certificate
 from sealserve.kbs.service import KbsService
 from tests.harness import RunningKbs
-from tests.kbs.conftest import MR_ENCLAVE, POLICY, RESOURCE, SECRET, SIM_NOW, Clock, make_service
+from tests.kbs.conftest import MR_ENCLAVE, POLICY, RESOURCE, SECRET, make_ca_service
 
 pytestmark = pytest.mark.integration  # a KBS on loopback (the `broker` fixture)
 
@@ -48,14 +48,7 @@ class Broker:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, sim: SimTee, certs) -> Iterator[Broker]:  # type: ignore[no-untyped-def]
-    directory = tmp_path_factory.mktemp("kbs-ca")
-    make_server_ca(directory)
-    service = make_service(directory, sim, Clock(SIM_NOW + 60), admin=None)
-    service.config.server_ca = ServerCA.load(
-        str(directory / "server-ca-key.pem"),
-        str(directory / "server-ca.pem"),
-        lifetime_seconds=3600,
-    )
+    service = make_ca_service(tmp_path_factory.mktemp("kbs-ca"), sim)
     for path in (RESOURCE, CERT_RESOURCE):
         service.store.set_policy(path, POLICY, "toml")
     service.store.put_resource(RESOURCE, SECRET)
