@@ -37,7 +37,8 @@ install: $(VENV)/.installed
 
 # Debian packages of tests/test_cluster.py and `make cluster-demo`, installed when missing:
 # nginx with its stream module (nginx-light builds it as a separate module package) and the
-# PostgreSQL server. The package lists are refreshed only if a first attempt fails.
+# PostgreSQL server; and kubectl (Debian's kubernetes-client) for docs/deployment.md's client-side
+# dry runs. The package lists are refreshed only if a first attempt fails.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
 
@@ -48,6 +49,7 @@ system-deps:
 	     ! test -e /usr/lib/nginx/modules/ngx_stream_module.so; then missing="libnginx-mod-stream"; fi; \
 	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	    missing="$$missing postgresql"; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages: $$missing"; \
 	    $(APT_INSTALL) $$missing || { $(SUDO) apt-get update -q && $(APT_INSTALL) $$missing; }; \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import shutil
 import socket
 import tomllib
 from collections.abc import Iterator
@@ -19,22 +20,20 @@ from urllib.parse import parse_qsl, urlsplit
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from sealserve.attestation import Policy
 from sealserve.cli import build_parser
 from sealserve.kbs.http import HEALTH_PATH as KBS_HEALTH_PATH
 from sealserve.serving.rest import LIVE_PATH, READY_PATH
-from tests.deploy import network_policy, pod_security
+from tests.deploy import kustomize, network_policy, pod_security
 from tests.deploy.common import KUBERNETES, REPO, load_script
 
-KUBERNETES_VERSION = "1.30"
+KUBERNETES_VERSION = kustomize.KUBERNETES_VERSION
 TEMPLATE = KUBERNETES / "secrets.template.yaml"
 VARIANTS = ("tdx", "sgx")
 
 
-def _docs(path: Path) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+_docs = kustomize.documents
 
 
 ALL_FILES = sorted(KUBERNETES.rglob("*.yaml"))
@@ -91,52 +90,13 @@ def test_the_validator_rejects_what_kubernetes_rejects(no_network: None) -> None
 # --- kustomizations -----------------------------------------------------------------------------
 
 
-def _kustomization(directory: Path) -> list[Path]:
-    (doc,) = _docs(directory / "kustomization.yaml")
-    assert doc["kind"] == "Kustomization"
-    return [directory / entry for entry in doc["resources"]]
-
-
 def _resolved(directory: Path) -> list[Path]:
-    """The manifest files a kustomization builds from, recursively."""
-    out: list[Path] = []
-    for entry in _kustomization(directory):
-        out.extend(_resolved(entry) if entry.is_dir() else [entry])
-    return out
-
-
-def _images(directory: Path) -> list[dict[str, str]]:
-    (doc,) = _docs(directory / "kustomization.yaml")
-    return doc.get("images", [])
-
-
-def _set_images(doc: dict[str, Any], images: list[dict[str, str]]) -> None:
-    """kustomize's images transformer: a container image named `name` becomes
-    `newName@digest` (or `newName:newTag`)."""
-    spec = doc.get("spec") or {}
-    pods = []
-    if "template" in spec:
-        pods.append(spec["template"]["spec"])
-    if "jobTemplate" in spec:
-        pods.append(spec["jobTemplate"]["spec"]["template"]["spec"])
-    for pod in pods:
-        for container in pod.get("containers", []) + pod.get("initContainers", []):
-            for image in images:
-                if container["image"] == image["name"]:
-                    name = image.get("newName", image["name"])
-                    if "digest" in image:
-                        container["image"] = f"{name}@{image['digest']}"
-                    else:
-                        container["image"] = f"{name}:{image['newTag']}"
+    return kustomize.resolved(directory)
 
 
 def _variant(variant: str) -> list[dict[str, Any]]:
-    """The objects `kubectl apply -k deploy/kubernetes/<variant>` creates (resources, and the
-    images transformer of the variant's kustomization)."""
-    docs = [copy.deepcopy(doc) for path in _resolved(KUBERNETES / variant) for doc in _docs(path)]
-    for doc in docs:
-        _set_images(doc, _images(KUBERNETES / variant))
-    return docs
+    """The objects `kubectl apply -k deploy/kubernetes/<variant>` creates."""
+    return kustomize.build(KUBERNETES / variant)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -155,6 +115,41 @@ def test_each_variant_builds_the_whole_deployment(variant: str) -> None:
     ]:
         assert wanted in names, wanted
     assert not [doc for doc in _variant(variant) if doc["kind"] == "Secret"]
+
+
+def test_the_walker_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
+    """A kustomization field the walker would silently skip (a patch, a namespace override)
+    would make it build other objects than kubectl does: it refuses instead."""
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [a.yaml]\nnamespace: elsewhere\n"
+    )
+    (tmp_path / "a.yaml").write_text("kind: Namespace\nmetadata: {name: a}\n")
+    with pytest.raises(kustomize.KustomizationError, match="namespace"):
+        kustomize.build(tmp_path)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_docs_render_command_builds_and_validates(
+    variant: str, capsys: pytest.CaptureFixture[str], no_network: None
+) -> None:
+    """docs/deployment.md's `kubectl apply -k` (test-only shim) runs this command."""
+    assert kustomize.main([str(KUBERNETES / variant)]) == 0
+    assert "deployment/sealserve\n" in capsys.readouterr().out
+
+
+def test_the_docs_render_command_refuses_an_invalid_object_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_network: None
+) -> None:
+    shutil.copytree(KUBERNETES, tmp_path / "kubernetes")
+    server = tmp_path / "kubernetes" / "tdx" / "server.yaml"
+    server.write_text(server.read_text().replace("replicas: 3", "replicas: three"))
+    assert kustomize.main([str(tmp_path / "kubernetes" / "tdx")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("kustomize: Deployment/sealserve: ")
+    (tmp_path / "kubernetes" / "tdx" / "server.yaml").unlink()
+    assert kustomize.main([str(tmp_path / "kubernetes" / "tdx")]) == 1
+    assert "server.yaml does not exist" in capsys.readouterr().err
 
 
 def test_every_manifest_is_used_and_the_secret_template_is_not() -> None:
