@@ -1,7 +1,7 @@
 """deploy/kubernetes: every manifest validates offline against the Kubernetes 1.30 schemas
 (kubernetes-validate's bundled ones, strict: unknown fields are errors), and the deployment has
 the properties the design needs: 3 server replicas that attest on their own, 2 KBS replicas on
-PostgreSQL behind a client-affine Service, health probes on sealserve's paths, resources,
+PostgreSQL behind a client-affine Service, probes that work with mutual TLS, resources,
 restricted security contexts, and secrets referenced, never inlined.
 """
 
@@ -24,7 +24,7 @@ import pytest
 from sealserve.attestation import Policy
 from sealserve.cli import build_parser
 from sealserve.kbs.http import HEALTH_PATH as KBS_HEALTH_PATH
-from sealserve.serving.rest import LIVE_PATH, READY_PATH
+from sealserve.serving.rest import READY_PATH
 from tests.deploy import kustomize, network_policy, pod_security
 from tests.deploy.common import KUBERNETES, REPO, load_script
 
@@ -240,15 +240,54 @@ def test_three_server_replicas(variant: str) -> None:
     assert _server(variant)["spec"]["replicas"] == 3
 
 
+#: the server's ports: both serve TLS that requires a client certificate (the docs build its
+#: ssl.cfg with `certs twoway`: client_verify), which the kubelet's probes never carry
+MUTUAL_TLS_PORTS = {8500, 8501}
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+
+
+def _probe_problems(container: dict[str, Any]) -> list[str]:
+    """Why the kubelet's probes of `container` would fail against mutual TLS: every probe must
+    be a TCP connect to a TLS port (httpGet and grpc probes carry no client certificate, exec
+    probes are refused by the CoCo agent policy)."""
+    problems = []
+    for name in PROBES:
+        probe = container.get(name)
+        if probe is None:
+            problems.append(f"{name}: missing")
+            continue
+        kinds = {"httpGet", "grpc", "exec", "tcpSocket"} & probe.keys()
+        if kinds != {"tcpSocket"}:
+            problems.append(f"{name}: {sorted(kinds)} (only tcpSocket works with mutual TLS)")
+        elif _port(container, probe["tcpSocket"]["port"]) not in MUTUAL_TLS_PORTS:
+            problems.append(f"{name}: port {probe['tcpSocket']['port']} is not a serving port")
+    return problems
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_server_probes_use_the_health_paths(variant: str) -> None:
+def test_server_probes_are_tcp_connects_to_the_tls_ports(variant: str) -> None:
+    """The ports open only once every initial model is loaded (`serve` exits 3 otherwise), so a
+    TCP connect means "loaded and serving"; the kubelet has no client certificate."""
     container = _container(_server(variant), "server")
-    readiness = container["readinessProbe"]["httpGet"]
-    liveness = container["livenessProbe"]["httpGet"]
-    assert readiness["path"] == READY_PATH and liveness["path"] == LIVE_PATH
-    for probe in (readiness, liveness, container["startupProbe"]["httpGet"]):
-        assert probe["scheme"] == "HTTPS"  # the REST port serves TLS (ssl.cfg)
-        assert _port(container, probe["port"]) == 8501
+    assert _probe_problems(container) == []
+    assert container["startupProbe"]["failureThreshold"] > 1  # the models' load takes minutes
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        {"httpGet": {"path": READY_PATH, "port": "rest", "scheme": "HTTPS"}},
+        {"grpc": {"port": 8500}},
+        {"exec": {"command": ["true"]}},
+        {"tcpSocket": {"port": 9999}},
+    ],
+    ids=["httpGet", "grpc", "exec", "other-port"],
+)
+@pytest.mark.parametrize("name", PROBES)
+def test_probes_that_mutual_tls_refuses_are_refused(name: str, probe: dict[str, Any]) -> None:
+    container = copy.deepcopy(_container(_server("tdx"), "server"))
+    container[name] = probe
+    assert [p for p in _probe_problems(container) if p.startswith(name)]
 
 
 def test_kbs_is_ready_by_its_health_path_and_alive_by_its_port() -> None:
