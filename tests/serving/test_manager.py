@@ -253,3 +253,86 @@ def test_a_reload_does_not_wait_behind_another_models_load(tmp_path):
         threading.Event().wait(0.01)
     assert serving_version(manager, "slow") == 1
     manager.stop()
+
+
+def reload_with_platform(base, model_platform, **changes):
+    """The model's config as a reload names it, with `model_platform` spelled as given."""
+    from sealserve.serving.runtimes import parse_runtime
+
+    runtime = parse_runtime(model_platform, "reload")
+    return ModelConfig("m", str(base), runtime=runtime, platform_text=model_platform, **changes)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("", "openvino"),
+        ("tensorflow", "openvino:bf16"),
+        ("openvino", "tensorflow"),
+        ("openvino", "openvino:bf16"),
+        ("openvino", "openvino:strict"),
+        ("openvino", "openvino:max_relative_error=0.5"),
+    ],
+)
+def test_a_reload_may_not_change_a_models_platform(base, before, after):
+    """TF Serving's ServerCore refuses it; the loaded versions would go on running on the old
+    runtime while the config claims the new one."""
+    loaders = FakeLoaders()
+    add_version(base, 1)
+    manager = ModelManager(
+        [reload_with_platform(base, before)], loaders, ManagerOptions(poll_seconds=0)
+    )
+    manager.start()
+    with manager.handle("m") as handle:
+        loaded = handle.servable
+    with pytest.raises(InvalidArgument) as refused:
+        manager.reload([reload_with_platform(base, after, version_labels={"stable": 1})])
+    assert str(refused.value) == (
+        f"Illegal to change a model's platform. For model m platform was "
+        f"{before or 'tensorflow'} and new platform requested is {after}"
+    )
+    # the old config stays in force: same version, not reloaded, no label added
+    assert loaders.calls == [("m", 1)]
+    assert states(manager) == [(1, State.AVAILABLE)]
+    with manager.handle("m") as handle:
+        assert handle.servable is loaded
+    with pytest.raises(InvalidArgument, match="Unrecognized servable version label: stable"):
+        manager.handle("m", label="stable")
+    manager.stop()
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("", "tensorflow"),
+        ("tensorflow", " TensorFlow "),
+        ("openvino", "OpenVINO:fp32,latency"),
+        ("openvino:bf16,strict", "openvino:strict,bf16,max_relative_error=0.1"),
+        ("openvino", "openvino:min_top1_agreement=1,max_relative_error=1e-4"),
+    ],
+)
+def test_equivalent_platform_spellings_are_no_change(base, before, after):
+    loaders = FakeLoaders()
+    add_version(base, 1)
+    manager = ModelManager(
+        [reload_with_platform(base, before)], loaders, ManagerOptions(poll_seconds=0)
+    )
+    manager.start()
+    manager.reload([reload_with_platform(base, after, version_labels={"stable": 1})])
+    assert serving_version(manager, "m", label="stable") == 1
+    assert loaders.calls == [("m", 1)]  # nothing reloaded
+    manager.stop()
+
+
+def test_a_removed_model_may_come_back_on_another_platform(base, tmp_path):
+    """Only a model in both the old and the new config keeps its platform (as TF Serving)."""
+    (tmp_path / "other").mkdir()
+    add_version(base, 1)
+    manager = ModelManager(
+        [reload_with_platform(base, "tensorflow")], FakeLoaders(), ManagerOptions(poll_seconds=0)
+    )
+    manager.start()
+    manager.reload([ModelConfig("other", str(tmp_path / "other"))])
+    manager.reload([reload_with_platform(base, "openvino")])
+    assert serving_version(manager, "m") == 1
+    manager.stop()

@@ -17,17 +17,21 @@ from tests.harness import RunningServer, server_options
 from tests.serving.conftest import SECRET_KEY
 
 
-def config_text(models: dict[str, str]) -> str:
+def config_text(models: dict[str, str], platforms: dict[str, str] | None = None) -> str:
+    platforms = platforms or {}
     entries = "".join(
-        f"config {{ name: '{n}' base_path: '{p}' model_platform: 'tensorflow' }} "
+        f"config {{ name: '{n}' base_path: '{p}' "
+        f"model_platform: '{platforms.get(n, 'tensorflow')}' }} "
         for n, p in models.items()
     )
     return f"model_config_list {{ {entries}}}"
 
 
-def reload_request(models: dict[str, str]) -> model_management_pb2.ReloadConfigRequest:
+def reload_request(
+    models: dict[str, str], platforms: dict[str, str] | None = None
+) -> model_management_pb2.ReloadConfigRequest:
     request = model_management_pb2.ReloadConfigRequest()
-    text_format.Parse(config_text(models), request.config)
+    text_format.Parse(config_text(models, platforms), request.config)
     return request
 
 
@@ -86,5 +90,83 @@ def test_editing_the_model_config_file_reloads_it(tmp_path, paths, caplog):
             assert time.monotonic() < deadline, "the bad edit was never read"
             time.sleep(0.05)
         assert predict_status(server, "b") == 200
+    finally:
+        server.stop()
+
+
+PLATFORM_CHANGE = (
+    "Illegal to change a model's platform. For model a platform was tensorflow and new "
+    "platform requested is openvino"
+)
+
+
+def loaded_servable(server, name):
+    """The servable now serving `name` (to see that a refused reload loaded nothing new)."""
+    with server.manager.handle(name) as handle:
+        return handle.servable
+
+
+def test_a_reload_rpc_changing_a_models_platform_is_refused(paths, model_root):
+    """TF Serving's ServerCore: INVALID_ARGUMENT with its message, the old config in force
+    (before: OK, and version 2 went on serving on TensorFlow, reported AVAILABLE)."""
+    anyone = ModelManagementPolicy(insecure_any_client=True, base_path_root=str(model_root))
+    server = RunningServer(
+        server_options([ModelConfig("a", paths["a"])], model_management=anyone),
+        StaticKeyProvider({"b": SECRET_KEY}),
+    )
+    try:
+        stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
+        before = loaded_servable(server, "a")
+        for platform in ("openvino", "openvino:bf16"):
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.HandleReloadConfigRequest(
+                    reload_request({"a": paths["a"], "b": paths["b"]}, {"a": platform}),
+                    timeout=60,
+                )
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert raised.value.details() == PLATFORM_CHANGE.replace("openvino", platform)
+        # nothing applied: b was not added, a still runs on TensorFlow, not loaded again
+        assert predict_status(server, "b") == 404
+        assert predict_status(server, "a") == 200
+        assert loaded_servable(server, "a") is before
+        assert before.runtime_labels == {}  # every signature on TensorFlow
+
+        # a reload changing something else (b added, a's platform spelled otherwise) works
+        stub.HandleReloadConfigRequest(
+            reload_request({"a": paths["a"], "b": paths["b"]}, {"a": "TensorFlow"}), timeout=60
+        )
+        assert predict_status(server, "b") == 200
+        assert loaded_servable(server, "a") is before
+    finally:
+        server.stop()
+
+
+def test_a_polled_config_file_changing_a_models_platform_is_not_applied(tmp_path, paths, caplog):
+    config = tmp_path / "models.config"
+    config.write_text(config_text({"a": paths["a"]}))
+    options = server_options(
+        [ModelConfig("a", paths["a"])], model_config_file=str(config), model_config_poll_seconds=0.1
+    )
+    server = RunningServer(options, StaticKeyProvider({"b": SECRET_KEY}))
+    try:
+        before = loaded_servable(server, "a")
+        config.write_text(config_text({"a": paths["a"], "b": paths["b"]}, {"a": "openvino"}))
+        deadline = time.monotonic() + 30
+        while PLATFORM_CHANGE not in caplog.text:  # the server has read the edit
+            assert time.monotonic() < deadline, "the platform change was never refused"
+            time.sleep(0.05)
+        refusal = next(r for r in caplog.records if PLATFORM_CHANGE in r.getMessage())
+        assert refusal.levelname == "ERROR" and "not applied" in refusal.getMessage()
+        assert refusal.exc_info is None  # one clear line, no traceback
+        assert predict_status(server, "b") == 404  # the old config kept
+        assert loaded_servable(server, "a") is before
+
+        # the next edit that keeps a's platform is applied
+        config.write_text(config_text({"a": paths["a"], "b": paths["b"]}))
+        deadline = time.monotonic() + 30
+        while predict_status(server, "b") != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert predict_status(server, "b") == 200
+        assert loaded_servable(server, "a") is before
     finally:
         server.stop()

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
 from sealserve.serving.loader import LoadOptions, VersionLoader
-from sealserve.serving.model_config import ModelConfig, ModelTrust
+from sealserve.serving.model_config import ModelConfig, ModelTrust, check_no_platform_changes
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, RuntimeSpec
 from sealserve.serving.servable import Servable
 from sealserve.serving.source import Poller, fingerprint, version_dirs, version_path
@@ -243,14 +243,17 @@ class ModelManager:
     def reload(self, configs: list[ModelConfig], wait: bool = True) -> None:
         """Replace the model list (TF Serving's config reload): new models load, models left
         out unload, the others keep serving under their new policy and labels. Nothing
-        changes if a new model's base path does not exist. With `wait`, returns once the
-        loads this reload started have ended (as TF Serving's ReloadConfig does), not once
-        other loads still in progress have."""
+        changes if a new model's base path does not exist, or if a model would change its
+        platform (`InvalidArgument`, as TF Serving). With `wait`, returns once the loads this
+        reload started have ended (as TF Serving's ReloadConfig does), not once other loads
+        still in progress have."""
         for config in configs:
             if not Path(config.base_path).is_dir():
                 raise NotFound(f"model {config.name}: base path {config.base_path} not found")
         with self._reconcile_lock:
             with self._lock:
+                # against the config in force, under the lock a concurrent reload also takes
+                check_no_platform_changes((m.config for m in self._models.values()), configs)
                 wanted = {c.name: c for c in configs}
                 ends = []
                 for name in [n for n in self._models if n not in wanted]:

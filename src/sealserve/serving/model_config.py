@@ -5,6 +5,11 @@ Parsed with TF Serving's own protos, so users bring their files unchanged. `mode
 picks the runtime ("tensorflow", the default, or "openvino[:options]": see `runtimes`).
 Produces plain `ModelConfig` values; nothing here loads anything. Thread safe.
 
+A reload may not change a model's platform (TF Serving's rule, with its words): the versions
+already loaded would go on running on the old runtime while the config claimed the new one.
+`check_no_platform_changes` decides on the parsed runtimes, so equivalent spellings
+("", "TensorFlow"; "openvino" and "OpenVINO:fp32,latency") are no change.
+
 `ModelTrust` says, per model name, what a version must be to be served: a tree authenticated
 by the model's key (every model with a key: `--model_key`, or all of them with a key broker),
 or a plain SavedModel (only models without a key; with a key broker, only those named by
@@ -15,6 +20,8 @@ reload request, which the host controls; it applies by name to models added by a
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +37,38 @@ class ModelConfig:
     version_policy: VersionPolicy = LATEST_ONE
     version_labels: dict[str, int] = field(default_factory=dict)
     runtime: RuntimeSpec = DEFAULT_RUNTIME
+    #: `model_platform` as the config spelled it ("": not given), for messages only
+    platform_text: str = field(default="", compare=False)
+
+    @property
+    def platform(self) -> str:
+        """The platform as the operator wrote it (the runtime's own spelling if not given)."""
+        return self.platform_text or str(self.runtime)
+
+
+def same_runtime(a: RuntimeSpec, b: RuntimeSpec) -> bool:
+    """Whether two parsed `model_platform`s run a model the same way: defaults written out
+    or left out, case and option order make no difference."""
+    return _effective(a) == _effective(b)
+
+
+def _effective(spec: RuntimeSpec) -> RuntimeSpec:
+    error, agreement = spec.bounds
+    return dataclasses.replace(spec, max_relative_error=error, min_top1_agreement=agreement)
+
+
+def check_no_platform_changes(current: Iterable[ModelConfig], new: Iterable[ModelConfig]) -> None:
+    """Raise `InvalidArgument` if a model in both lists would run on another runtime (or the
+    same runtime with other settings): TF Serving refuses such a reload, and so do we,
+    keeping the old config in force. Models added or removed may name any platform."""
+    old = {config.name: config for config in current}
+    for config in new:
+        before = old.get(config.name)
+        if before is not None and not same_runtime(before.runtime, config.runtime):
+            raise InvalidArgument(
+                f"Illegal to change a model's platform. For model {config.name} platform was "
+                f"{before.platform} and new platform requested is {config.platform}"
+            )
 
 
 @dataclass(frozen=True)
@@ -130,6 +169,7 @@ def from_proto(message: object, source: str) -> list[ModelConfig]:
                 version_policy=_policy(config.model_version_policy),
                 version_labels=dict(config.version_labels),
                 runtime=runtime,
+                platform_text=config.model_platform.strip(),
             )
         )
     names = [m.name for m in models]
