@@ -414,3 +414,22 @@ def test_certs_twoway_and_oneway_write_the_seeds_layout(capsys, tmp_path, key_fi
     assert f"--tls-cert {oneway / 'cert.pem'} --tls-key {oneway / 'key.pem'}" in out
     code, _, err = run(capsys, "certs", "oneway", "localhost", "-o", tmp_path / "oneway")
     assert_one_line_error(code, err, "already exists")
+
+
+def test_output_cut_by_a_closed_pipe_exits_quietly_like_unix_tools(tmp_path):
+    """`sealserve ... | head`: the reader went away, so no message, and 141 (128 + SIGPIPE)
+    like `cat` killed by SIGPIPE, so `set -o pipefail` scripts see what they see elsewhere."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a byte
+    try:
+        result = subprocess.run(
+            [SEALSERVE, "keygen", "-w", tmp_path / "k"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert result.stderr == ""
+    assert (tmp_path / "k").exists()  # the work itself was done

@@ -2,7 +2,9 @@
 
 Flags of the file commands mirror `gramine-sgx-pf-crypt` (`-w`, `-i`, `-o`, `-V`) so that a
 user of the seed can swap the command. Every error a user can cause is one line on stderr and
-a non-zero exit; `--debug` shows the traceback. Nothing imports this module.
+a non-zero exit; `--debug` shows the traceback. Output cut by a closed pipe (`sealserve ... |
+head`) is not an error we report: no message, exit 141 as a tool killed by SIGPIPE. Nothing
+imports this module.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ log = logging.getLogger("sealserve")
 EXIT_ERROR = 1
 EXIT_MODELS_UNAVAILABLE = 3  # `serve`: a model's initial load failed (docs/serving.md)
 EXIT_INTERRUPTED = 130
+# stdout's reader went away (`sealserve ... | head`): what a Unix tool killed by SIGPIPE reports
+# (128 + 13), so `set -o pipefail` scripts see exactly what they see from `cat` or `grep`.
+EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,9 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
     except SealserveError as exc:
         return _fail(args, str(exc))
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            return _quiet_broken_pipe()
         where = f": {exc.filename}" if exc.filename else ""
         return _fail(args, f"{exc.strerror or exc}{where}")
     except KeyboardInterrupt:
@@ -66,6 +74,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_ERROR
     return code if isinstance(code, int) else 0
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reader has closed it (poll reports POLLERR), so a
+    BrokenPipeError from a socket (a key broker hanging up) is still reported as an error."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR is always reported
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # stdout closed or not a real file
+        return False
+
+
+def _quiet_broken_pipe() -> int:
+    """Exit like a Unix tool whose reader went away: no message. Point stdout at /dev/null so
+    the interpreter's final flush of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _fail(args: argparse.Namespace, message: str) -> int:
