@@ -433,3 +433,27 @@ def test_output_cut_by_a_closed_pipe_exits_quietly_like_unix_tools(tmp_path):
     assert result.returncode == 141
     assert result.stderr == ""
     assert (tmp_path / "k").exists()  # the work itself was done
+
+
+def test_attest_verify_of_a_simulated_quote_without_its_root_says_what_is_wrong(tmp_path):
+    """Without --root-ca, dcap-qvl fails a simulated quote with a cryptic CRL signature error;
+    the command names the wrong root and the flag that fixes it, in one line."""
+    sim, quote = tmp_path / "sim", tmp_path / "quote.bin"
+    for argv in (
+        ["sim", "init", sim],
+        ["attest", "quote", "--attester", "sim", "--sim-dir", sim, "--report-data", "00"]
+        + ["-o", quote],
+    ):
+        subprocess.run([SEALSERVE, *argv], check=True, capture_output=True)
+    verify = [SEALSERVE, "attest", "verify", "--quote", quote]
+    verify += ["--collateral", sim / "collateral.json"]
+    result = subprocess.run(verify, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "CRL" not in result.stderr and "Traceback" not in result.stderr
+    assert "certificate chain leads to root CA" in result.stderr
+    assert "not to the trust anchor, Intel's SGX root CA" in result.stderr
+    assert "--root-ca SIM_DIR/root_ca.der" in result.stderr
+    # with its root, the same quote verifies
+    trusted = subprocess.run([*verify, "--root-ca", sim / "root_ca.der"], capture_output=True)
+    assert trusted.returncode == 0, trusted.stderr

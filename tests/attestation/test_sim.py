@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 from pathlib import Path
@@ -70,8 +71,14 @@ def test_sim_quote_fails_under_intel_root(sim: SimTee, sim_attester: SimAttester
     raw = sim_attester.quote(REPORT_DATA, MR_ENCLAVE)
     with pytest.raises(ValueError):
         dcap_qvl.verify(raw, sim.collateral.dcap, SIM_NOW)
-    with pytest.raises(AttestationFailed, match="quote verification failed"):
+    with pytest.raises(AttestationFailed) as failure:
         verify_quote(raw, sim.collateral, now=SIM_NOW)  # root_ca_der=None: Intel's
+    # said in our words, not dcap-qvl's "Failed to parse root CA CRL; InvalidCrlSignature..."
+    sim_root = hashlib.sha256(sim.root_ca_der).hexdigest()[:16]
+    assert str(failure.value) == (
+        f"quote verification failed: the quote's certificate chain leads to root CA sha256 "
+        f"{sim_root}, not to the trust anchor, Intel's SGX root CA"
+    )
 
 
 def test_sim_quote_with_a_different_sim_root_fails(
@@ -79,10 +86,13 @@ def test_sim_quote_with_a_different_sim_root_fails(
 ) -> None:
     other = init_sim(tmp_path / "other", now=SIM_NOW)
     raw = sim_attester.quote(REPORT_DATA, MR_ENCLAVE)
-    with pytest.raises(AttestationFailed):
-        verify_quote(raw, sim.collateral, now=SIM_NOW, root_ca_der=other.root_ca_der)
-    with pytest.raises(AttestationFailed):
-        verify_quote(raw, other.collateral, now=SIM_NOW, root_ca_der=other.root_ca_der)
+    other_root = hashlib.sha256(other.root_ca_der).hexdigest()[:16]
+    for collateral in (sim.collateral, other.collateral):
+        with pytest.raises(AttestationFailed) as failure:
+            verify_quote(raw, collateral, now=SIM_NOW, root_ca_der=other.root_ca_der)
+        assert f"not to the trust anchor, the root CA given (sha256 {other_root})" in str(
+            failure.value
+        )
 
 
 def test_debug_enclave_is_rejected(sim: SimTee, sim_attester: SimAttester) -> None:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from sealserve.attestation.attesters import CocoAttester, GramineAttester, TsmAttester
 from sealserve.attestation.collateral import load_collateral
+from sealserve.attestation.errors import AttestationFailed
 from sealserve.attestation.evidence import Attester
 from sealserve.attestation.policy import Policy
 from sealserve.attestation.sim import SimAttester, init_sim
-from sealserve.attestation.verify import verify_quote
+from sealserve.attestation.verify import is_intel_root, pck_root_der, verify_quote
 from sealserve.errors import InvalidArgument
 from sealserve.fsio import atomic_output_file, read_user_file
 
@@ -82,9 +83,15 @@ def read_quote(path: str) -> bytes:
 def run_attest_verify(args: argparse.Namespace) -> int:
     now = args.at if args.at is not None else int(time.time())
     root = read_user_file(args.root_ca, "root CA file") if args.root_ca else None
-    claims = verify_quote(
-        read_quote(args.quote), load_collateral(args.collateral), now=now, root_ca_der=root
-    )
+    quote = read_quote(args.quote)
+    try:
+        claims = verify_quote(quote, load_collateral(args.collateral), now=now, root_ca_der=root)
+    except AttestationFailed as err:
+        quote_root = pck_root_der(quote)
+        if root is None and quote_root is not None and not is_intel_root(quote_root):
+            hint = "a simulated TEE's quote verifies with --root-ca SIM_DIR/root_ca.der"
+            raise AttestationFailed(f"{err} ({hint})", reason=err.reason) from None
+        raise
     document: dict[str, object] = {"claims": claims.to_json()}
     reasons: list[str] = []
     if args.policy:

@@ -112,7 +112,13 @@ def _failure_reason(
 
     dcap-qvl 0.7's claims API reports only the outermost error ("Failed to verify certificate
     chain"); its one-shot API keeps the cause ("...; CrlExpired { ... }"). Failures are the
-    rare path, so the one-shot call is repeated there for the operator's sake."""
+    rare path, so the one-shot call is repeated there for the operator's sake.
+
+    A quote whose PCK chain ends at another root than the trust anchor fails deep inside
+    dcap-qvl with a cryptic CRL signature error; that case is said in our words instead."""
+    wrong_root = _foreign_root(raw, root)
+    if wrong_root is not None:
+        return wrong_root
     try:
         if root is None:
             dcap_qvl.verify(raw, collateral.dcap, now)
@@ -123,6 +129,25 @@ def _failure_reason(
     text = one_line(err)
     prefix = "Verification failed: "
     return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _foreign_root(raw: bytes, root: bytes | None) -> str | None:
+    """Why the quote cannot verify when its own chain names another root than `root` (None:
+    Intel's), else None. The chain's root is only read here, never trusted."""
+    quote_root = pck_root_der(raw)
+    if quote_root is None:
+        return None
+    quote_fp = hashlib.sha256(quote_root).hexdigest()
+    anchor_fp = INTEL_ROOT_CA_SHA256 if root is None else hashlib.sha256(root).hexdigest()
+    if quote_fp == anchor_fp:
+        return None
+    anchor = (
+        "Intel's SGX root CA" if root is None else f"the root CA given (sha256 {anchor_fp[:16]})"
+    )
+    return (
+        f"the quote's certificate chain leads to root CA sha256 {quote_fp[:16]}, not to the "
+        f"trust anchor, {anchor}"
+    )
 
 
 def _issued_at(collateral: Collateral) -> int | None:
