@@ -100,8 +100,30 @@ def build(
     )
 
 
+def checked(text: str) -> dict[str, object]:
+    """The init-data document in `text`, or SystemExit with one line saying what is wrong:
+    an empty file, a file that is not TOML, or another version or algorithm would otherwise
+    become an annotation (or MRCONFIGID) no TD should launch with."""
+    import tomllib
+
+    if not text.strip():
+        raise SystemExit("init-data is empty: write it with `initdata.py build` first")
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SystemExit(f"init-data is not TOML: {err}") from None
+    if document.get("version") != VERSION:
+        raise SystemExit(f"init-data version must be {VERSION}")
+    if document.get("algorithm") not in ("sha256", "sha384", "sha512"):
+        raise SystemExit("init-data algorithm must be sha256, sha384 or sha512")
+    if not isinstance(document.get("data"), dict) or not document["data"]:
+        raise SystemExit("init-data has no [data] (the agent policy goes there)")
+    return document
+
+
 def annotation(text: str) -> str:
     """The value of the pod annotation io.katacontainers.config.hypervisor.cc_init_data."""
+    checked(text)
     # mtime=0: the same document always gives the same annotation
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
@@ -112,14 +134,7 @@ def decode_annotation(value: str) -> str:
 
 def mrconfigid(text: str) -> str:
     """The MRCONFIGID (hex) of a TD launched with this init-data: its digest, sized to 48."""
-    import tomllib
-
-    document = tomllib.loads(text)
-    if document.get("version") != VERSION:
-        raise SystemExit(f"init-data version must be {VERSION}")
-    algorithm = document.get("algorithm")
-    if algorithm not in ("sha256", "sha384", "sha512"):
-        raise SystemExit("init-data algorithm must be sha256, sha384 or sha512")
+    algorithm = str(checked(text)["algorithm"])
     digest = hashlib.new(algorithm, text.encode()).digest()
     return digest[:MRCONFIGID_SIZE].ljust(MRCONFIGID_SIZE, b"\0").hex()
 
@@ -169,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             build(args.image, args.key_broker, args.ssl_config_key, args.key_broker_tls_name)
         )
         return 0
-    text = Path(args.initdata).read_text()
+    try:
+        text = Path(args.initdata).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SystemExit(f"cannot read init-data {args.initdata}: {err}") from None
     if args.command == "annotation":
         print(annotation(text))
     elif args.command == "mrconfigid":

@@ -12,6 +12,8 @@ import hashlib
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -488,6 +490,34 @@ def test_init_data_digest_is_the_mrconfigid_the_kbs_policy_pins() -> None:
         "default ExecProcessRequest := false", "default ExecProcessRequest := true"
     )
     assert initdata_tool.mrconfigid(other) != digest  # a looser policy is another TD
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "init-data is empty: write it with `initdata.py build` first"),
+        ("  \n", "init-data is empty: write it with `initdata.py build` first"),
+        ("version =", "init-data is not TOML: "),
+        ('algorithm = "sha384"\n[data]\nx = "y"\n', "init-data version must be 0.1.0"),
+        ('algorithm = "sha384"\nversion = "0.1.0"\n', "init-data has no [data]"),
+        (None, "cannot read init-data "),
+    ],
+    ids=["empty", "blank", "not-toml", "no-version", "no-data", "missing"],
+)
+@pytest.mark.parametrize("command", ["annotation", "mrconfigid"])
+def test_init_data_tools_refuse_what_is_not_init_data_in_one_line(
+    tmp_path: Path, command: str, content: str | None, message: str
+) -> None:
+    path = tmp_path / "initdata.toml"
+    if content is not None:
+        path.write_text(content)
+    ran = subprocess.run(
+        [sys.executable, REPO / "deploy/coco/initdata.py", command, path],
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.stderr.startswith(message) and ran.stderr.count("\n") == 1, ran.stderr
 
 
 def test_sgx_servers_run_in_gramine_with_epc_and_aesmd() -> None:
