@@ -197,6 +197,12 @@ class Row:
     passed: bool | None = None
 
 
+def exit_status(rows: list[Row]) -> int:
+    """1 when any judged target failed (as benchmarks/openvino_runtime.py), else 0: set once
+    every result is printed and written, so a failing run still leaves its figures."""
+    return 1 if any(row.passed is False for row in rows) else 0
+
+
 # -- processes ---------------------------------------------------------------------------
 
 
@@ -990,6 +996,7 @@ def main() -> None:
         },
         args,
     )
+    sys.exit(exit_status(rows))
 
 
 if __name__ == "__main__":
