@@ -80,6 +80,16 @@ def test_a_model_failing_its_initial_load_stops_the_start_with_one_line_per_mode
         "sealserve: error: model broken: version 1 failed to load: authentication failed"
     )
     assert "1 model(s) failed to load, not serving (--allow_unavailable_models" in summary
+    said_once_then_summary(ran.stderr, "authentication failed")
+
+
+def said_once_then_summary(stderr: str, reason: str) -> None:
+    """The per-model reason appears once, its last lines are it and the summary, and nothing
+    claims a shutdown of a server that never started."""
+    lines = stderr.splitlines()
+    assert sum(reason in line for line in lines) == 1, stderr
+    assert reason in lines[-2] and "model(s) failed to load" in lines[-1], stderr
+    assert "shutting down" not in stderr, stderr
 
 
 def test_allow_unavailable_models_serves_the_others_and_reports_the_failure(good_and_broken):
@@ -101,6 +111,8 @@ def test_allow_unavailable_models_serves_the_others_and_reports_the_failure(good
         code = server.stop()
     assert code == 0, server.stderr
     assert "model broken is not available (serving anyway)" in server.stderr
+    # said once, in that warning, not also as a load error
+    assert server.stderr.count("authentication failed") == 1, server.stderr
 
 
 def test_a_key_broker_unreachable_at_start_is_retried_then_the_start_fails(tmp_path, half_plus_two):
@@ -125,6 +137,7 @@ def test_a_key_broker_unreachable_at_start_is_retried_then_the_start_fails(tmp_p
     first, _ = errors(ran.stderr)
     assert first.startswith("sealserve: error: model m: version 1 failed to load: key broker")
     assert "unavailable" in first
+    said_once_then_summary(ran.stderr, "version 1 failed to load")
 
 
 def test_lifecycle_lines_are_info_and_shown_by_default(tmp_path, half_plus_two):

@@ -107,3 +107,20 @@ def test_allow_unavailable_models_serves_the_others_and_keeps_polling(good_and_b
         assert fixed.json() == {"predictions": [2.5]}
     finally:
         server.stop()
+
+
+def test_a_failed_version_of_a_served_model_is_still_logged_at_start(
+    tmp_path, half_plus_two, caplog
+):
+    """The start leaves the reasons of unavailable models to its caller (said once), but a
+    failed version of a model another version serves is reported nowhere else: logged."""
+    from sealserve.serving.version_policy import VersionPolicy
+
+    encrypt_tree(half_plus_two, str(tmp_path / "m" / "1"), SECRET_KEY)
+    encrypt_tree(half_plus_two, str(tmp_path / "m" / "2"), bytes(16))  # not m's key
+    models = [ModelConfig("m", str(tmp_path / "m"), version_policy=VersionPolicy(kind="all"))]
+    keys = StaticKeyProvider({"m": SECRET_KEY})
+    with caplog.at_level("ERROR", logger="sealserve"):
+        RunningServer(server_options(models), keys).stop()
+    said = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("model m version 2 failed to load: "), said

@@ -174,6 +174,9 @@ class ModelManager:
         self._load_slots = threading.BoundedSemaphore(max(1, options.load_threads))
         self._listeners: list[Callable[[], None]] = []
         self._finishing: list[threading.Thread] = []  # unloads finished by a last release
+        # during `start(report_unavailable=False)`: the failures held back until the initial
+        # load ends, so that each is said once (by the caller, for a model left unavailable)
+        self._held_failures: list[tuple[str, int, SealserveError]] | None = None
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` whenever the availability of versions may have changed."""
@@ -188,14 +191,28 @@ class ModelManager:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Load every model's aspired versions (blocking), then poll in the background."""
+    def start(self, report_unavailable: bool = True) -> None:
+        """Load every model's aspired versions (blocking), then poll in the background.
+
+        `report_unavailable=False`: the caller reports the models left with no available
+        version (`unavailable_reasons()`), so their failed loads are not also logged here;
+        a failed version of a model that another version serves is logged as usual."""
         for model in self._snapshot():
             if not Path(model.config.base_path).is_dir():
                 raise NotFound(
                     f"model {model.config.name}: base path {model.config.base_path} not found"
                 )
-        self.reconcile()
+        if not report_unavailable:
+            self._held_failures = []
+        try:
+            self.reconcile()
+        finally:
+            with self._lock:
+                held, self._held_failures = self._held_failures or [], None
+                said_by_caller = {n for n, m in self._models.items() if not m.available()}
+            for name, version, error in held:
+                if name not in said_by_caller:
+                    _log_failure(name, version, error)
         if self.options.poll_seconds > 0:
             self._poller = Poller("sealserve-poll", self.options.poll_seconds, self._poll).start()
 
@@ -391,7 +408,11 @@ class ModelManager:
                 break
         with self._lock:
             entry.status = VersionStatus(version, State.END, error)
-        log.error("model %s version %d failed to load: %s", name, version, error)
+            held = None if self._stopped.is_set() else self._held_failures
+            if held is not None:
+                held.append((name, version, error))
+        if held is None:
+            _log_failure(name, version, error)
 
     def _unload_and_forget(self, model: _Model) -> list[_Unload]:
         """Begin unloading versions no longer aspired (once an aspired one serves), and
@@ -574,6 +595,10 @@ class ModelManager:
     def _snapshot(self) -> list[_Model]:
         with self._lock:
             return list(self._models.values())
+
+
+def _log_failure(name: str, version: int, error: SealserveError) -> None:
+    log.error("model %s version %d failed to load: %s", name, version, error)
 
 
 def _failure(status: VersionStatus) -> str:

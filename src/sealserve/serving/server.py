@@ -148,7 +148,10 @@ class ModelServer:
         self.manager.add_listener(functools.partial(self._models_changed, loop))
         # on a daemon thread: a load waiting on an unresponsive key broker must not keep a
         # server that was told to stop (SIGTERM) from exiting
-        await _on_daemon_thread(self.manager.start, "sealserve-start")
+        # the models left unavailable are reported once, by `_check_initial_load`
+        await _on_daemon_thread(
+            functools.partial(self.manager.start, report_unavailable=False), "sealserve-start"
+        )
         self._check_initial_load()
         await self._start_grpc()
         if self.options.rest_port is not None:
@@ -324,6 +327,7 @@ class ModelServer:
             loop.add_signal_handler(sig, self.request_stop)
         # a signal during start-up (loads still waiting for a key broker) stops at once
         signalled = asyncio.create_task(self._stopping.wait())
+        started = False
         try:  # a failed start (e.g. a port in use) still stops what did start
             starting = asyncio.create_task(self.start())
             await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
@@ -334,10 +338,13 @@ class ModelServer:
                     await starting
             else:
                 starting.result()  # a failed start raises here
+                started = True
                 await signalled
         finally:
             signalled.cancel()
-            log.info("shutting down")
+            # a failed start is not a shutdown: its error, said by the caller, is the news
+            if started or self._stopping.is_set():
+                log.info("shutting down")
             await self.stop()
 
 
