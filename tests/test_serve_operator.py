@@ -163,7 +163,9 @@ def test_log_level_warning_quiets_the_lifecycle_lines(good_and_broken):
     ran = serve(*good_and_broken, "--log_level=warning")
     assert ran.returncode == EXIT_MODELS_UNAVAILABLE, ran.stderr
     assert "INFO" not in ran.stderr, ran.stderr
-    assert "sealserve: ERROR: model broken version 1 failed to load" in ran.stderr
+    # the problem is still said (once, by the failed start), only the lifecycle lines go
+    assert "sealserve: error: model broken: version 1 failed to load" in ran.stderr
+    said_once_then_summary(ran.stderr, "authentication failed")
 
 
 def test_our_commands_keep_tensorflows_start_up_noise_off_the_terminal(tmp_path):
