@@ -71,3 +71,42 @@ def test_threads_never_exceed_max_workers():
     finally:
         release.set()
         pool.shutdown()
+
+
+def test_threads_started_for_waits_retire_once_the_waits_are_over():
+    """A burst of calls waiting for a batch starts a thread per wait; once the waits are
+    over those threads end, so later calls that do not wait run on `runners` threads, not
+    on every thread the burst left behind (a ThreadPoolExecutor keeps them all)."""
+    pool = HandlerPool(runners=2, max_workers=8, thread_name_prefix=PREFIX)
+    arrived = threading.Barrier(6)
+
+    def batched() -> bool:
+        with pool.waiting():
+            arrived.wait(30)
+        return True
+
+    try:
+        assert all(call.result(30) for call in [pool.submit(batched) for _ in range(6)])
+        deadline = time.monotonic() + 30  # the threads take their tokens and end
+        while pool_threads() > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool_threads() == 2
+        assert [pool.submit(int, 7).result(30) for _ in range(5)] == [7] * 5
+    finally:
+        arrived.abort()
+        pool.shutdown()
+
+
+def test_a_call_that_raises_gives_its_exception_and_the_pool_goes_on():
+    pool = HandlerPool(runners=1, max_workers=2, thread_name_prefix=PREFIX)
+    try:
+        failed = pool.submit(int, "not a number")
+        try:
+            failed.result(30)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("the call's ValueError was lost")
+        assert pool.submit(int, "3").result(30) == 3
+    finally:
+        pool.shutdown()
