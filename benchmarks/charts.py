@@ -468,20 +468,26 @@ def _verdict(row: Comparison) -> str:
     return " · ".join(parts)
 
 
-def draw_comparisons(results: Results) -> Any:
-    """The figure of `results.comparisons`: one panel per unit, two bars per row."""
-    plt = _pyplot()
-    groups = _by(results.comparisons, lambda row: row.unit)
-    heights = [max(1.2, ROW_INCHES * len(rows) + 0.5) for _, rows in groups]
+def _stacked_panels(plt: Any, heights: list[float], title: str) -> tuple[Any, Any]:
+    """A titled figure of panels stacked in one column, each as tall as `heights` says."""
     figure, axes = plt.subplots(
-        len(groups),
+        len(heights),
         1,
         figsize=(11, sum(heights) + 0.9),
         height_ratios=heights,
         layout="constrained",
         squeeze=False,
     )
-    figure.suptitle(results.title)
+    figure.suptitle(title)
+    return figure, axes
+
+
+def draw_comparisons(results: Results) -> Any:
+    """The figure of `results.comparisons`: one panel per unit, two bars per row."""
+    plt = _pyplot()
+    groups = _by(results.comparisons, lambda row: row.unit)
+    heights = [max(1.2, ROW_INCHES * len(rows) + 0.5) for _, rows in groups]
+    figure, axes = _stacked_panels(plt, heights, results.title)
     for panel, (unit, rows) in zip(axes[:, 0], groups, strict=True):
         _comparison_panel(panel, unit, rows)
     handles = [
@@ -546,15 +552,7 @@ def draw_latencies(results: Results) -> Any:
     plt = _pyplot()
     groups = _by(results.latencies, lambda item: item.group)
     heights = [max(1.2, 0.36 * len(items) + 0.5) for _, items in groups]
-    figure, axes = plt.subplots(
-        len(groups),
-        1,
-        figsize=(11, sum(heights) + 0.9),
-        height_ratios=heights,
-        layout="constrained",
-        squeeze=False,
-    )
-    figure.suptitle(f"{results.title}: latency")
+    figure, axes = _stacked_panels(plt, heights, f"{results.title}: latency")
     for panel, (_, items) in zip(axes[:, 0], groups, strict=True):
         top = len(items) - 1
         for index, item in enumerate(items):
