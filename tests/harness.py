@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sealserve.kbs.http import bound_port, server_ssl_context, start_kbs
+from sealserve.tools.certs import CertificateSet, make_twoway
 
 if TYPE_CHECKING:  # the model server's modules import TensorFlow: only when a test needs them
     import grpc
@@ -351,3 +353,18 @@ class KbsProcess(Child):
         super().__init__(argv, KBS_LISTENING, timeout=timeout, preexec_fn=preexec_fn)
         self.url = self.ready["url"]
         self.port = int(self.ready["port"])
+
+
+def mutual_tls_server(tmp_path: Path, plain_model: Path) -> tuple[ServeProcess, CertificateSet]:
+    """`sealserve serve` on loopback over mutual TLS (`certs twoway` for localhost and
+    127.0.0.1), serving a copy of `plain_model` as model `m` version 1; returns the server
+    and its certificates. Stop the server when done."""
+    shutil.copytree(plain_model, tmp_path / "m" / "1")
+    certs = make_twoway("localhost", "client.local", tmp_path / "tls", sans=["127.0.0.1"])
+    server = ServeProcess(
+        "--model_name=m",
+        f"--model_base_path={tmp_path / 'm'}",
+        "--bind_address=127.0.0.1",
+        f"--ssl_config_file={certs.ssl_config}",
+    )
+    return server, certs

@@ -17,8 +17,8 @@ import urllib.request
 import pytest
 
 from sealserve.model_tree import encrypt_tree
-from sealserve.tools.certs import make_oneway, make_twoway
-from tests.harness import SEALSERVE, ServeProcess
+from sealserve.tools.certs import make_oneway
+from tests.harness import SEALSERVE, ServeProcess, mutual_tls_server
 
 EXIT_MODELS_UNAVAILABLE = 3  # documented in docs/serving.md
 GUARD_SECONDS = 300  # only so that a broken server cannot hang the suite
@@ -231,14 +231,7 @@ def test_a_client_without_a_certificate_reads_certificate_required_and_the_log_s
     """The real server over mutual TLS: a raw TLS 1.3 client without a certificate reads the
     REST port's `certificate_required` alert; refused gRPC handshakes add no gRPC C-core lines
     to the server's log."""
-    shutil.copytree(half_plus_two, tmp_path / "m" / "1")
-    certs = make_twoway("localhost", "client.local", tmp_path / "tls", sans=["127.0.0.1"])
-    server = ServeProcess(
-        "--model_name=m",
-        f"--model_base_path={tmp_path / 'm'}",
-        "--bind_address=127.0.0.1",
-        f"--ssl_config_file={certs.ssl_config}",
-    )
+    server, certs = mutual_tls_server(tmp_path, half_plus_two)
     try:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(str(certs.ca_cert))

@@ -5,14 +5,12 @@ must leave the server's log as it was: no line per probe at INFO or above."""
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import ssl
 
 import pytest
 
-from sealserve.tools.certs import make_twoway
-from tests.harness import ServeProcess
+from tests.harness import mutual_tls_server
 
 PROBES_PER_PORT = 5
 SHUTDOWN_LINE = re.compile(r"sealserve: INFO: (shutting down|model \S+ version \d+ unloaded)")
@@ -20,14 +18,7 @@ SHUTDOWN_LINE = re.compile(r"sealserve: INFO: (shutting down|model \S+ version \
 
 @pytest.mark.e2e
 def test_tcp_probes_of_the_mutual_tls_ports_add_nothing_to_the_log(tmp_path, half_plus_two):
-    shutil.copytree(half_plus_two, tmp_path / "m" / "1")
-    certs = make_twoway("localhost", "client.local", tmp_path / "tls", sans=["127.0.0.1"])
-    server = ServeProcess(
-        "--model_name=m",
-        f"--model_base_path={tmp_path / 'm'}",
-        "--bind_address=127.0.0.1",
-        f"--ssl_config_file={certs.ssl_config}",
-    )
+    server, certs = mutual_tls_server(tmp_path, half_plus_two)
     try:
         before = server.stderr
         for port in (server.grpc_port, server.rest_port):
