@@ -21,7 +21,11 @@ in-process loop):
 All measurements of one concurrency are taken in alternating rounds (A B C ..., ... C B A), so
 that other load on the machine weighs on all alike.
 
+`--parts memory` measures (a) only: the servers serve the same runs of (b), without the
+in-process references (a short run to check start-up and memory).
+
 Usage: .venv/bin/python benchmarks/openvino_runtime.py [--duration 10] [--rounds 2] [--json F]
+       [--parts all|memory]
 """
 
 from __future__ import annotations
@@ -120,6 +124,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating slices per figure")
     parser.add_argument("--warmup", type=float, default=2, help="warm-up s before each slice")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
+    parser.add_argument(
+        "--parts",
+        choices=("all", "memory"),
+        default="all",
+        help="memory: start-up and resident memory only (the servers serve the same runs, "
+        "no in-process references)",
+    )
     add_charts_option(parser)
     args = parser.parse_args()
 
@@ -138,14 +149,17 @@ def main() -> None:
         for runtime in RUNTIMES:  # one at a time: start-up is measured on a quiet server set
             startup[runtime], servers[runtime] = start(setup, runtime)
             print(f"start-up {LABELS[runtime]}: {startup[runtime]:.1f} s", flush=True)
-        tf = import_tensorflow()
-        tf_function = tf.saved_model.load(str(setup.resnet_plain / "1")).signatures[
-            "serving_default"
-        ]
+        references = args.parts == "all"
+        tf_function: object = None
         inputs = {"input": random_images(IMAGE_SHAPE)}
-        tf_function(**inputs)
+        if references:
+            tf = import_tensorflow()
+            tf_function = tf.saved_model.load(str(setup.resnet_plain / "1")).signatures[
+                "serving_default"
+            ]
+            tf_function(**inputs)  # type: ignore[operator]
         local_ov = {}
-        for runtime in RUNTIMES[1:]:
+        for runtime in RUNTIMES[1:] if references else ():
             loader = VersionLoader(
                 "resnet",
                 1,
@@ -175,14 +189,16 @@ def main() -> None:
                 served[runtime] = Measurement(
                     f"{label} served, mTLS gRPC, {clients} client{plural}", "images/s"
                 )
-                items += [(local[runtime], local_ov[runtime]), (served[runtime], runtime)]
+                items += [(local[runtime], local_ov.get(runtime)), (served[runtime], runtime)]
+            if not references:  # served runs only
+                items = [(measurement, how) for measurement, how in items if isinstance(how, str)]
             for measurement, how in rounds_order(items, args.rounds):
                 if isinstance(how, str):
                     measurement.add(loadgen.run(resnet_spec(setup, servers[how], clients, args)))
                 else:
                     measurement.add(in_process(how, inputs, clients, args.warmup, slice_s))  # type: ignore[arg-type]
             measurements += [m for m, _ in items]
-            for runtime in RUNTIMES[1:]:
+            for runtime in RUNTIMES[1:] if references else ():
                 label = LABELS[runtime]
                 minimum = MIN_OVER_TF[runtime] if clients == 1 or runtime.endswith("bf16") else 0
                 row = ratio_row(
