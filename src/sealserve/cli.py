@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -707,6 +708,10 @@ def _serve(args: argparse.Namespace) -> int:
             )
         hardening.forbid_core_dumps(required=args.attestation != "gramine")
 
+    if _may_serve_openvino(args):  # its imports run beside this process's own
+        from sealserve.serving.runtimes.conversion import prestart
+
+        prestart()
     # First: TensorFlow's thread pools are fixed when it starts, and TF Serving's protos
     # import it, so it must start here, quietly, before anything else touches it.
     configure_threads(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
@@ -786,6 +791,19 @@ def _measure(args: argparse.Namespace) -> None:
             "; ".join(reasons),
         )
     print(measurement(_launch_config(args)).hex())
+
+
+def _may_serve_openvino(args: argparse.Namespace) -> bool:
+    """Whether a model may run on OpenVINO (`--runtime`, or a `model_platform` naming it):
+    then a conversion process is started ahead. A guess from the text, before TensorFlow
+    (which parsing the config needs) is imported: a wrong one costs only that process."""
+    if args.model_config_file:
+        try:
+            text = Path(args.model_config_file).read_text(errors="replace")
+        except OSError:
+            return False
+        return re.search(r"model_platform\s*:\s*[\"']\s*openvino", text, re.IGNORECASE) is not None
+    return str(args.runtime).strip().lower().startswith("openvino")
 
 
 def _refuse_unmeasured_code() -> None:

@@ -2,8 +2,9 @@
 is converted and run by OpenVINO, and OpenVINO's telemetry neither writes nor sends.
 
 The load runs in a process of its own, with an empty home, temporary and working directory,
-watched twice: every file it creates or opens for writing, from native code too, through
-`strace` (where installed), and from Python through an audit hook. Its only writes are
+watched twice: every file it or its conversion process creates or opens for writing, from
+native code too, through `strace -f` (where installed), and from Python through an audit
+hook (the loading process). Its only writes are
 TensorFlow's own start-up ones, also made when TensorFlow serves the model."""
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ import numpy as np
 
 written = []
 def watch(event, args):
-    if event == "open" and isinstance(args[1], str) and any(c in args[1] for c in "wax+"):
+    # an int is a descriptor opened before (its os.open was seen): the pipes to the
+    # conversion process
+    if (event == "open" and isinstance(args[1], str) and any(c in args[1] for c in "wax+")
+            and not isinstance(args[0], int)):
         written.append(str(args[0]))
     elif event in ("os.mkdir", "os.rename", "os.link", "shutil.copyfile", "tempfile.mkstemp",
                    "tempfile.mkdtemp"):

@@ -45,9 +45,11 @@ from sealserve.model_tree.tree import list_tree
 from sealserve.protected_files.format import FILE_ID, GRAPHENE_FILE_ID
 from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.keys import KeyProvider
-from sealserve.serving.memory_load import tree_in_memory
+from sealserve.serving.memory_load import tree_files, tree_in_memory
 from sealserve.serving.model_config import ModelPin, ModelTrust
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, OPENVINO, RuntimeSpec
+from sealserve.serving.runtimes.conversion import ConversionProcess
+from sealserve.serving.runtimes.openvino_worker import FileSource
 from sealserve.serving.servable import Runner, Servable
 from sealserve.serving.session_bundle import SessionBundle
 from sealserve.serving.tensorflow_runtime import import_tensorflow
@@ -86,6 +88,7 @@ class VersionLoader:
         self.runtime = runtime
         self.trust = trust if trust is not None else trust_for(keys)
         self._openvino_models: dict[str, Any] = {}  # of the load under way
+        self._conversion: ConversionProcess | None = None  # of the load under way
 
     def load(self) -> Servable:
         if self.metrics is None:
@@ -106,7 +109,15 @@ class VersionLoader:
 
     def _load(self) -> Servable:
         self._openvino_models = {}
-        servable = self._load_keyed() if self.trust.keyed(self.name) else self._load_unkeyed()
+        if self.runtime.platform == OPENVINO:
+            # started first: its imports (seconds) overlap the key fetch and decryption
+            self._conversion = ConversionProcess.start(f"model {self.name} version {self.version}")
+        try:
+            servable = self._load_keyed() if self.trust.keyed(self.name) else self._load_unkeyed()
+        finally:
+            if self._conversion is not None:
+                self._conversion.close()  # it has answered and exited, unless the load failed
+                self._conversion = None
         if self._openvino_models:
             from sealserve.serving.runtimes.openvino import release_memory
 
@@ -141,7 +152,8 @@ class VersionLoader:
             )
         with tree_in_memory(tree) as root:  # decrypts and verifies every file
             self._record_decryption(tree.manifest.total_size, started)
-            return self._from_root(root)
+            # the conversion process gets the plaintext decrypted again, as it is sent
+            return self._from_root(root, lambda: tree_files(tree))
 
     def _load_unkeyed(self) -> Servable:
         """A plain SavedModel (nothing to authenticate it with, by configuration)."""
@@ -190,9 +202,9 @@ class VersionLoader:
             )
 
     def _load_plain(self) -> Servable:
-        return self._from_root(str(self.path))
+        return self._from_root(str(self.path), lambda: plain_files(self.path))
 
-    def _from_root(self, root: str) -> Servable:
+    def _from_root(self, root: str, files: FileSource) -> Servable:
         tf = import_tensorflow()
         signature_defs = self._signature_defs(tf, root)
         warmup_path = f"{root}/{WARMUP_FILE}"
@@ -201,7 +213,9 @@ class VersionLoader:
             warmup = read_warmup(warmup_path)
         labels: dict[str, str] = {}
         if self.runtime.platform == OPENVINO:
-            runners, resources, labels = self._openvino_runners(tf, root, signature_defs, warmup)
+            runners, resources, labels = self._openvino_runners(
+                tf, root, signature_defs, warmup, files
+            )
         else:
             runners, resources = self._runners(tf, root, signature_defs)
         servable = Servable(self.name, self.version, runners, signature_defs, resources)
@@ -211,7 +225,12 @@ class VersionLoader:
         return servable
 
     def _openvino_runners(
-        self, tf: Any, root: str, signature_defs: dict[str, Any], warmup: list[WarmupRequest]
+        self,
+        tf: Any,
+        root: str,
+        signature_defs: dict[str, Any],
+        warmup: list[WarmupRequest],
+        files: FileSource,
     ) -> tuple[dict[str, Runner], Any, dict[str, str]]:
         """OpenVINO runners, TensorFlow ones for the signatures it cannot convert, and the
         runtime label of each signature (metrics)."""
@@ -221,8 +240,9 @@ class VersionLoader:
         model = f"model {self.name} version {self.version}"
         gate_inputs = [(key, inputs) for key, inputs, _ in warmup]
         converted = convert_signatures(
-            model, root, signature_defs, keys, self.options.tags, self.runtime, gate_inputs
-        )
+            model, root, signature_defs, keys, self.options.tags, self.runtime, gate_inputs,
+            files, self._conversion,
+        )  # fmt: skip
         labels = dict.fromkeys(converted.runners, self.runtime.label)
         self._openvino_models = converted.compiled
         runners, resources = dict(converted.runners), [converted.compiled]
@@ -329,6 +349,22 @@ def replay_warmup(servable: Servable, requests: str | list[WarmupRequest]) -> No
     log.info(
         "model %s version %d: replayed %d warmup requests", servable.name, servable.version, count
     )
+
+
+PLAIN_CHUNK = 1 << 20
+
+
+def plain_files(root: Path) -> tuple[list[str], Any]:
+    """A plain SavedModel's directories, and each file's bytes in chunks, read as they are
+    consumed."""
+    files, directories = list_tree(root)
+
+    def chunks(relative: str) -> Any:
+        with open(root / relative, "rb") as f:
+            while chunk := f.read(PLAIN_CHUNK):
+                yield chunk
+
+    return directories, ((relative, chunks(relative)) for relative in files)
 
 
 def _is_protected_file(path: Path) -> bool:

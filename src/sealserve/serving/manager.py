@@ -207,6 +207,9 @@ class ModelManager:
         try:
             self.reconcile()
         finally:
+            from sealserve.serving.runtimes.conversion import discard_prestarted
+
+            discard_prestarted()  # the initial loads are done: a process none took ends
             with self._lock:
                 held, self._held_failures = self._held_failures or [], None
                 said_by_caller = {n for n, m in self._models.items() if not m.available()}
@@ -224,6 +227,9 @@ class ModelManager:
         self._stopped.set()
         if self._poller is not None:
             self._poller.stop()
+        from sealserve.serving.runtimes.conversion import stop_conversions
+
+        stop_conversions()  # a load converting a model for OpenVINO ends now
         with self._lock:
             ends = [
                 self._begin_unload(model.config.name, version, entry)

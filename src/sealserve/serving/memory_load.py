@@ -27,7 +27,8 @@ from sealserve.serving.tensorflow_runtime import import_tensorflow
 
 @contextlib.contextmanager
 def files_in_memory(
-    directories: Iterable[str], files: Iterable[tuple[str, Iterable[bytes | memoryview]]]
+    directories: Iterable[str],
+    files: Iterable[tuple[str, Iterable[bytes | bytearray | memoryview]]],
 ) -> Iterator[str]:
     """`files` (relative path, plaintext chunks) written under a fresh `ram://` root,
     deleted when the block exits, whether it succeeds or not."""
@@ -53,7 +54,7 @@ def files_in_memory(
             tf.io.gfile.rmtree(root)
 
 
-def _write_wiped(path: str, chunks: Iterable[bytes | memoryview]) -> None:
+def _write_wiped(path: str, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
     """Write `chunks` to a TensorFlow file, each through a bytearray zeroed afterwards.
     (GFile.write takes only bytes, which could not be overwritten: its writer takes a
     bytearray.)"""
@@ -81,10 +82,16 @@ def wipe(buffer: bytearray | memoryview) -> None:
 
 def tree_in_memory(tree: ProtectedTree) -> contextlib.AbstractContextManager[str]:
     """A protected tree decrypted (and verified, file by file) under a fresh `ram://` root."""
-    return files_in_memory(
-        tree.manifest.directories,
-        ((entry.path, tree.iter_file(entry.path)) for entry in tree.manifest.files),
-    )
+    return files_in_memory(*tree_files(tree))
+
+
+def tree_files(
+    tree: ProtectedTree,
+) -> tuple[list[str], Iterator[tuple[str, Iterator[memoryview]]]]:
+    """A protected tree's directories, and each file's plaintext chunks, decrypted and
+    verified as they are read (the reader's buffers, overwritten as it goes)."""
+    files = ((entry.path, tree.iter_file(entry.path)) for entry in tree.manifest.files)
+    return list(tree.manifest.directories), files
 
 
 def load_protected_saved_model(tree: ProtectedTree, tags: Sequence[str] = ("serve",)) -> Any:

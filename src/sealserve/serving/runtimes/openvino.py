@@ -1,27 +1,30 @@
 """The OpenVINO runtime: a SavedModel's signatures converted in memory and run by OpenVINO.
 
-`convert_signatures` takes the SavedModel root the loader has decrypted into TensorFlow's
-in-memory file system (`ram://`), loads it with `tf.saved_model.load`, converts each
-signature's concrete function with OpenVINO's TensorFlow frontend (`convert_function`: an
-in-memory graph walk; no IR, no SavedModel copy, no tracing through files), and compiles it
-for the CPU with the model cache off (`CACHE_DIR` empty): no plaintext model, IR or compiled
-blob is written anywhere.
+`convert_signatures` has each signature converted in a conversion process of its own
+(`conversion`, `openvino_worker`; in this process only where none can start): there
+TensorFlow loads the decrypted SavedModel from `ram://`, OpenVINO's TensorFlow frontend
+converts each signature's concrete function (`convert_function`: an in-memory graph walk;
+no IR, no SavedModel copy, no tracing through files), the CPU plugin compiles it with the
+model cache off (`CACHE_DIR` empty), and the compiled model comes back exported, through a
+pipe. This process imports it (`_import_compiled`): no plaintext model, IR or compiled blob
+is written anywhere, and the server never loads the model into TensorFlow.
 
 Precision is explicit: `INFERENCE_PRECISION_HINT` is f32 unless the model asks for bf16 (the
 CPU plugin would otherwise pick bf16 by itself on CPUs with AMX). Before a signature is used,
 the accuracy gate compares its outputs with TensorFlow's on the warm-up requests and on
-generated inputs (`accuracy.Agreement`); a signature outside the configured bounds refuses
-the whole model (InvalidArgument: the version ends with the figures in its status).
+generated inputs (`accuracy.Agreement`; TensorFlow's answers come from the conversion
+process); a signature outside the configured bounds refuses the whole model
+(InvalidArgument: the version ends with the figures in its status).
 
 A signature OpenVINO cannot convert is listed in `Converted.unconverted` with the operations
 it lacks; the loader runs those on TensorFlow (one warning), unless the spec is strict, in
 which case the model is refused here.
 
-Memory: a converted signature keeps only its compiled model. The TensorFlow objects of the
-conversion (the loaded SavedModel, its functions, graphs and variables) are garbage once
-`convert_signatures` returns, before freed heap is handed back to the system
-(`malloc_trim`); the loader calls `release_memory` again once warm-up has run and the
-`ram://` files are deleted. Signatures left to TensorFlow run on the loader's Session.
+Memory: a converted signature keeps only its compiled model; TensorFlow's load of the model,
+and what TensorFlow keeps for having loaded one (ResNet-50: ~130 MiB), stay in the
+conversion process, which exits. Freed heap is handed back to the system (`malloc_trim`)
+after the import and again, by the loader (`release_memory`), once warm-up has run.
+Signatures left to TensorFlow run on the loader's Session.
 
 Runners are thread safe: each run borrows one of a pool of infer requests (created on
 demand, at most `INFER_REQUESTS`), so concurrent requests run in OpenVINO's streams side by
@@ -34,13 +37,13 @@ import contextlib
 import ctypes
 import functools
 import gc
+import io
 import logging
 import queue
 import re
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +56,15 @@ import numpy as np
 from sealserve.errors import InvalidArgument
 from sealserve.serving.runtimes import RuntimeSpec
 from sealserve.serving.runtimes.accuracy import Agreement
+from sealserve.serving.runtimes.conversion import ConversionProcess, wipe
+from sealserve.serving.runtimes.openvino_worker import (
+    ConversionRequest,
+    ConversionResult,
+    FileSource,
+    SignatureConversion,
+    read_result,
+    write_request,
+)
 from sealserve.serving.servable import Runner
 from sealserve.serving.session_bundle import check_shape, dims_of
 from sealserve.serving.tensor_proto import data_type_name, numpy_dtype
@@ -65,10 +77,6 @@ INFER_REQUESTS = 8  # per signature: more than the gRPC threads or batch threads
 # dimension is free. Few rows: each costs a TensorFlow and an OpenVINO run at load (ResNet-50:
 # ~0.1 s each); a model's warm-up requests, its real inputs, weigh more.
 GENERATED_BATCHES = (1, 3)
-# TensorFlow answers a generated batch row by row, at batch 1: its oneDNN kernels keep
-# scratch memory sized for the largest batch they ran, in threads that live on (ResNet-50:
-# 58 MB more for a batch of 3). Rows are compared with OpenVINO's answer for the whole batch;
-# only if they differ (a model whose rows depend on each other) does TensorFlow run it whole.
 OPENVINO_TYPES = {"fp32": "f32", "bf16": "bf16"}
 
 # A request to replay: (signature key, inputs by alias)
@@ -113,6 +121,18 @@ def bf16_supported() -> bool:
     return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def compile_config(precision: str, hint: str) -> dict[str, object]:
+    """The CPU plugin's properties, at compile (conversion process) and import (server)."""
+    return {
+        "INFERENCE_PRECISION_HINT": OPENVINO_TYPES[precision],
+        "PERFORMANCE_HINT": hint.upper(),
+        # threads not pinned to cores: on a shared machine (or a TEE whose host schedules
+        # its vCPUs) a pinned thread waits for its own core while others are free; measured
+        # here under load, ResNet-50 bf16 ran 1.45x as fast unpinned
+        "ENABLE_CPU_PINNING": False,
+    }
+
+
 def convert_signatures(
     model: str,
     root: str,
@@ -121,114 +141,147 @@ def convert_signatures(
     tags: Sequence[str],
     spec: RuntimeSpec,
     gate_inputs: Sequence[GateInput] = (),
+    files: FileSource | None = None,
+    process: ConversionProcess | None = None,
 ) -> Converted:
     """Convert, compile and check signatures `keys` of the SavedModel at `root`; `model`
-    names the version in messages. Raises InvalidArgument if the model must be refused."""
+    names the version in messages. With a conversion `process` (started by the loader) the
+    conversion runs there, on the SavedModel's `files()`; without, in this process, from
+    `root`. Raises InvalidArgument if the model must be refused, ConversionFailed if the
+    conversion process ended without an answer."""
     precision = spec.precision
     if precision == "bf16" and not bf16_supported():
         log.warning("%s: this CPU has no bf16 support; running OpenVINO in fp32", model)
         precision = "fp32"
     converted = Converted(precision=precision)
-    seconds: dict[str, float] = {}
-    # Every TensorFlow object of the conversion (the loaded SavedModel, its concrete
-    # functions, graphs and variables, TensorFlow's answers) lives in `_convert_and_check`'s
-    # frame only: once it returns they are garbage, so the memory handed back below is theirs
-    # too. Signatures left to TensorFlow run on a Session of their own (the loader's).
-    try:
-        _convert_and_check(model, root, signature_defs, keys, tags, spec, gate_inputs,
-                           converted, seconds)  # fmt: skip
-    except BaseException as exc:
-        traceback.clear_frames(exc.__traceback__)  # its frames hold the loaded SavedModel
-        raise
-    seconds["free"] = _return_freed_memory()
+    cases: dict[str, list[Mapping[str, np.ndarray]]] = {}
+    for key in keys:
+        if not _numeric(signature_defs[key]):
+            continue  # strings: never converted (see _string_operations), nothing to answer
+        cases[key] = [inputs for k, inputs in gate_inputs if k == key]
+        cases[key] += generated_inputs(signature_defs[key], GENERATED_BATCHES)
+    request = ConversionRequest(tags, keys, precision, spec.hint, cases)
+    started = time.perf_counter()
+    if process is not None and files is not None:
+        result = _convert_in(process, request, files)
+        where = f"process {process.pid}"
+    else:
+        result = convert_model(root, request)
+        where = "this process"
+    seconds = {"conversion": time.perf_counter() - started, **result.seconds}
+    started = time.perf_counter()
+    config = compile_config(precision, spec.hint)
+    for key in keys:
+        signature = result.signatures.get(key)
+        if signature is None or signature.blob is None:
+            converted.unconverted[key] = signature.reason if signature else "not converted"
+            continue
+        compiled = _import_compiled(signature.blob, config)
+        converted.compiled[key] = compiled
+        bindings = _Bindings(signature.inputs, signature.outputs)
+        converted.runners[key] = _runner(compiled, bindings, signature_defs[key])
+    seconds["import"] = time.perf_counter() - started
+    if converted.unconverted and spec.strict:
+        key, reason = next(iter(sorted(converted.unconverted.items())))
+        raise InvalidArgument(
+            f"signature {key} cannot run on OpenVINO ({reason}) and the model's runtime is strict"
+        )
+    started = time.perf_counter()
+    for key in converted.runners:
+        converted.accuracy[key] = _check_accuracy(
+            model, key, converted.runners[key], cases[key],
+            result.signatures[key].references, spec, precision,
+        )  # fmt: skip
+    seconds["check"] = time.perf_counter() - started
+    seconds["free"] = _return_freed_memory(collect=process is None)
     log.info(
-        "%s: OpenVINO %s: %s; resident memory %s",
+        "%s: OpenVINO %s, converted in %s: %s; resident memory %s",
         model,
         precision,
+        where,
         ", ".join(f"{step} {value:.2f} s" for step, value in seconds.items()),
         resident_memory(),
     )
     return converted
 
 
-def _convert_and_check(
-    model: str,
-    root: str,
-    signature_defs: Mapping[str, Any],
-    keys: Sequence[str],
-    tags: Sequence[str],
-    spec: RuntimeSpec,
-    gate_inputs: Sequence[GateInput],
-    converted: Converted,
-    seconds: dict[str, float],
-) -> None:
-    """Load the SavedModel with TensorFlow, fill `converted` and check its accuracy."""
+def _numeric(signature: Any) -> bool:
+    """Whether every tensor of the signature is a number or a bool (not a string)."""
+    tensors = [*signature.inputs.values(), *signature.outputs.values()]
+    return all(t.dtype != STRING_DTYPE for t in tensors)
+
+
+def _convert_in(
+    process: ConversionProcess, request: ConversionRequest, files: FileSource
+) -> ConversionResult:
+    """The conversion process's answer to `request`, the SavedModel's files sent along."""
+    directories, contents = files()
+    process.send(lambda stream: write_request(stream, request, directories, contents))
+    return process.receive(read_result)  # type: ignore[no-any-return]
+
+
+def _import_compiled(blob: bytearray, config: Mapping[str, object]) -> Any:
+    """A compiled model from the conversion's export. The CPU plugin reads it into memory of
+    its own (a model imported from a tensor would point into the blob's memory instead, and
+    crash once Python frees it); the blob, plaintext weights, is wiped afterwards."""
+    stream = io.BytesIO(blob)
+    wipe(blob)
+    try:
+        return _core().import_model(stream, "CPU", dict(config))
+    finally:
+        with stream.getbuffer() as view:
+            wipe(view)
+        stream.close()
+
+
+def convert_model(root: str, request: ConversionRequest) -> ConversionResult:
+    """In the conversion process (or, where none can start, in the server's): load the
+    SavedModel at `root` into TensorFlow, convert, compile and export each signature of
+    the request, and answer its gate inputs with TensorFlow. Raises InvalidArgument if
+    TensorFlow cannot load the model or answer the gate's inputs."""
     tf = import_tensorflow()
-    precision = converted.precision
+    result = ConversionResult()
+    seconds = result.seconds
     started = time.perf_counter()
     try:
-        loaded = tf.saved_model.load(root, tags=list(tags))
+        loaded = tf.saved_model.load(root, tags=list(request.tags))
     except (RuntimeError, ValueError, KeyError, OSError, tf.errors.OpError) as exc:
         raise InvalidArgument(f"TensorFlow cannot load the SavedModel: {_brief(exc)}") from None
-    config = {
-        "INFERENCE_PRECISION_HINT": OPENVINO_TYPES[precision],
-        "PERFORMANCE_HINT": spec.hint.upper(),
-        "CACHE_DIR": "",  # never a compiled blob on disk
-        # threads not pinned to cores: on a shared machine (or a TEE whose host schedules
-        # its vCPUs) a pinned thread waits for its own core while others are free; measured
-        # here under load, ResNet-50 bf16 ran 1.45x as fast unpinned
-        "ENABLE_CPU_PINNING": False,
-    }
     seconds.update(load=time.perf_counter() - started, convert=0.0, compile=0.0)
+    config = {**compile_config(request.precision, request.hint), "CACHE_DIR": ""}
     # TensorFlow's answers for the accuracy gate are computed in a thread of their own while
     # this one converts and compiles (the frontend's graph walk is Python; TensorFlow runs
     # without the GIL)
     reference_pool = ThreadPoolExecutor(1, "sealserve-ov-reference")
-    cases: dict[str, list[Mapping[str, np.ndarray]]] = {}
-    rowwise: dict[str, frozenset[int]] = {}
-    functions: dict[str, Any] = {}
     references: dict[str, Future[list[dict[str, np.ndarray]]]] = {}
     try:
-        for key in keys:
+        for key in request.keys:
             function = loaded.signatures.get(key)
             if function is None:
-                converted.unconverted[key] = "not a function of the SavedModel's object graph"
+                result.signatures[key] = SignatureConversion(
+                    reason="not a function of the SavedModel's object graph"
+                )
                 continue
-            strings = _string_operations(function, signature_defs[key])
+            strings = _string_operations(function)
             if strings:
-                converted.unconverted[key] = strings
+                result.signatures[key] = SignatureConversion(reason=strings)
                 continue
-            cases[key] = [inputs for k, inputs in gate_inputs if k == key]
-            generated = generated_inputs(signature_defs[key], GENERATED_BATCHES)
-            rowwise[key] = frozenset(
-                len(cases[key]) + i for i, inputs in enumerate(generated) if _rows(inputs) > 1
-            )
-            cases[key] += generated
-            functions[key] = function
-            references[key] = reference_pool.submit(
-                _tensorflow_outputs, function, cases[key], rowwise[key]
-            )
-            _convert_and_compile(key, function, signature_defs[key], config, converted, seconds)
-        if converted.unconverted and spec.strict:
-            key, reason = next(iter(sorted(converted.unconverted.items())))
-            raise InvalidArgument(
-                f"signature {key} cannot run on OpenVINO ({reason}) and the model's runtime "
-                "is strict"
-            )
+            cases = request.cases.get(key, ())
+            references[key] = reference_pool.submit(_tensorflow_outputs, function, cases)
+            result.signatures[key] = _convert_and_compile(function, config, seconds)
         started = time.perf_counter()
-        for key in converted.runners:
-            converted.accuracy[key] = _check_accuracy(
-                model, key, converted.runners[key], cases[key], references[key].result(),
-                spec, precision, rowwise[key], functions[key],
-            )  # fmt: skip
-        seconds["check"] = time.perf_counter() - started
+        for key, answers in references.items():
+            if result.signatures[key].blob is not None:
+                result.signatures[key].references = answers.result()
+        seconds["reference"] = time.perf_counter() - started
     finally:
         reference_pool.shutdown(wait=True, cancel_futures=True)
+    return result
 
 
 def _return_freed_memory(collect: bool = True) -> float:
-    """Hand the heap freed by the conversion (TensorFlow's copy of the model, the frontend's
-    graph, the accuracy gate's runs) back to the system, and the seconds it took: glibc keeps
+    """Hand the heap freed by the load (the blobs, the frontend's graph where it ran here,
+    the accuracy gate's runs) back to the system, and the seconds it took: glibc keeps
     freed memory in its arenas otherwise (ResNet-50: about 50 MB). `collect` first collects
     garbage cycles, which TensorFlow's objects form (0.2-0.5 s with TensorFlow loaded; the
     trim itself takes under a millisecond)."""
@@ -259,30 +312,36 @@ def resident_memory() -> str:
 
 
 def _convert_and_compile(
-    key: str,
-    function: Any,
-    signature: Any,
-    config: Mapping[str, object],
-    converted: Converted,
-    seconds: dict[str, float],
-) -> None:
-    """Add signature `key`'s runner to `converted`, or the reason it has none."""
+    function: Any, config: Mapping[str, object], seconds: dict[str, float]
+) -> SignatureConversion:
+    """A signature converted, compiled and exported, or the reason it cannot be."""
     try:
         started = time.perf_counter()
         ov_model = convert_function(function)
-        bindings = _Bindings.of(ov_model, signature)
+        inputs = _ports_named(ov_model.inputs, sorted(function.structured_input_signature[1]))
+        outputs = _ports_named(ov_model.outputs, sorted(function.structured_outputs))
         if config["INFERENCE_PRECISION_HINT"] == "bf16":
             compress_weights(ov_model)
         seconds["convert"] += time.perf_counter() - started
         started = time.perf_counter()
         compiled = _core().compile_model(ov_model, "CPU", dict(config))
+        blob = bytearray(compiled.export_model().getbuffer())
         seconds["compile"] += time.perf_counter() - started
     except Exception as exc:  # the frontend raises many types; each means "cannot convert"
-        converted.unconverted[key] = unsupported_operations(exc)
-        return
-    del ov_model  # compiled holds its own (repacked) weights
-    converted.compiled[key] = compiled
-    converted.runners[key] = _runner(compiled, bindings, signature)
+        return SignatureConversion(reason=unsupported_operations(exc))
+    return SignatureConversion(blob=blob, inputs=inputs, outputs=outputs)
+
+
+def _ports_named(nodes: Sequence[Any], aliases: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """Which port of the converted model each alias is."""
+    names = [set(node.get_names()) for node in nodes]
+    found = []
+    for alias in aliases:
+        index = next((i for i, n in enumerate(names) if alias in n), None)
+        if index is None:
+            raise ValueError(f"the converted model has no port named {alias}")
+        found.append((alias, index))
+    return tuple(found)
 
 
 def compress_weights(ov_model: Any) -> None:
@@ -349,18 +408,19 @@ STRING_DTYPE = 7  # DT_STRING
 _STRING_OPS = re.compile(r"Parse|String|Regex|Decode|Encode|Substr|Reduce?Join|Unicode|Lookup")
 
 
-def _string_operations(function: Any, signature: Any) -> str:
+def _string_operations(function: Any) -> str:
     """Why a signature with string tensors is not converted ("" if it has none), naming the
     operations on strings: OpenVINO's CPU plugin does not run string tensors, and its
     frontend has been seen to abort the process on some string graphs (TF 2.21, OV 2026.4)
     rather than raise, so such signatures are never handed to it."""
-    tensors = [*signature.inputs.values(), *signature.outputs.values()]
+    tf = import_tensorflow()
     graph = function.graph.as_graph_def()
     nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
     named = sorted({n.op for n in nodes if _STRING_OPS.search(n.op)}) or sorted(
         {n.op for n in nodes if n.op == "Const" and n.attr["dtype"].type == STRING_DTYPE}
     )
-    if not named and all(t.dtype != STRING_DTYPE for t in tensors):
+    tensors = [*function.inputs, *function.outputs]
+    if not named and all(t.dtype != tf.string for t in tensors):
         return ""
     operations = ("op " if len(named) == 1 else "ops ") + ", ".join(named) if named else ""
     return f"{operations or 'string tensors'}: OpenVINO does not run strings"
@@ -382,23 +442,6 @@ class _Bindings:
 
     inputs: tuple[tuple[str, int], ...]
     outputs: tuple[tuple[str, int], ...]
-
-    @classmethod
-    def of(cls, ov_model: Any, signature: Any) -> _Bindings:
-        def ports(nodes: Sequence[Any], aliases: Sequence[str], kind: str) -> list[tuple[str, int]]:
-            names = [set(node.get_names()) for node in nodes]
-            found = []
-            for alias in aliases:
-                index = next((i for i, n in enumerate(names) if alias in n), None)
-                if index is None:
-                    raise ValueError(f"the converted model has no {kind} named {alias}")
-                found.append((alias, index))
-            return found
-
-        return cls(
-            tuple(ports(ov_model.inputs, sorted(signature.inputs), "input")),
-            tuple(ports(ov_model.outputs, sorted(signature.outputs), "output")),
-        )
 
 
 @dataclass
@@ -545,30 +588,13 @@ def generated_inputs(
     return made
 
 
-def _rows(inputs: Mapping[str, np.ndarray]) -> int:
-    """The batch size of a set of inputs (0 if they have no common first dimension)."""
-    sizes = {array.shape[0] if array.ndim else -1 for array in inputs.values()}
-    return sizes.pop() if len(sizes) == 1 and -1 not in sizes else 0
-
-
 def _tensorflow_outputs(
-    function: Any, cases: Sequence[Mapping[str, np.ndarray]], rowwise: frozenset[int]
+    function: Any, cases: Sequence[Mapping[str, np.ndarray]]
 ) -> list[dict[str, np.ndarray]]:
-    """TensorFlow's answers for `cases`; those at the indices `rowwise` row by row (see
-    GENERATED_BATCHES), unless an output has no row per input row."""
+    """TensorFlow's answers for `cases` (in the conversion process)."""
     tf = import_tensorflow()
-
-    def answer(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {a: t.numpy() for a, t in function(**inputs).items()}
-
-    def by_rows(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [answer({a: v[i : i + 1] for a, v in inputs.items()}) for i in range(_rows(inputs))]
-        if any(v.ndim == 0 or v.shape[0] != 1 for row in rows for v in row.values()):
-            return answer(inputs)
-        return {a: np.concatenate([row[a] for row in rows]) for a in rows[0]}
-
     try:
-        return [(by_rows if i in rowwise else answer)(c) for i, c in enumerate(cases)]
+        return [{a: t.numpy() for a, t in function(**inputs).items()} for inputs in cases]
     except (TypeError, ValueError, tf.errors.OpError) as exc:
         raise InvalidArgument(f"TensorFlow cannot run the accuracy check: {_brief(exc)}") from None
 
@@ -581,35 +607,18 @@ def _check_accuracy(
     references: Sequence[Mapping[str, np.ndarray]],
     spec: RuntimeSpec,
     precision: str,
-    rowwise: frozenset[int] = frozenset(),
-    function: Any = None,
 ) -> Agreement:
-    """Compare the runner with TensorFlow's `references` of `cases`. A case answered row by
-    row (`rowwise`) that OpenVINO's answer misses is answered again by TensorFlow's
-    `function` on the whole batch, which is then the reference."""
+    """Compare the runner with TensorFlow's `references` of `cases`."""
     max_error, min_agreement = spec.bounds
-
-    def within(agreement: Agreement) -> bool:
-        return (
-            agreement.max_relative_error <= max_error and agreement.top1_agreement >= min_agreement
-        )
-
     agreement = Agreement()
-    for index, (inputs, reference) in enumerate(zip(cases, references, strict=True)):
+    for inputs, reference in zip(cases, references, strict=True):
         try:
-            got = runner(inputs, False)
-            if index in rowwise and function is not None:
-                alone = Agreement()
-                with contextlib.suppress(ValueError):
-                    alone.add(reference, got)
-                if alone.runs == 0 or not within(alone):  # rows may depend on each other
-                    reference = _tensorflow_outputs(function, [inputs], frozenset())[0]
-            agreement.add(reference, got)
+            agreement.add(reference, runner(inputs, False))
         except (ValueError, InvalidArgument) as exc:
             raise InvalidArgument(
                 f"signature {key} on OpenVINO {precision} does not answer as TensorFlow: {exc}"
             ) from None
-    if not within(agreement):
+    if agreement.max_relative_error > max_error or agreement.top1_agreement < min_agreement:
         raise InvalidArgument(
             f"signature {key} on OpenVINO {precision} misses the accuracy bounds (max relative "
             f"error {max_error:g}, min top-1 agreement {min_agreement:g}): {agreement.summary()}"
