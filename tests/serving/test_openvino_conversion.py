@@ -240,3 +240,69 @@ def test_object_arrays_are_never_pickled():
     )
     with pytest.raises(ValueError, match="pickle"):
         write_request(io.BytesIO(), request, [], [])
+
+
+# -- the process started ahead -------------------------------------------------------------
+
+
+def test_the_first_load_takes_the_process_started_ahead(digits_tree, caplog):
+    """`sealserve serve` starts a conversion process as it starts (its imports run beside
+    the server's own): the first OpenVINO load converts there."""
+    conversion.prestart()
+    (spare,) = conversion._spare
+    with caplog.at_level(logging.INFO):
+        servable = load(digits_tree)
+    assert servable.runtime_labels == {"serving_default": "OpenVINO"}
+    assert conversion._spare == []
+    assert any(f"converted in process {spare.pid}:" in r.getMessage() for r in caplog.records)
+    assert live_children() == []
+
+
+def test_a_process_started_ahead_that_no_load_takes_ends_after_the_initial_loads(
+    openvino_models_for_server,
+):
+    """A server whose models all run on TensorFlow (the guess from the config was wrong)
+    keeps no idle conversion process once its initial loads are done."""
+    from sealserve.serving.model_config import ModelConfig
+    from tests.harness import RunningServer, server_options
+
+    conversion.prestart()
+    assert len(live_children()) == 1
+    models = [ModelConfig("digits", str(openvino_models_for_server))]
+    running = RunningServer(server_options(models), StaticKeyProvider({"digits": SECRET_KEY}))
+    try:
+        assert conversion._spare == [] and live_children() == []
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def openvino_models_for_server(digits_tree) -> Path:
+    return digits_tree.parent
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "expected"),
+    [
+        (["--runtime=openvino:bf16"], None, True),
+        (["--runtime=OpenVINO"], None, True),
+        ([], None, False),
+        (["--runtime=tensorflow"], None, False),
+        ([], 'config { name: "m" base_path: "/m" model_platform: "openvino:bf16" }', True),
+        ([], "config { name: 'm' base_path: '/m' model_platform: 'OPENVINO' }", True),
+        ([], 'config { name: "m" base_path: "/m" model_platform: "tensorflow" }', False),
+        ([], 'config { name: "openvino" base_path: "/openvino" }', False),
+    ],
+)
+def test_a_conversion_process_is_started_ahead_only_for_openvino_models(
+    tmp_path, argv, config, expected
+):
+    from sealserve.cli import _may_serve_openvino, build_parser
+
+    if config is not None:
+        (tmp_path / "models.config").write_text(f"model_config_list {{ {config} }}")
+        argv = [*argv, f"--model_config_file={tmp_path / 'models.config'}"]
+    else:
+        argv = [*argv, "--model_base_path=/m"]
+    args = build_parser().parse_args(["serve", *argv])
+    assert _may_serve_openvino(args) is expected

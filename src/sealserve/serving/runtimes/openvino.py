@@ -162,13 +162,15 @@ def convert_signatures(
         cases[key] += generated_inputs(signature_defs[key], GENERATED_BATCHES)
     request = ConversionRequest(tags, keys, precision, spec.hint, cases)
     started = time.perf_counter()
+    sent = 0.0
     if process is not None and files is not None:
-        result = _convert_in(process, request, files)
+        result, sent = _convert_in(process, request, files)
         where = f"process {process.pid}"
     else:
         result = convert_model(root, request)
         where = "this process"
-    seconds = {"conversion": time.perf_counter() - started, **result.seconds}
+    seconds = {"send": sent, "conversion": time.perf_counter() - started - sent}
+    seconds.update(result.seconds)
     started = time.perf_counter()
     config = compile_config(precision, spec.hint)
     for key in keys:
@@ -213,11 +215,14 @@ def _numeric(signature: Any) -> bool:
 
 def _convert_in(
     process: ConversionProcess, request: ConversionRequest, files: FileSource
-) -> ConversionResult:
-    """The conversion process's answer to `request`, the SavedModel's files sent along."""
+) -> tuple[ConversionResult, float]:
+    """The conversion process's answer to `request`, the SavedModel's files sent along, and
+    the seconds the sending took (the child reads once it has imported its libraries)."""
+    started = time.perf_counter()
     directories, contents = files()
     process.send(lambda stream: write_request(stream, request, directories, contents))
-    return process.receive(read_result)  # type: ignore[no-any-return]
+    sent = time.perf_counter() - started
+    return process.receive(read_result), sent
 
 
 def _import_compiled(blob: bytearray, config: Mapping[str, object]) -> Any:
