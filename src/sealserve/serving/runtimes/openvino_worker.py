@@ -183,6 +183,8 @@ def _protect_this_process(server: int) -> None:
 def main(argv: Sequence[str] = ()) -> int:
     if sys.platform.startswith("linux") and argv:
         _protect_this_process(int(argv[0]))
+    # Ctrl-C reaches the whole process group: the server handles it, and ends this process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # the answer goes to the original stdout; anything printed by a library goes to stderr
     answer = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
@@ -190,7 +192,7 @@ def main(argv: Sequence[str] = ()) -> int:
     requests = os.fdopen(0, "rb")
     try:
         result = _convert(requests)
-    except (EOFError, ProtocolError, BrokenPipeError, KeyboardInterrupt):
+    except (EOFError, ProtocolError, BrokenPipeError):
         return 1  # the server went away, or never sent a request: no one to answer
     except SealserveError as exc:
         write_error(answer, exc)
@@ -221,7 +223,4 @@ def _convert(requests: IO[bytes]) -> ConversionResult:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group
-        sys.exit(130)
+    sys.exit(main(sys.argv[1:]))
