@@ -140,6 +140,7 @@ class DataPlane:
         inputs: dict[str, np.ndarray],
         output_filter: Sequence[str] = (),
         waiting: Callable[[], AbstractContextManager[object]] = nullcontext,
+        may_wait: bool = True,
     ) -> Outputs:
         """`predict` in the caller's own thread (gRPC's handler threads): with batching, the
         thread waits for its batch, unless the signature is quick.
@@ -149,11 +150,13 @@ class DataPlane:
         hand-offs (measured on half_plus_two: 576 µs of server CPU per request batched
         against 407 µs run at once), more than merging quick runs can save. REST merges
         quick runs on the event loop instead, where waiting costs no thread. The wait for a
-        batch happens inside `waiting()` (the thread pool's: see `handler_pool`)."""
+        batch happens inside `waiting()` (the thread pool's: see `handler_pool`); a caller that
+        must not wait (`may_wait=False`: grpc's poller thread, see `grpc_inline`) has its
+        request run at once."""
         servable, key = resolved.servable, resolved.signature_name
         if self.batcher is None:
             return servable.run(key, inputs, output_filter)
-        if servable.quick(key):
+        if servable.quick(key) or not may_wait:
             self.batcher.check_task(inputs)
             return servable.run(key, inputs, output_filter)
         future, wanted = self._submit(resolved.handle, key, inputs, output_filter, True)

@@ -210,7 +210,7 @@ class ModelServer:
             management=self.options.model_management,
             budget=self.request_budget,
             max_response_bytes=limit,
-            batch_wait=pool.waiting,
+            handler_pool=pool,
         )
         if self._health is not None:
             self._health_watch = asyncio.create_task(self._follow_readiness(self._health))
