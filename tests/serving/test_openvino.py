@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -441,3 +443,40 @@ def test_batched_concurrent_requests_get_their_own_rows(openvino_server):
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, range(24))) == [p["classes"] for p in expected]
+
+
+def test_nothing_of_an_unloaded_openvino_version_survives(openvino_models):
+    """Unloading an OpenVINO version (with a signature that fell back to TensorFlow) frees
+    its servable, its runners and their infer-request pools (which hold the compiled
+    models), the fallback Session; no ram:// file or conversion process is left."""
+    from sealserve.serving.manager import ManagerOptions, ModelManager, loader_factory
+    from tests.serving.test_handles import ram_files
+
+    manager = ModelManager(
+        [ModelConfig("digits", str(openvino_models / "digits"), runtime=parse_runtime("openvino"))],
+        loader_factory(StaticKeyProvider({"digits": SECRET_KEY}), LoadOptions()),
+        ManagerOptions(poll_seconds=0, max_load_retries=0),
+    )
+    try:
+        manager.start()
+        with manager.handle("digits") as handle:
+            servable = handle.servable
+            assert servable.runtime_labels == {"serving_default": "OpenVINO"}
+            assert servable.run("serving_default", {"image": digits_dataset()[2][:2]})
+            runners = list(servable._runners.values())
+            pools = [
+                cell.cell_contents
+                for runner in runners
+                for cell in runner.__closure__ or ()
+                if hasattr(cell.cell_contents, "take")
+            ]
+            refs = [weakref.ref(x) for x in (servable, *runners, *pools)]
+            del servable, runners, pools
+        assert len(refs) >= 4  # the servable, two runners, a pool
+        assert ram_files() == [] and live_children() == []
+        manager.reload([])
+        gc.collect()
+        assert [ref() for ref in refs] == [None] * len(refs)
+        assert ram_files() == [] and live_children() == []
+    finally:
+        manager.stop()

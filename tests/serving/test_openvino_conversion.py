@@ -200,7 +200,7 @@ def test_a_request_and_an_answer_round_trip_and_plaintext_chunks_are_wiped():
     result = ConversionResult(
         signatures={
             "serving_default": SignatureConversion(
-                blob=bytearray(b"compiled"),
+                blob=io.BytesIO(b"compiled"),
                 inputs=(("x", 0),),
                 outputs=(("y", 1),),
                 references=[{"y": np.ones((2, 1), np.float32)}],
@@ -216,7 +216,8 @@ def test_a_request_and_an_answer_round_trip_and_plaintext_chunks_are_wiped():
     assert back.seconds == {"load": 1.5}
     assert back.signatures["classify"].reason == "op ParseExampleV2"
     converted = back.signatures["serving_default"]
-    assert converted.blob == bytearray(b"compiled") and converted.inputs == (("x", 0),)
+    assert converted.blob is not None and converted.blob.getvalue() == b"compiled"
+    assert converted.inputs == (("x", 0),)
     np.testing.assert_array_equal(converted.references[0]["y"], np.ones((2, 1), np.float32))
 
 

@@ -225,18 +225,16 @@ def _convert_in(
     return process.receive(read_result), sent
 
 
-def _import_compiled(blob: bytearray, config: Mapping[str, object]) -> Any:
+def _import_compiled(blob: io.BytesIO, config: Mapping[str, object]) -> Any:
     """A compiled model from the conversion's export. The CPU plugin reads it into memory of
     its own (a model imported from a tensor would point into the blob's memory instead, and
     crash once Python frees it); the blob, plaintext weights, is wiped afterwards."""
-    stream = io.BytesIO(blob)
-    wipe(blob)
     try:
-        return _core().import_model(stream, "CPU", dict(config))
+        return _core().import_model(blob, "CPU", dict(config))
     finally:
-        with stream.getbuffer() as view:
+        with blob.getbuffer() as view:
             wipe(view)
-        stream.close()
+        blob.close()
 
 
 def convert_model(root: str, request: ConversionRequest) -> ConversionResult:
@@ -330,7 +328,7 @@ def _convert_and_compile(
         seconds["convert"] += time.perf_counter() - started
         started = time.perf_counter()
         compiled = _core().compile_model(ov_model, "CPU", dict(config))
-        blob = bytearray(compiled.export_model().getbuffer())
+        blob = compiled.export_model()
         seconds["compile"] += time.perf_counter() - started
     except Exception as exc:  # the frontend raises many types; each means "cannot convert"
         return SignatureConversion(reason=unsupported_operations(exc))
