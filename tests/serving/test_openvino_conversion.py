@@ -331,3 +331,27 @@ def test_the_conversion_process_is_undumpable_before_it_reads_plaintext():
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),
     )
     assert done.stdout.split(maxsplit=1) == ["0", "(0, 0)\n"]
+
+
+def test_a_compiled_model_that_cannot_be_imported_ends_the_load_with_one_reason(
+    digits_tree, monkeypatch
+):
+    from sealserve.serving.runtimes import openvino
+
+    real = openvino.read_result
+
+    def garbled(stream):
+        result = real(stream)
+        for signature in result.signatures.values():
+            if signature.blob is not None:
+                signature.blob = io.BytesIO(b"not a compiled model")
+        return result
+
+    monkeypatch.setattr(openvino, "read_result", garbled)
+    with pytest.raises(ConversionFailed) as failed:
+        load(digits_tree)
+    message = str(failed.value)
+    assert message.startswith(
+        "signature serving_default: OpenVINO cannot import the compiled model: "
+    )
+    assert "\n" not in message and live_children() == []

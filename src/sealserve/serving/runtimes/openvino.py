@@ -56,7 +56,7 @@ import numpy as np
 from sealserve.errors import InvalidArgument
 from sealserve.serving.runtimes import RuntimeSpec
 from sealserve.serving.runtimes.accuracy import Agreement
-from sealserve.serving.runtimes.conversion import ConversionProcess, wipe
+from sealserve.serving.runtimes.conversion import ConversionFailed, ConversionProcess, wipe
 from sealserve.serving.runtimes.openvino_worker import (
     ConversionRequest,
     ConversionResult,
@@ -178,7 +178,12 @@ def convert_signatures(
         if signature is None or signature.blob is None:
             converted.unconverted[key] = signature.reason if signature else "not converted"
             continue
-        compiled = _import_compiled(signature.blob, config)
+        try:
+            compiled = _import_compiled(signature.blob, config)
+        except RuntimeError as exc:  # an export this OpenVINO cannot read back
+            raise ConversionFailed(
+                f"signature {key}: OpenVINO cannot import the compiled model: {_brief(exc)}"
+            ) from None
         converted.compiled[key] = compiled
         bindings = _Bindings(signature.inputs, signature.outputs)
         converted.runners[key] = _runner(compiled, bindings, signature_defs[key])
@@ -191,7 +196,7 @@ def convert_signatures(
     started = time.perf_counter()
     for key in converted.runners:
         converted.accuracy[key] = _check_accuracy(
-            model, key, converted.runners[key], cases[key],
+            model, key, converted.runners[key], cases.get(key, []),
             result.signatures[key].references, spec, precision,
         )  # fmt: skip
     seconds["check"] = time.perf_counter() - started
