@@ -380,6 +380,11 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         ("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests"),
         ("--enable_grpc_healthcheck_service", False, "serve grpc.health.v1"),
         ("--enable_batching", False, "merge concurrent Predict requests into batches"),
+        (
+            "--allow_version_labels_for_unavailable_models",
+            False,
+            "let a reloaded config point a new version label at a version not loaded yet",
+        ),
     ):
         tf.add_argument(
             name,
@@ -915,6 +920,9 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
             max_load_retries=args.max_num_load_retries,
             load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
             load_threads=args.num_load_threads,
+            allow_version_labels_for_unavailable_models=(
+                args.allow_version_labels_for_unavailable_models
+            ),
         ),
         rest=RestOptions(
             timeout_seconds=args.rest_api_timeout_in_ms / 1000,

@@ -13,6 +13,7 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.model_management import ModelManagementPolicy
+from sealserve.serving.version_policy import VersionPolicy
 from tests.harness import RunningServer, server_options
 from tests.serving.conftest import SECRET_KEY
 
@@ -170,3 +171,111 @@ def test_a_polled_config_file_changing_a_models_platform_is_not_applied(tmp_path
         assert loaded_servable(server, "a") is before
     finally:
         server.stop()
+
+
+LABEL_REFUSED = (
+    "Request to assign label to version 2 of model a, which is not currently available for "
+    "inference"
+)
+
+
+def labelled_reload(path: str, versions: list[int], labels: dict[str, int]):  # noqa: ANN201
+    request = model_management_pb2.ReloadConfigRequest()
+    policy = "".join(f"versions: {v} " for v in versions)
+    label_text = "".join(f"version_labels {{ key: '{k}' value: {v} }} " for k, v in labels.items())
+    text_format.Parse(
+        f"model_config_list {{ config {{ name: 'a' base_path: '{path}' "
+        f"model_platform: 'tensorflow' model_version_policy {{ specific {{ {policy}}} }} "
+        f"{label_text}}} }}",
+        request.config,
+    )
+    return request
+
+
+@pytest.mark.parametrize("allow_unavailable", [False, True])
+def test_a_reload_labelling_a_version_that_is_not_available_is_refused(
+    paths, model_root, allow_unavailable
+):
+    """TF Serving's ServerCore: a label may point only at an AVAILABLE version
+    (FAILED_PRECONDITION, the old config kept); --allow_version_labels_for_unavailable_models
+    admits a new label on a version still to load, never moving an existing label to one."""
+    from sealserve.serving.manager import ManagerOptions
+
+    anyone = ModelManagementPolicy(insecure_any_client=True, base_path_root=str(model_root))
+    manager = ManagerOptions(
+        poll_seconds=0.2,
+        max_load_retries=0,
+        allow_version_labels_for_unavailable_models=allow_unavailable,
+    )
+    initial = ModelConfig(
+        "a", paths["a"], VersionPolicy(kind="specific", versions=frozenset({1})), {"stable": 1}
+    )
+    server = RunningServer(
+        server_options([initial], model_management=anyone, manager=manager),
+        StaticKeyProvider({}),
+    )
+    try:
+        stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
+
+        def reload(versions: list[int], labels: dict[str, int]) -> None:
+            stub.HandleReloadConfigRequest(
+                labelled_reload(paths["a"], versions, labels), timeout=60
+            )
+
+        # moving "stable" to version 2 in the reload that loads it: refused either way
+        with pytest.raises(grpc.RpcError) as moved:
+            reload([1, 2], {"stable": 2})
+        assert moved.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert moved.value.details() == LABEL_REFUSED
+        assert predict_by_label(server, "stable") == 1  # the old config in force
+        assert predict_by_version(server, 2) == 404  # and nothing of the new one applied
+
+        # a new label on the version this reload loads: only with the flag
+        if allow_unavailable:
+            reload([1, 2], {"stable": 1, "canary": 2})
+        else:
+            with pytest.raises(grpc.RpcError) as new_label:
+                reload([1, 2], {"stable": 1, "canary": 2})
+            assert new_label.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert new_label.value.details() == LABEL_REFUSED
+            reload([1, 2], {"stable": 1})  # load version 2 first ...
+            reload([1, 2], {"stable": 1, "canary": 2})  # ... then label it
+        assert predict_by_label(server, "canary") == 2
+
+        # once version 2 is available, any label may move to it
+        reload([1, 2], {"stable": 2, "canary": 2})
+        assert predict_by_label(server, "stable") == 2
+    finally:
+        server.stop()
+
+
+def predict_by_label(server, label: str) -> int:  # noqa: ANN001
+    """The version that answers a Predict for `label` (the answer's model_spec)."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from sealserve.serving.tensorflow_runtime import import_tensorflow
+
+    tf = import_tensorflow()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "a"
+    request.model_spec.version_label = label
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0]], dtype=tf.float32))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(server.channel())
+    return stub.Predict(request, timeout=30).model_spec.version.value
+
+
+def predict_by_version(server, version: int) -> int:  # noqa: ANN001
+    return server.http(
+        "POST", f"/v1/models/a/versions/{version}:predict", {"instances": [[1.0]]}
+    ).status
+
+
+@pytest.mark.parametrize("flag, allowed", [([], False), (["=true"], True), (["=false"], False)])
+def test_the_tf_serving_flag_reaches_the_manager(tmp_path, flag, allowed):
+    from sealserve import cli
+    from sealserve.serving.keys import StaticKeyProvider as Keys
+
+    argv = ["serve", f"--model_base_path={tmp_path}"]
+    argv += [f"--allow_version_labels_for_unavailable_models{f}" for f in flag]
+    options = cli._server_options(cli.build_parser().parse_args(argv), Keys({}))
+    assert options.manager.allow_version_labels_for_unavailable_models is allowed

@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sealserve.errors import Code, InvalidArgument, NotFound, PermissionDenied, SealserveError
+from sealserve.errors import (
+    Code,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SealserveError,
+)
 from sealserve.serving.loader import LoadOptions, VersionLoader
 from sealserve.serving.model_config import ModelConfig, ModelTrust, check_no_platform_changes
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, RuntimeSpec
@@ -151,6 +158,9 @@ class ManagerOptions:
     max_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     load_threads: int = 2
+    # a reload may point a version label at a version not (yet) available, unless it moves
+    # an existing label (TF Serving's --allow_version_labels_for_unavailable_models)
+    allow_version_labels_for_unavailable_models: bool = False
 
 
 # (model name, version, its directory, the model's runtime) -> a loader
@@ -266,10 +276,11 @@ class ModelManager:
     def reload(self, configs: list[ModelConfig], wait: bool = True) -> None:
         """Replace the model list (TF Serving's config reload): new models load, models left
         out unload, the others keep serving under their new policy and labels. Nothing
-        changes if a new model's base path does not exist, or if a model would change its
-        platform (`InvalidArgument`, as TF Serving). With `wait`, returns once the loads this
-        reload started have ended (as TF Serving's ReloadConfig does), not once other loads
-        still in progress have."""
+        changes if a new model's base path does not exist, if a model would change its
+        platform (`InvalidArgument`, as TF Serving), or if a version label would point at a
+        version that is not available (`FailedPrecondition`: `_check_version_labels`). With
+        `wait`, returns once the loads this reload started have ended (as TF Serving's
+        ReloadConfig does), not once other loads still in progress have."""
         for config in configs:
             if not Path(config.base_path).is_dir():
                 raise NotFound(f"model {config.name}: base path {config.base_path} not found")
@@ -277,6 +288,7 @@ class ModelManager:
             with self._lock:
                 # against the config in force, under the lock a concurrent reload also takes
                 check_no_platform_changes((m.config for m in self._models.values()), configs)
+                self._check_version_labels(configs)
                 wanted = {c.name: c for c in configs}
                 ends = []
                 for name in [n for n in self._models if n not in wanted]:
@@ -294,6 +306,29 @@ class ModelManager:
             started = self._reconcile_locked()
         if wait:
             _wait(started)
+
+    def _check_version_labels(self, configs: list[ModelConfig]) -> None:  # under self._lock
+        """TF Serving's rule for the labels of a reloaded config (ServerCore's
+        UpdateModelVersionLabelMap): a label may point only at a version AVAILABLE now, so
+        that requests for it never meet a version still loading; with
+        `allow_version_labels_for_unavailable_models`, at any version, unless the label
+        already points at another one (a label moves only to an available version)."""
+        for config in configs:
+            model = self._models.get(config.name)
+            for label, version in config.version_labels.items():
+                entry = model.versions.get(version) if model else None
+                if entry is not None and entry.serving:
+                    continue
+                current = model.config.version_labels.get(label) if model else None
+                if self.options.allow_version_labels_for_unavailable_models and current in (
+                    None,
+                    version,
+                ):
+                    continue
+                raise FailedPrecondition(
+                    f"Request to assign label to version {version} of model {config.name}, "
+                    "which is not currently available for inference"
+                )
 
     def _reconcile_locked(self) -> list[Future[None]]:
         models = self._snapshot()
