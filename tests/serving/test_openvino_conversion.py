@@ -21,13 +21,20 @@ from sealserve.model_tree import encrypt_tree
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.loader import LoadOptions, VersionLoader
 from sealserve.serving.runtimes import conversion, parse_runtime
-from sealserve.serving.runtimes.conversion import ConversionFailed, ProtocolError, read_header
+from sealserve.serving.runtimes.conversion import (
+    ConversionFailed,
+    ProtocolError,
+    read_header,
+    read_stream,
+)
 from sealserve.serving.runtimes.openvino_worker import (
     ConversionRequest,
     ConversionResult,
     SignatureConversion,
+    files_sent_along,
     read_request,
     read_result,
+    write_files,
     write_request,
     write_result,
 )
@@ -180,22 +187,22 @@ def test_where_no_process_can_start_the_conversion_runs_in_the_server(
 
 def test_a_request_and_an_answer_round_trip_and_plaintext_chunks_are_wiped():
     cases = {"serving_default": [{"x": np.arange(6, dtype=np.float32).reshape(2, 3)}]}
-    request = ConversionRequest(
-        ["serve"], ["serving_default", "classify"], "bf16", "latency", cases
-    )
+    keys = ["serving_default", "classify"]
+    request = ConversionRequest(["serve"], keys, "bf16", "latency", cases)
     chunk = bytearray(b"weights")
     stream = io.BytesIO()
-    write_request(stream, request, ["variables"], [("variables/v", [chunk, b"more"])])
+    write_files(stream, ["serve"], ["variables"], [("variables/v", [chunk, b"more"])])
     assert chunk == bytearray(7)  # wiped once sent
+    write_request(stream, request)
     stream.seek(0)
-    got, header = read_request(stream)
-    assert (got.tags, got.keys, got.precision, got.hint) == (
-        ["serve"],
-        ["serving_default", "classify"],
-        "bf16",
-        "latency",
-    )
+    header = read_header(stream)
     assert header["files"] == ["variables/v"] and header["directories"] == ["variables"]
+    assert b"".join(read_stream(stream)) == b"weightsmore"
+    got = read_request(stream, header["tags"])
+    assert (got.tags, got.keys, got.precision, got.hint) == (["serve"], keys, "bf16", "latency")
+    np.testing.assert_array_equal(
+        got.cases["serving_default"][0]["x"], cases["serving_default"][0]["x"]
+    )
 
     result = ConversionResult(
         signatures={
@@ -240,7 +247,7 @@ def test_object_arrays_are_never_pickled():
         ["serve"], ["k"], "fp32", "latency", {"k": [{"s": np.array([b"x"], object)}]}
     )
     with pytest.raises(ValueError, match="pickle"):
-        write_request(io.BytesIO(), request, [], [])
+        write_request(io.BytesIO(), request)
 
 
 # -- the process started ahead -------------------------------------------------------------
@@ -355,3 +362,27 @@ def test_a_compiled_model_that_cannot_be_imported_ends_the_load_with_one_reason(
         "signature serving_default: OpenVINO cannot import the compiled model: "
     )
     assert "\n" not in message and live_children() == []
+
+
+def test_files_sent_along_a_decryption_are_what_write_files_sends():
+    """The tree is decrypted once, for the server's ram:// and the conversion process: each
+    chunk is sent before the consumer gets it (and may overwrite it), each file ends with
+    its empty frame, and the bytes on the wire are `write_files`' own."""
+    files = [("a", [b"12", bytearray(b"34")]), ("b/c", [memoryview(b"5")])]
+    expected = io.BytesIO()
+    write_files(expected, ["serve"], ["b"], [(p, [bytes(c) for c in cs]) for p, cs in files])
+
+    sent = io.BytesIO()
+
+    def write(part) -> bool:
+        part(sent)
+        return True
+
+    consumed = []
+    for path, chunks in files_sent_along(write, ["serve"], ["b"], files):
+        for chunk in chunks:
+            consumed.append((path, bytes(chunk)))
+            if isinstance(chunk, bytearray):
+                chunk[:] = bytes(len(chunk))  # as the ram:// writer wipes what it wrote
+    assert consumed == [("a", b"12"), ("a", b"34"), ("b/c", b"5")]
+    assert sent.getvalue() == expected.getvalue()

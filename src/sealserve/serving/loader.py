@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,7 @@ from sealserve.model_tree.tree import list_tree
 from sealserve.protected_files.format import FILE_ID, GRAPHENE_FILE_ID
 from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.keys import KeyProvider
-from sealserve.serving.memory_load import tree_files, tree_in_memory
+from sealserve.serving.memory_load import files_in_memory, tree_files
 from sealserve.serving.model_config import ModelPin, ModelTrust
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, OPENVINO, RuntimeSpec
 from sealserve.serving.runtimes.conversion import ConversionProcess
@@ -150,9 +150,15 @@ class VersionLoader:
                 f"{where} is refused: its model id {tree.manifest.model_id} is not the pinned "
                 f"{pin.model_id}"
             )
-        with tree_in_memory(tree) as root:  # decrypts and verifies every file
+        directories, decrypted = tree_files(tree)
+        files: Iterable[tuple[str, Iterable[bytes | bytearray | memoryview]]] = decrypted
+        if self._conversion is not None:  # decrypted once, for both: it loads meanwhile
+            from sealserve.serving.runtimes.openvino_worker import files_sent_along
+
+            self._conversion.files_sent = True
+            files = files_sent_along(self._conversion.write, self.options.tags, directories, files)
+        with files_in_memory(directories, files) as root:  # decrypts and verifies every file
             self._record_decryption(tree.manifest.total_size, started)
-            # the conversion process gets the plaintext decrypted again, as it is sent
             return self._from_root(root, lambda: tree_files(tree))
 
     def _load_unkeyed(self) -> Servable:

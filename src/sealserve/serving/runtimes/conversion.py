@@ -206,6 +206,8 @@ class ConversionProcess:
         self.timeout = TIMEOUT_SECONDS if timeout is None else timeout
         self._child: subprocess.Popen[bytes] | None = None
         self._killed_because = ""
+        self._broken = False  # the child stopped reading its stdin
+        self.files_sent = False  # the SavedModel's files are on their way (see the loader)
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
@@ -255,15 +257,29 @@ class ConversionProcess:
     def pid(self) -> int | None:
         return None if self._child is None else self._child.pid
 
-    def send(self, write: Any) -> None:
-        """`write(stdin)` the request. A child that died meanwhile is reported as such."""
+    def write(self, write: Any) -> bool:
+        """`write(stdin)` part of the request; False, and nothing more is written, once the
+        child stopped reading (it died: `send` or `receive` says how)."""
         child = self._running()
+        if self._broken:
+            return False
         try:
             assert child.stdin is not None
             write(child.stdin)
-            child.stdin.close()
         except (BrokenPipeError, ConnectionResetError, ValueError):
-            raise self._failure("stopped reading its request") from None
+            self._broken = True
+        return not self._broken
+
+    def send(self, write: Any) -> None:
+        """`write(stdin)` the rest of the request, and close it. A child that died meanwhile
+        is reported as such."""
+        child = self._running()
+        if self.write(write):
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, ValueError):
+                assert child.stdin is not None
+                child.stdin.close()
+                return
+        raise self._failure("stopped reading its request")
 
     def receive(self, read: Any) -> Any:
         """`read(stdout)`'s value: the child's answer."""

@@ -44,7 +44,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +63,7 @@ from sealserve.serving.runtimes.openvino_worker import (
     FileSource,
     SignatureConversion,
     read_result,
+    write_files,
     write_request,
 )
 from sealserve.serving.servable import Runner
@@ -167,7 +168,7 @@ def convert_signatures(
         result, sent = _convert_in(process, request, files)
         where = f"process {process.pid}"
     else:
-        result = convert_model(root, request)
+        result = convert_model(root, tags, lambda: request)
         where = "this process"
     seconds = {"send": sent, "conversion": time.perf_counter() - started - sent}
     seconds.update(result.seconds)
@@ -221,11 +222,15 @@ def _numeric(signature: Any) -> bool:
 def _convert_in(
     process: ConversionProcess, request: ConversionRequest, files: FileSource
 ) -> tuple[ConversionResult, float]:
-    """The conversion process's answer to `request`, the SavedModel's files sent along, and
-    the seconds the sending took (the child reads once it has imported its libraries)."""
+    """The conversion process's answer to `request` (the SavedModel's files first, unless
+    they went along with the decryption), and the seconds the sending took (the child reads
+    once it has imported its libraries)."""
     started = time.perf_counter()
-    directories, contents = files()
-    process.send(lambda stream: write_request(stream, request, directories, contents))
+    if not process.files_sent:
+        directories, contents = files()
+        process.files_sent = True
+        process.write(lambda stream: write_files(stream, request.tags, directories, contents))
+    process.send(lambda stream: write_request(stream, request))
     sent = time.perf_counter() - started
     return process.receive(read_result), sent
 
@@ -242,20 +247,25 @@ def _import_compiled(blob: io.BytesIO, config: Mapping[str, object]) -> Any:
         blob.close()
 
 
-def convert_model(root: str, request: ConversionRequest) -> ConversionResult:
+def convert_model(
+    root: str, tags: Sequence[str], next_request: Callable[[], ConversionRequest]
+) -> ConversionResult:
     """In the conversion process (or, where none can start, in the server's): load the
-    SavedModel at `root` into TensorFlow, convert, compile and export each signature of
-    the request, and answer its gate inputs with TensorFlow. Raises InvalidArgument if
-    TensorFlow cannot load the model or answer the gate's inputs."""
+    SavedModel at `root` into TensorFlow, then (`next_request()`: the server prepares it
+    meanwhile) convert, compile and export each signature of the request, and answer its
+    gate inputs with TensorFlow. Raises InvalidArgument if TensorFlow cannot load the model
+    or answer the gate's inputs."""
     tf = import_tensorflow()
     result = ConversionResult()
     seconds = result.seconds
     started = time.perf_counter()
     try:
-        loaded = tf.saved_model.load(root, tags=list(request.tags))
+        loaded = tf.saved_model.load(root, tags=list(tags))
     except (RuntimeError, ValueError, KeyError, OSError, tf.errors.OpError) as exc:
         raise InvalidArgument(f"TensorFlow cannot load the SavedModel: {_brief(exc)}") from None
-    seconds.update(load=time.perf_counter() - started, convert=0.0, compile=0.0)
+    seconds["load"] = time.perf_counter() - started
+    request = next_request()
+    seconds.update(convert=0.0, compile=0.0)
     config = {**compile_config(request.precision, request.hint), "CACHE_DIR": ""}
     # TensorFlow's answers for the accuracy gate are computed in a thread of their own while
     # this one converts and compiles (the frontend's graph walk is Python; TensorFlow runs

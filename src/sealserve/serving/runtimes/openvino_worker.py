@@ -1,10 +1,12 @@
 """The conversion process of the OpenVINO runtime (`python -m` this module), and its messages.
 
-The server (`conversion.ConversionProcess`) sends one request on the child's stdin: the
-SavedModel's files (decrypted plaintext, in chunks), the signatures to convert, the precision
-and hint, and the accuracy gate's inputs. The child writes the files into its own `ram://`
-(never a file system), lets `openvino.convert_model` load, convert, compile and export each
-signature and answer the gate's inputs with TensorFlow, and sends one answer on stdout: per
+The server (`conversion.ConversionProcess`) sends two messages on the child's stdin: the
+SavedModel's files (decrypted plaintext, in chunks, as the server decrypts them:
+`files_sent_along`), then the signatures to convert, the precision and hint, and the accuracy
+gate's inputs. The child writes the files into its own `ram://` (never a file system), lets
+`openvino.convert_model` load the model (meanwhile the server prepares the second message),
+convert, compile and export each signature and answer the gate's inputs with TensorFlow, and
+sends one answer on stdout: per
 signature, its exported compiled model, port bindings and TensorFlow's answers, or why it
 stays on TensorFlow; or why the whole model is refused. Then it exits.
 
@@ -22,7 +24,7 @@ import io
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -36,6 +38,7 @@ from sealserve.serving.runtimes.conversion import (
     read_stream,
     wipe,
     write_array,
+    write_frame,
     write_header,
     write_stream,
 )
@@ -51,7 +54,8 @@ PR_SET_DUMPABLE = 4
 @dataclass
 class ConversionRequest:
     """What to convert: signature `keys` of the MetaGraph `tags`, at `precision` with the
-    performance `hint`; `cases[key]`: the inputs TensorFlow answers for its accuracy gate."""
+    performance `hint`; `cases[key]`: the inputs TensorFlow answers for its accuracy gate.
+    (`tags` travel with the files, the rest after them: see `write_files`.)"""
 
     tags: Sequence[str]
     keys: Sequence[str]
@@ -81,29 +85,68 @@ class ConversionResult:
 # -- the server's side ---------------------------------------------------------------------
 
 
-def write_request(
+def write_files(
     stream: IO[bytes],
-    request: ConversionRequest,
+    tags: Sequence[str],
     directories: Sequence[str],
     files: Iterable[tuple[str, Iterable[bytes | bytearray | memoryview]]],
 ) -> None:
-    """The request, then each file's chunks (bytearrays are wiped once sent)."""
+    """The first message: the SavedModel's files, each as a stream of its chunks (bytearrays
+    are wiped once sent). The child loads the model while the request (`write_request`)
+    is still being prepared."""
     files = list(files)
+    write_header(
+        stream,
+        {"tags": list(tags), "directories": list(directories), "files": [p for p, _ in files]},
+    )
+    for _, chunks in files:
+        write_stream(stream, chunks)
+    stream.flush()
+
+
+def files_sent_along(
+    write: Callable[[Callable[[IO[bytes]], None]], bool],
+    tags: Sequence[str],
+    directories: Sequence[str],
+    files: Iterable[tuple[str, Iterable[bytes | bytearray | memoryview]]],
+) -> list[tuple[str, Iterator[bytes | bytearray | memoryview]]]:
+    """`files` as they were, each chunk also sent (`write`) as `write_files` would, as it
+    is read: a tree decrypted once for the server's `ram://` and the conversion process.
+    Each chunk is sent before it is handed on (the consumer may overwrite it)."""
+    files = list(files)
+    header = {"tags": list(tags), "directories": list(directories), "files": [p for p, _ in files]}
+    write(lambda stream: write_header(stream, header))
+
+    def frame(data: bytes | bytearray | memoryview, flush: bool = False) -> None:
+        def send(stream: IO[bytes]) -> None:
+            write_frame(stream, data)
+            if flush:
+                stream.flush()
+
+        write(send)
+
+    def tee(chunks: Iterable[bytes | bytearray | memoryview]) -> Iterator[Any]:
+        for chunk in chunks:
+            if len(chunk):
+                frame(chunk)
+            yield chunk
+        frame(b"", flush=True)  # the file's end: the child writes it into its ram:// now
+
+    return [(path, tee(chunks)) for path, chunks in files]
+
+
+def write_request(stream: IO[bytes], request: ConversionRequest) -> None:
+    """The second message: the signatures, precision, hint and the gate's inputs."""
     cases = {key: [sorted(inputs) for inputs in request.cases.get(key, ())] for key in request.keys}
     write_header(
         stream,
         {
-            "tags": list(request.tags),
             "keys": list(request.keys),
             "precision": request.precision,
             "hint": request.hint,
-            "directories": list(directories),
-            "files": [path for path, _ in files],
             "cases": cases,
         },
     )
-    for _, chunks in files:
-        write_stream(stream, chunks)
     for key in request.keys:
         for inputs in request.cases.get(key, ()):
             for alias in sorted(inputs):
@@ -141,11 +184,14 @@ def read_result(stream: IO[bytes]) -> ConversionResult:
 # -- the child's side ----------------------------------------------------------------------
 
 
-def read_request(stream: IO[bytes]) -> tuple[ConversionRequest, dict[str, Any]]:
-    """The request's header (files not read yet: they follow, see `main`)."""
+def read_request(stream: IO[bytes], tags: Sequence[str]) -> ConversionRequest:
+    """The second message (`write_request`), with the gate's inputs."""
     header = read_header(stream)
-    request = ConversionRequest(header["tags"], header["keys"], header["precision"], header["hint"])
-    return request, header
+    cases = {
+        key: [{alias: read_array(stream) for alias in aliases} for aliases in key_cases]
+        for key, key_cases in header["cases"].items()
+    }
+    return ConversionRequest(tags, header["keys"], header["precision"], header["hint"], cases)
 
 
 def write_result(stream: IO[bytes], result: ConversionResult) -> None:
@@ -215,14 +261,11 @@ def _convert(requests: IO[bytes]) -> ConversionResult:
 
     import_tensorflow()  # before the request: overlaps the server's start and decryption
     openvino.import_openvino()
-    request, header = read_request(requests)
+    header = read_header(requests)
+    tags = header["tags"]
     files = ((path, read_stream(requests)) for path in header["files"])
     with files_in_memory(header["directories"], files) as root:
-        request.cases = {
-            key: [{alias: read_array(requests) for alias in aliases} for aliases in cases]
-            for key, cases in header["cases"].items()
-        }
-        return openvino.convert_model(root, request)
+        return openvino.convert_model(root, tags, lambda: read_request(requests, tags))
 
 
 if __name__ == "__main__":
