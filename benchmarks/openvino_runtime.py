@@ -22,10 +22,13 @@ All measurements of one concurrency are taken in alternating rounds (A B C ..., 
 that other load on the machine weighs on all alike.
 
 `--parts memory` measures (a) only: the servers serve the same runs of (b), without the
-in-process references (a short run to check start-up and memory).
+in-process references (a short run to check start-up and memory). `--parts served` measures
+only (b)'s served OpenVINO against in-process OpenVINO (no TensorFlow server or reference, no
+start-up or memory rows); `--runtimes openvino:bf16` and `--clients 1` narrow any run to
+those figures. The defaults measure everything above.
 
 Usage: .venv/bin/python benchmarks/openvino_runtime.py [--duration 10] [--rounds 2] [--json F]
-       [--parts all|memory]
+       [--parts all|memory|served] [--runtimes openvino,openvino:bf16] [--clients 1,4]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +77,7 @@ RUNTIMES = ("tensorflow", "openvino", "openvino:bf16")
 LABELS = {"tensorflow": "TensorFlow", "openvino": "OpenVINO fp32", "openvino:bf16": "OpenVINO bf16"}
 MIN_OVER_TF = {"openvino": 1.7, "openvino:bf16": 3.0}
 MIN_SERVED_RATIO = 0.90
+CLIENTS = (1, 4)
 MAX_EXTRA_STARTUP_S = 5.0
 
 
@@ -118,6 +123,18 @@ def start(setup, runtime: str) -> tuple[float, ServerProcess]:  # noqa: ANN001
     return time.perf_counter() - started, server
 
 
+def _subset(known: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a non-empty comma-separated subset of `known`, in `known`'s order."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        asked = {t.strip() for t in text.split(",") if t.strip()}
+        if not asked or not asked <= set(known):
+            raise argparse.ArgumentTypeError(f"a non-empty subset of {','.join(known)}")
+        return tuple(k for k in known if k in asked)
+
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="measured s per figure")
@@ -126,13 +143,27 @@ def main() -> None:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
     parser.add_argument(
         "--parts",
-        choices=("all", "memory"),
+        choices=("all", "memory", "served"),
         default="all",
         help="memory: start-up and resident memory only (the servers serve the same runs, "
-        "no in-process references)",
+        "no in-process references); served: served OpenVINO against in-process OpenVINO only",
+    )
+    parser.add_argument(
+        "--runtimes",
+        type=_subset(RUNTIMES[1:]),
+        default=RUNTIMES[1:],
+        help=f"comma-separated subset of {','.join(RUNTIMES[1:])} (default: both)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=_subset(tuple(map(str, CLIENTS))),
+        default=tuple(map(str, CLIENTS)),
+        help=f"comma-separated subset of {','.join(map(str, CLIENTS))} (default: both)",
     )
     add_charts_option(parser)
     args = parser.parse_args()
+    openvinos: tuple[str, ...] = args.runtimes
+    with_tf = args.parts != "served"  # the TensorFlow server, reference and rows
 
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_before = os.getloadavg()[0]
@@ -146,20 +177,21 @@ def main() -> None:
     memory: dict[str, dict[str, int]] = {}
     try:
         setup = prepare(work, {"resnet"})
-        for runtime in RUNTIMES:  # one at a time: start-up is measured on a quiet server set
+        # one at a time: start-up is measured on a quiet server set
+        for runtime in (RUNTIMES[:1] if with_tf else ()) + openvinos:
             startup[runtime], servers[runtime] = start(setup, runtime)
             print(f"start-up {LABELS[runtime]}: {startup[runtime]:.1f} s", flush=True)
-        references = args.parts == "all"
+        references = args.parts != "memory"
         tf_function: object = None
         inputs = {"input": random_images(IMAGE_SHAPE)}
-        if references:
+        if references and with_tf:
             tf = import_tensorflow()
             tf_function = tf.saved_model.load(str(setup.resnet_plain / "1")).signatures[
                 "serving_default"
             ]
             tf_function(**inputs)  # type: ignore[operator]
         local_ov = {}
-        for runtime in RUNTIMES[1:] if references else ():
+        for runtime in openvinos if references else ():
             loader = VersionLoader(
                 "resnet",
                 1,
@@ -170,18 +202,17 @@ def main() -> None:
             )
             local_ov[runtime] = _Servable(loader.load())
         slice_s = args.duration / args.rounds
-        for clients in (1, 4):
+        for clients in map(int, args.clients):
             plural = "s" if clients > 1 else ""
             local_tf = Measurement(f"TensorFlow in-process, {clients} thread{plural}", "images/s")
             served_tf = Measurement(
                 f"TensorFlow served, mTLS gRPC, {clients} client{plural}", "images/s"
             )
-            items: list[tuple[Measurement, object]] = [
-                (local_tf, tf_function),
-                (served_tf, "tensorflow"),
-            ]
+            items: list[tuple[Measurement, object]] = []
+            if with_tf:
+                items += [(local_tf, tf_function), (served_tf, "tensorflow")]
             served, local = {}, {}
-            for runtime in RUNTIMES[1:]:
+            for runtime in openvinos:
                 label = LABELS[runtime]
                 local[runtime] = Measurement(
                     f"{label} in-process, {clients} thread{plural}", "images/s"
@@ -198,18 +229,19 @@ def main() -> None:
                 else:
                     measurement.add(in_process(how, inputs, clients, args.warmup, slice_s))  # type: ignore[arg-type]
             measurements += [m for m, _ in items]
-            for runtime in RUNTIMES[1:] if references else ():
+            for runtime in openvinos if references else ():
                 label = LABELS[runtime]
                 minimum = MIN_OVER_TF[runtime] if clients == 1 or runtime.endswith("bf16") else 0
-                row = ratio_row(
-                    served[runtime],
-                    local_tf,
-                    f"ResNet-50 {label}, served, batch 1, {clients} client{plural}",
-                    f"TensorFlow in-process, {clients} thread{plural}",
-                    minimum,
-                    "TensorFlow",
-                )
-                rows.append(row if minimum else replace(row, target="—", passed=None))
+                if with_tf:
+                    row = ratio_row(
+                        served[runtime],
+                        local_tf,
+                        f"ResNet-50 {label}, served, batch 1, {clients} client{plural}",
+                        f"TensorFlow in-process, {clients} thread{plural}",
+                        minimum,
+                        "TensorFlow",
+                    )
+                    rows.append(row if minimum else replace(row, target="—", passed=None))
                 rows.append(
                     ratio_row(
                         served[runtime],
@@ -222,8 +254,8 @@ def main() -> None:
                 )
         for runtime, server in servers.items():
             memory[runtime] = memory_kib(server.pid)
-        tf_start, tf_rss = startup["tensorflow"], memory["tensorflow"]["VmRSS"]
-        for runtime in RUNTIMES[1:]:
+        for runtime in openvinos if with_tf else ():
+            tf_start, tf_rss = startup["tensorflow"], memory["tensorflow"]["VmRSS"]
             label = LABELS[runtime]
             rows.append(
                 Row(
