@@ -165,10 +165,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             # aliases, then each tensor's declared size against its bytes on the wire, then
             # the budget: all before anything is decoded
             check_aliases(resolved.signature, protos)
-            sizes = {alias: tensor_proto.decoded_bytes(t) for alias, t in protos.items()}
+            # each read of tensor_content is a fresh copy (see tensor_proto.to_numpy): once
+            contents = {alias: t.tensor_content for alias, t in protos.items()}
+            sizes = {
+                alias: tensor_proto.decoded_bytes(t, content=contents[alias])
+                for alias, t in protos.items()
+            }
             with self.budget.reserve(request.ByteSize() + sum(sizes.values())) as reservation:
                 inputs = {
-                    alias: tensor_proto.to_numpy(t, size=sizes[alias])
+                    alias: tensor_proto.to_numpy(t, size=sizes[alias], content=contents[alias])
                     for alias, t in protos.items()
                 }
                 outputs = self.dataplane.predict_blocking(
