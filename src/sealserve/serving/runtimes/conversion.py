@@ -167,7 +167,7 @@ def prestart() -> None:
     TensorFlow and OpenVINO (seconds) then run while the server starts, side by side with
     its own import of TensorFlow. Call it from the server's main thread (the child dies with
     the thread that started it), before the models load; `discard_prestarted` after."""
-    process = ConversionProcess._spawn("a conversion process started ahead")
+    process = ConversionProcess._spawn("a conversion process started ahead", quiet=True)
     if process is not None:
         with _live_lock:
             _spare.append(process)
@@ -234,7 +234,7 @@ class ConversionProcess:
         return process
 
     @classmethod
-    def _spawn(cls, model: str) -> ConversionProcess | None:
+    def _spawn(cls, model: str, quiet: bool = False) -> ConversionProcess | None:
         process = cls(model)
         try:
             process._child = subprocess.Popen(
@@ -245,9 +245,12 @@ class ConversionProcess:
                 env=_child_environment(),
             )
         except OSError as exc:
-            log.info(
-                "%s: no conversion process (%s); converting in this process", model, exc.strerror
-            )
+            if not quiet:  # (started ahead: each load tries again, and says so)
+                log.info(
+                    "%s: no conversion process (%s); converting in this process",
+                    model,
+                    exc.strerror,
+                )
             return None
         with _live_lock:
             _live.add(process)
