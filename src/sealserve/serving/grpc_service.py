@@ -12,7 +12,7 @@ The health service is returned to the server, which keeps it in step with readin
 The handlers are synchronous, for grpc's thread-pool server (as TF Serving's C++ server):
 each RPC decodes, runs and encodes in a handler thread, except a Predict of a quick
 signature with small inputs, which grpc's poller thread answers itself as soon as its
-message has arrived (`grpc_inline`; `predict_here` decides): for half_plus_two the two
+message has arrived (`grpc_inline`; `place_predict` decides): for half_plus_two the two
 hand-offs to a handler thread and back cost more CPU than the whole request. grpc.aio
 measured slower still here (350 µs of CPU per call against 260 µs for the thread-pool
 server with a fixed answer). Thread safe.
@@ -129,23 +129,21 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._predict(request, context, may_wait=True)
 
-    def predict_here(self, request: Any) -> Callable[[Any, Any], Any] | None:
-        """The behaviour that answers this Predict in grpc's poller thread (`grpc_inline`),
-        or None to run it in a handler thread: only a quick signature's request of at most
+    def place_predict(self, request: Any) -> tuple[Callable[[Any, Any], Any], bool]:
+        """How to answer this Predict (`grpc_inline`): the behaviour, and whether grpc's
+        poller thread runs it: only a quick signature's request of at most
         `INLINE_REQUEST_BYTES` on the wire (or one already known to fail: its error is as
-        quick). The behaviour never waits for a batch, and runs on the version resolved
-        here."""
+        quick), never waiting for a batch. The version is resolved once, here, and the
+        behaviour runs on it wherever it runs."""
         try:
             resolved = self.dataplane.resolve(model_spec(request.model_spec))
         except SealserveError:
-            return functools.partial(self._predict, may_wait=False)
-        if (
-            not resolved.servable.quick(resolved.signature_name)
-            or request.ByteSize() > INLINE_REQUEST_BYTES
-        ):
-            resolved.handle.release()
-            return None
-        return functools.partial(self._predict, may_wait=False, resolved=resolved)
+            return functools.partial(self._predict, may_wait=False), True
+        here = (
+            resolved.servable.quick(resolved.signature_name)
+            and request.ByteSize() <= INLINE_REQUEST_BYTES
+        )
+        return functools.partial(self._predict, may_wait=not here, resolved=resolved), here
 
     def _predict(
         self,
@@ -360,29 +358,25 @@ def _fill_classifications(result: Any, rows: list[list[tuple[str, float]]]) -> N
 def add_services(
     server: grpc.Server,
     dataplane: DataPlane,
+    handler_pool: HandlerPool,
     *,
     health_check: bool,
     metrics: Metrics | None = None,
     management: ModelManagementPolicy | None = None,
     budget: RequestBudget | None = None,
     max_response_bytes: int = 1 << 31,
-    handler_pool: HandlerPool | None = None,
 ) -> health.HealthServicer | None:
     """Add TF Serving's services (and grpc.health.v1 if asked, returned so that the caller
     keeps it in step with readiness: see `set_health`). `handler_pool`: the server's
     executor; quick Predict calls are answered in grpc's poller thread instead
     (`grpc_inline`), and a handler thread waits for its batch inside its `waiting()`."""
     prediction = PredictionService(
-        dataplane,
-        metrics,
-        budget,
-        max_response_bytes,
-        handler_pool.waiting if handler_pool is not None else contextlib.nullcontext,
+        dataplane, metrics, budget, max_response_bytes, handler_pool.waiting
     )
-    if handler_pool is not None:  # an instance attribute: what grpc's handler calls
-        prediction.Predict = grpc_inline.inline_when(  # type: ignore[method-assign,assignment]
-            prediction.Predict, handler_pool, prediction.predict_here
-        )
+    # an instance attribute: the behaviour grpc's generated registration picks up
+    prediction.Predict = grpc_inline.inline_when(  # type: ignore[method-assign,assignment]
+        prediction.Predict, handler_pool, prediction.place_predict
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(dataplane, metrics, management), server

@@ -205,12 +205,12 @@ class ModelServer:
         self._health = grpc_service.add_services(
             server,
             self.dataplane,
+            pool,
             health_check=self.options.grpc_health_check,
             metrics=self.metrics,
             management=self.options.model_management,
             budget=self.request_budget,
             max_response_bytes=limit,
-            handler_pool=pool,
         )
         if self._health is not None:
             self._health_watch = asyncio.create_task(self._follow_readiness(self._health))
