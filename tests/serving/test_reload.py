@@ -45,13 +45,38 @@ def paths(model_root):
     return {"a": str(model_root / "half_plus_two"), "b": str(model_root / "secret_h2")}
 
 
-def test_grpc_reload_adds_and_drops_models(paths, model_root):
-    # from any client, under the models' root: who may reload is test_model_management's
+def reloadable_server(model_root, initial: ModelConfig, **options) -> RunningServer:  # noqa: ANN001, ANN003
+    """A server whose reload RPC any client may call for base paths under the models' root
+    (who may reload is test_model_management's)."""
     anyone = ModelManagementPolicy(insecure_any_client=True, base_path_root=str(model_root))
-    server = RunningServer(
-        server_options([ModelConfig("a", paths["a"])], model_management=anyone),
+    return RunningServer(
+        server_options([initial], model_management=anyone, **options),
         StaticKeyProvider({"b": SECRET_KEY}),
     )
+
+
+@pytest.fixture
+def polled(tmp_path, paths):
+    """A server of model a whose --model_config_file (returned with it) is read every 0.1 s."""
+    config = tmp_path / "models.config"
+    config.write_text(config_text({"a": paths["a"]}))
+    options = server_options(
+        [ModelConfig("a", paths["a"])], model_config_file=str(config), model_config_poll_seconds=0.1
+    )
+    server = RunningServer(options, StaticKeyProvider({"b": SECRET_KEY}))
+    yield config, server
+    server.stop()
+
+
+def wait_until(done, failure: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + 30
+    while not done():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
+
+
+def test_grpc_reload_adds_and_drops_models(paths, model_root):
+    server = reloadable_server(model_root, ModelConfig("a", paths["a"]))
     try:
         stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
         stub.HandleReloadConfigRequest(reload_request(paths), timeout=60)
@@ -71,28 +96,14 @@ def test_grpc_reload_adds_and_drops_models(paths, model_root):
         server.stop()
 
 
-def test_editing_the_model_config_file_reloads_it(tmp_path, paths, caplog):
-    config = tmp_path / "models.config"
-    config.write_text(config_text({"a": paths["a"]}))
-    options = server_options(
-        [ModelConfig("a", paths["a"])], model_config_file=str(config), model_config_poll_seconds=0.1
-    )
-    server = RunningServer(options, StaticKeyProvider({"b": SECRET_KEY}))
-    try:
-        config.write_text(config_text({"b": paths["b"]}))
-        deadline = time.monotonic() + 30
-        while predict_status(server, "b") != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert predict_status(server, "b") == 200
-        assert predict_status(server, "a") == 404
-        config.write_text("this is not a text proto")  # a bad edit keeps what is served
-        deadline = time.monotonic() + 30
-        while "not applied" not in caplog.text:  # the server has read the bad edit
-            assert time.monotonic() < deadline, "the bad edit was never read"
-            time.sleep(0.05)
-        assert predict_status(server, "b") == 200
-    finally:
-        server.stop()
+def test_editing_the_model_config_file_reloads_it(polled, paths, caplog):
+    config, server = polled
+    config.write_text(config_text({"b": paths["b"]}))
+    wait_until(lambda: predict_status(server, "b") == 200, "b was never served")
+    assert predict_status(server, "a") == 404
+    config.write_text("this is not a text proto")  # a bad edit keeps what is served
+    wait_until(lambda: "not applied" in caplog.text, "the bad edit was never read")
+    assert predict_status(server, "b") == 200
 
 
 PLATFORM_CHANGE = (
@@ -110,11 +121,7 @@ def loaded_servable(server, name):
 def test_a_reload_rpc_changing_a_models_platform_is_refused(paths, model_root):
     """TF Serving's ServerCore: INVALID_ARGUMENT with its message, the old config in force
     (before: OK, and version 2 went on serving on TensorFlow, reported AVAILABLE)."""
-    anyone = ModelManagementPolicy(insecure_any_client=True, base_path_root=str(model_root))
-    server = RunningServer(
-        server_options([ModelConfig("a", paths["a"])], model_management=anyone),
-        StaticKeyProvider({"b": SECRET_KEY}),
-    )
+    server = reloadable_server(model_root, ModelConfig("a", paths["a"]))
     try:
         stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
         before = loaded_servable(server, "a")
@@ -142,35 +149,22 @@ def test_a_reload_rpc_changing_a_models_platform_is_refused(paths, model_root):
         server.stop()
 
 
-def test_a_polled_config_file_changing_a_models_platform_is_not_applied(tmp_path, paths, caplog):
-    config = tmp_path / "models.config"
-    config.write_text(config_text({"a": paths["a"]}))
-    options = server_options(
-        [ModelConfig("a", paths["a"])], model_config_file=str(config), model_config_poll_seconds=0.1
-    )
-    server = RunningServer(options, StaticKeyProvider({"b": SECRET_KEY}))
-    try:
-        before = loaded_servable(server, "a")
-        config.write_text(config_text({"a": paths["a"], "b": paths["b"]}, {"a": "openvino"}))
-        deadline = time.monotonic() + 30
-        while PLATFORM_CHANGE not in caplog.text:  # the server has read the edit
-            assert time.monotonic() < deadline, "the platform change was never refused"
-            time.sleep(0.05)
-        refusal = next(r for r in caplog.records if PLATFORM_CHANGE in r.getMessage())
-        assert refusal.levelname == "ERROR" and "not applied" in refusal.getMessage()
-        assert refusal.exc_info is None  # one clear line, no traceback
-        assert predict_status(server, "b") == 404  # the old config kept
-        assert loaded_servable(server, "a") is before
+def test_a_polled_config_file_changing_a_models_platform_is_not_applied(polled, paths, caplog):
+    config, server = polled
+    before = loaded_servable(server, "a")
+    config.write_text(config_text({"a": paths["a"], "b": paths["b"]}, {"a": "openvino"}))
+    # the server has read the edit
+    wait_until(lambda: PLATFORM_CHANGE in caplog.text, "the platform change was never refused")
+    refusal = next(r for r in caplog.records if PLATFORM_CHANGE in r.getMessage())
+    assert refusal.levelname == "ERROR" and "not applied" in refusal.getMessage()
+    assert refusal.exc_info is None  # one clear line, no traceback
+    assert predict_status(server, "b") == 404  # the old config kept
+    assert loaded_servable(server, "a") is before
 
-        # the next edit that keeps a's platform is applied
-        config.write_text(config_text({"a": paths["a"], "b": paths["b"]}))
-        deadline = time.monotonic() + 30
-        while predict_status(server, "b") != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert predict_status(server, "b") == 200
-        assert loaded_servable(server, "a") is before
-    finally:
-        server.stop()
+    # the next edit that keeps a's platform is applied
+    config.write_text(config_text({"a": paths["a"], "b": paths["b"]}))
+    wait_until(lambda: predict_status(server, "b") == 200, "b was never served")
+    assert loaded_servable(server, "a") is before
 
 
 LABEL_REFUSED = (
@@ -201,7 +195,6 @@ def test_a_reload_labelling_a_version_that_is_not_available_is_refused(
     admits a new label on a version still to load, never moving an existing label to one."""
     from sealserve.serving.manager import ManagerOptions
 
-    anyone = ModelManagementPolicy(insecure_any_client=True, base_path_root=str(model_root))
     manager = ManagerOptions(
         poll_seconds=0.2,
         max_load_retries=0,
@@ -210,10 +203,7 @@ def test_a_reload_labelling_a_version_that_is_not_available_is_refused(
     initial = ModelConfig(
         "a", paths["a"], VersionPolicy(kind="specific", versions=frozenset({1})), {"stable": 1}
     )
-    server = RunningServer(
-        server_options([initial], model_management=anyone, manager=manager),
-        StaticKeyProvider({}),
-    )
+    server = reloadable_server(model_root, initial, manager=manager)
     try:
         stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
 
