@@ -17,15 +17,24 @@ in-process loop):
     fp32 served >= 1.7x TensorFlow, bf16 served >= 3.0x (1 client and 4 clients); served >=
     0.90x in-process OpenVINO of its precision. The TensorFlow server is measured alongside
     (no target: the figure users compare with, and the load its memory is read after).
+(c) What those ratios are measured against: the most a served model can reach here.
+    `grpc_floor.py` answers the same Predict over the same mutual TLS with no model behind
+    it (stock grpcio and protobuf: receive, parse, read the input, send a prepared answer),
+    measured like the servers. With one client a served run follows the previous one by at
+    least that round trip, and OpenVINO runs slower after such an idle gap (the CPU's state
+    is colder; OpenVINO issue #31145), so the in-process runs are also measured paused for
+    the floor's median round trip; with more clients, gRPC's and the model's CPU costs add
+    (1/limit = 1/in-process + 1/floor). The rows against these have no target: they say how
+    much of the gap to in-process is sealserve's and how much is the transport's.
 
 All measurements of one concurrency are taken in alternating rounds (A B C ..., ... C B A), so
 that other load on the machine weighs on all alike.
 
 `--parts memory` measures (a) only: the servers serve the same runs of (b), without the
 in-process references (a short run to check start-up and memory). `--parts served` measures
-only (b)'s served OpenVINO against in-process OpenVINO (no TensorFlow server or reference, no
-start-up or memory rows); `--runtimes openvino:bf16` and `--clients 1` narrow any run to
-those figures. The defaults measure everything above.
+only (b)'s served OpenVINO against in-process OpenVINO, and (c) (no TensorFlow server or
+reference, no start-up or memory rows); `--runtimes openvino:bf16` and `--clients 1` narrow
+any run to those figures. The defaults measure everything above.
 
 Usage: .venv/bin/python benchmarks/openvino_runtime.py [--duration 10] [--rounds 2] [--json F]
        [--parts all|memory|served] [--runtimes openvino,openvino:bf16] [--clients 1,4]
@@ -54,6 +63,7 @@ from sealserve.serving.loader import LoadOptions, VersionLoader
 from sealserve.serving.runtimes import parse_runtime
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 from serving import (
+    HERE,
     IMAGE_SHAPE,
     LoadGenerator,
     Measurement,
@@ -79,6 +89,8 @@ MIN_OVER_TF = {"openvino": 1.7, "openvino:bf16": 3.0}
 MIN_SERVED_RATIO = 0.90
 CLIENTS = (1, 4)
 MAX_EXTRA_STARTUP_S = 5.0
+FLOOR = "floor"  # the load generator's target that is grpc_floor.py
+OUTPUT, OUTPUT_SHAPE = "predict", (1, 1001)  # ResNet-50's answer, as grpc_floor.py sends it
 
 
 class _Servable:
@@ -121,6 +133,63 @@ def start(setup, runtime: str) -> tuple[float, ServerProcess]:  # noqa: ANN001
         server.stop()
         raise
     return time.perf_counter() - started, server
+
+
+def start_floor(setup) -> ServerProcess:  # noqa: ANN001
+    """`grpc_floor.py`: TF Serving's Predict over the same mutual TLS, without a model."""
+    port = free_port()
+    argv = [sys.executable, str(HERE / "grpc_floor.py"), str(port), str(setup.certs.root)]
+    argv += [OUTPUT, ",".join(map(str, OUTPUT_SHAPE))]
+    server = ServerProcess("gRPC floor", argv, setup.work / "grpc-floor.log", port)
+    wait_until(server, port_open(port), timeout=120)
+    return server
+
+
+def floor_latency(loadgen: LoadGenerator, setup, floor: ServerProcess, args) -> float:  # noqa: ANN001
+    """The gRPC floor's median round trip, seconds (a short run of one client)."""
+    spec = {**resnet_spec(setup, floor, 1, args), "warmup": 0.5, "duration": 1.0}
+    return loadgen.run(spec)["latency_ms"]["p50"] / 1000
+
+
+def after_pause(function: Callable[..., object], pause: float) -> Callable[..., object]:
+    """`function`, called `pause` seconds after it is asked to: an in-process client whose
+    runs are as far apart as a served client's, however fast the transport between them."""
+
+    def call(**inputs: np.ndarray) -> object:
+        time.sleep(pause)
+        return function(**inputs)
+
+    return call
+
+
+def limit_row(
+    served: Measurement,
+    local: Measurement,
+    floor: Measurement,
+    paused: Measurement | None,
+    label: str,
+    clients: int,
+) -> Row:
+    """Served against the most it could reach here (no target: what the figures against
+    in-process mean). One client: the in-process runs paused for the gRPC floor's round
+    trip (the transport's time, and OpenVINO's slower run after an idle gap). More clients
+    share the CPUs, so the costs of gRPC alone (`grpc_floor.py`) and the run add:
+    1/limit = 1/in-process + 1/floor."""
+    plural = "s" if clients > 1 else ""
+    if paused is not None:
+        limit, reference = paused.rate, "in-process, runs the gRPC floor apart"
+    else:
+        limit = 1 / (1 / local.rate + 1 / floor.rate) if local.rate and floor.rate else 0.0
+        reference = "in-process + gRPC floor, CPU costs added"
+    return Row(
+        f"ResNet-50 {label}, served, batch 1, {clients} client{plural}",
+        served.rate,
+        served.unit,
+        reference,
+        limit,
+        served.rate / limit if limit else 0.0,
+        errors=served.errors + local.errors + floor.errors,
+    )
 
 
 def _subset(known: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -175,6 +244,7 @@ def main() -> None:
     measurements: list[Measurement] = []
     startup: dict[str, float] = {}
     memory: dict[str, dict[str, int]] = {}
+    floor: ServerProcess | None = None
     try:
         setup = prepare(work, {"resnet"})
         # one at a time: start-up is measured on a quiet server set
@@ -182,6 +252,7 @@ def main() -> None:
             startup[runtime], servers[runtime] = start(setup, runtime)
             print(f"start-up {LABELS[runtime]}: {startup[runtime]:.1f} s", flush=True)
         references = args.parts != "memory"
+        floor = start_floor(setup) if references else None
         tf_function: object = None
         inputs = {"input": random_images(IMAGE_SHAPE)}
         if references and with_tf:
@@ -221,11 +292,27 @@ def main() -> None:
                     f"{label} served, mTLS gRPC, {clients} client{plural}", "images/s"
                 )
                 items += [(local[runtime], local_ov.get(runtime)), (served[runtime], runtime)]
+            floor_rate = Measurement(
+                f"gRPC floor (no model), mTLS gRPC, {clients} client{plural}", "images/s"
+            )
+            paused: dict[str, Measurement] = {}
+            if floor is not None:
+                items.append((floor_rate, FLOOR))
+                if clients == 1:  # the in-process runs as far apart as a served client's
+                    pause = floor_latency(loadgen, setup, floor, args)
+                    for runtime in openvinos:
+                        paused[runtime] = Measurement(
+                            f"{LABELS[runtime]} in-process, runs {pause * 1000:.1f} ms apart "
+                            "(the gRPC floor)",
+                            "images/s",
+                        )
+                        items.append((paused[runtime], after_pause(local_ov[runtime], pause)))
             if not references:  # served runs only
                 items = [(measurement, how) for measurement, how in items if isinstance(how, str)]
             for measurement, how in rounds_order(items, args.rounds):
                 if isinstance(how, str):
-                    measurement.add(loadgen.run(resnet_spec(setup, servers[how], clients, args)))
+                    server = floor if how == FLOOR else servers[how]
+                    measurement.add(loadgen.run(resnet_spec(setup, server, clients, args)))
                 else:
                     measurement.add(in_process(how, inputs, clients, args.warmup, slice_s))  # type: ignore[arg-type]
             measurements += [m for m, _ in items]
@@ -252,6 +339,17 @@ def main() -> None:
                         "in-process",
                     )
                 )
+                if floor is not None:
+                    rows.append(
+                        limit_row(
+                            served[runtime],
+                            local[runtime],
+                            floor_rate,
+                            paused.get(runtime),
+                            label,
+                            clients,
+                        )
+                    )
         for runtime, server in servers.items():
             memory[runtime] = memory_kib(server.pid)
         for runtime in openvinos if with_tf else ():
@@ -283,7 +381,7 @@ def main() -> None:
                 )
             )
     finally:
-        for server in servers.values():
+        for server in (*servers.values(), *([floor] if floor else [])):
             server.stop()
         loadgen.close()
         shutil.rmtree(work, ignore_errors=True)
