@@ -23,3 +23,82 @@ def test_thread_pools_are_sized_before_start_and_stderr_stays_clean():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "3", "False", "True", "True"]
     assert "cudart_stub" not in result.stderr and "cuInit" not in result.stderr
+
+
+LATE = """
+import logging, sys, threading, time
+from sealserve.serving.tensorflow_runtime import (
+    configure_threads, defer_runtime, import_tensorflow, started,
+)
+assert defer_runtime()
+from tensorflow_serving.apis import predict_pb2  # TF Serving's protos, without the runtime
+assert not started() and "tensorflow.python" not in sys.modules
+try:
+    import tensorflow.python.framework.ops
+except ImportError as exc:
+    print("refused:", "call import_tensorflow() first" in str(exc))
+assert configure_threads(2, 3)
+logging.basicConfig(format="%(message)s")
+log = logging.getLogger("serving")
+stop, said = threading.Event(), [0]
+def talk():
+    while not stop.is_set():
+        log.warning("line %d", said[0])
+        said[0] += 1
+        time.sleep(0.0005)
+talker = threading.Thread(target=talk)
+talker.start()
+runtime = []  # started late, on a thread of its own, while another thread logs
+starter = threading.Thread(target=lambda: runtime.append(import_tensorflow()))
+starter.start()
+starter.join()
+stop.set()
+talker.join()
+tf = runtime[0]
+print(said[0], tf.config.threading.get_intra_op_parallelism_threads(),
+      tf.config.threading.get_inter_op_parallelism_threads())
+tensor = tf.make_tensor_proto([1.0, 2.0])  # the protos imported before are TensorFlow's own
+request = predict_pb2.PredictRequest()
+request.inputs["x"].CopyFrom(tensor)
+print(type(tensor) is type(request.inputs["x"]), tf.make_ndarray(tensor).tolist(),
+      tf.core is sys.modules["tensorflow.core"], float(tf.constant(3.0)))
+"""
+
+
+def test_a_late_start_keeps_every_other_line_and_the_thread_pools():
+    """The runtime starts long after TF Serving's protos were imported, from a loading
+    thread, while another thread logs: every one of that thread's lines reaches stderr, in
+    order; TensorFlow's own native start-up lines do not; its pools are the configured ones;
+    and the protos imported before are the runtime's (one set of classes)."""
+    result = subprocess.run(
+        [sys.executable, "-c", LATE], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    refused, pools, protos = result.stdout.splitlines()
+    assert refused == "refused: True"  # tensorflow.python before the runtime: an ImportError
+    said, intra, inter = pools.split()
+    assert (intra, inter) == ("2", "3")
+    assert protos == "True [1.0, 2.0] True 3.0"
+    lines = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert lines == [f"line {i}" for i in range(int(said))]
+    assert int(said) > 0
+    assert "cudart_stub" not in result.stderr and "cuInit" not in result.stderr
+
+
+PROXY = """
+import sys
+from sealserve.serving.tensorflow_runtime import defer_runtime, started
+assert defer_runtime()
+import tensorflow as tf  # the proto-only package
+assert not started()
+print(float(tf.constant(2.0)), started(), "tensorflow.python" in sys.modules)
+"""
+
+
+def test_anything_but_protos_from_the_deferred_package_starts_the_runtime():
+    result = subprocess.run(
+        [sys.executable, "-c", PROXY], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2.0", "True", "True"]
+    assert "cudart_stub" not in result.stderr and "cuInit" not in result.stderr
