@@ -4,6 +4,8 @@ Built by the loader from one runner per signature (a `SessionBundle` callable, o
 `tf.function`) and the SavedModel's own `SignatureDef`s (what TF Serving's metadata API
 returns). `run` is thread safe: the runners may be called from several threads at once, and
 do their work without the GIL.
+TensorFlow's run errors are translated without importing TensorFlow: a servable whose
+signatures all run on OpenVINO never starts its runtime.
 `close()` (the manager's, once the version's last handle is released) closes what the
 runners run on and drops them; a closed servable refuses runs with UNAVAILABLE.
 An optional `run_observer` hears how long each successful run spent in TensorFlow (metrics);
@@ -27,7 +29,7 @@ from sealserve.serving.signatures import (
     check_output_filter,
 )
 from sealserve.serving.tensor_proto import data_type_name, data_type_string, dtype_name
-from sealserve.serving.tensorflow_runtime import import_tensorflow
+from sealserve.serving.tensorflow_runtime import tensorflow_errors
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +111,10 @@ class Servable:
     ) -> dict[str, np.ndarray]:
         """Run signature `key`; inputs must be exactly its inputs, with its dtypes."""
         wanted = self.check_request(key, inputs, output_filter)
-        tf = import_tensorflow()
         started = time.perf_counter()
         try:
             results = self._runners[key](inputs, self.quick(key))
-        except tf.errors.OpError as exc:
+        except tensorflow_errors() as exc:  # (none before TensorFlow starts: no TF runner)
             raise _tensorflow_error(exc) from None
         except (TypeError, ValueError) as exc:  # numpy could not make a tensor of an input
             raise InvalidArgument(_first_line(exc)) from None
