@@ -696,7 +696,13 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from sealserve.serving import hardening
-    from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
+    from sealserve.serving.tensorflow_runtime import configure_threads, defer_runtime
+
+    # First: TF Serving's protos import TensorFlow's, which would start its whole runtime;
+    # it starts only if a model needs it (the server's start, or a later load), with the
+    # thread pools of the flags
+    defer_runtime()
+    configure_threads(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
 
     # the lifecycle lines are INFO and shown by default, as tensorflow_model_server's are
     level = logging.DEBUG if args.debug else getattr(logging, args.log_level.upper())
@@ -717,11 +723,6 @@ def _serve(args: argparse.Namespace) -> int:
         from sealserve.serving.runtimes.conversion import prestart
 
         prestart()
-    # First: TensorFlow's thread pools are fixed when it starts, and TF Serving's protos
-    # import it, so it must start here, quietly, before anything else touches it.
-    configure_threads(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism)
-    import_tensorflow()
-
     from sealserve.serving.server import ModelServer, ModelsUnavailable
 
     keys = _key_provider(args)

@@ -46,6 +46,7 @@ from sealserve.serving.metrics import Metrics, MonitoringConfig
 from sealserve.serving.model_config import ModelConfig, ModelTrust, parse_model_config_text
 from sealserve.serving.model_management import ModelManagementPolicy
 from sealserve.serving.request_budget import BudgetOptions, RequestBudget
+from sealserve.serving.runtimes import OPENVINO
 from sealserve.serving.tensorflow_runtime import configure_threads, import_tensorflow
 from sealserve.serving.tls import (
     SSLConfig,
@@ -394,8 +395,12 @@ def _read_quietly(path: str) -> str | None:
 
 
 def _configure_tensorflow(options: ServerOptions) -> None:
-    """Apply the thread settings if TensorFlow has not started yet (`sealserve serve`
-    applies them itself, before anything imports TensorFlow)."""
+    """Apply the thread settings if TensorFlow has not started yet, and start it now if a
+    model of the start's config runs on it: before the loads and the ports, while no other
+    thread logs. A server whose models all run on OpenVINO starts it only if one needs it
+    later (a signature that falls back, a reload adding a TensorFlow model), with the same
+    settings."""
     if not configure_threads(options.intra_op_threads, options.inter_op_threads):
         log.warning("TensorFlow had already started: its thread pool sizes are unchanged")
-    import_tensorflow()
+    if any(model.runtime.platform != OPENVINO for model in options.models):
+        import_tensorflow()
