@@ -97,3 +97,35 @@ def test_a_protected_file_readers_plaintext_buffer_is_overwritten_on_close(tmp_p
     assert any(reader._group)
     reader.close()
     assert not any(reader._group)
+
+
+@pytest.mark.parametrize("size_hint", [0, 5, 11, 64], ids=["none", "short", "exact", "long"])
+def test_kept_files_are_whole_and_every_buffer_they_outgrew_is_wiped(monkeypatch, size_hint):
+    """The files the loader reads itself are kept as they stream past, in one buffer of the
+    manifest's size; a wrong size still keeps the whole file, and no plaintext is left in a
+    buffer that was replaced."""
+    from sealserve.serving import memory_load
+
+    dropped: list[bytearray] = []
+    real_grown = memory_load._grown
+
+    def grown(buffer, filled, size):
+        dropped.append(buffer)
+        return real_grown(buffer, filled, size)
+
+    monkeypatch.setattr(memory_load, "_grown", grown)
+    kept: dict[str, bytearray] = {}
+    chunks = [bytearray(b"hello"), bytearray(b" world")]
+    files = memory_load.kept_along(
+        [("saved_model.pb", iter(chunks)), ("variables/data", iter([b"other"]))],
+        ["saved_model.pb"],
+        {"saved_model.pb": size_hint},
+        kept,
+    )
+    passed = [(path, [bytes(c) for c in contents]) for path, contents in files]
+    assert passed == [("saved_model.pb", [b"hello", b" world"]), ("variables/data", [b"other"])]
+    assert kept == {"saved_model.pb": bytearray(b"hello world")}
+    assert (size_hint == 11) == (dropped == [])
+    assert all(buffer == bytes(len(buffer)) for buffer in dropped)
+    memory_load.wipe_all(kept)
+    assert kept["saved_model.pb"] == bytes(11)

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from sealserve.model_tree import MANIFEST_NAME, encrypt_tree
+from sealserve.serving import tfrecord
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.loader import WARMUP_FILE
 from sealserve.serving.manager import State
 from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.runtimes import parse_runtime
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 from tests.harness import RunningServer, server_options
 from tests.serving.conftest import SECRET_KEY
@@ -159,3 +161,43 @@ def test_a_failing_warmup_request_fails_the_load(tmp_path, half_plus_two, runnin
     assert status["state"] == "END"
     assert "warmup request 1 failed" in status["status"]["error_message"]
     assert MANIFEST_NAME  # the tree itself was fine
+
+
+def _damaged(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x10]) + data[offset + 1 :]
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "openvino"])
+@pytest.mark.parametrize(
+    ("damage", "code", "message"),
+    [
+        (lambda data: _damaged(data, 14), "DATA_LOSS", "corrupted record at 12"),
+        (lambda data: data[:-1], "DATA_LOSS", "truncated record at 0"),
+        (lambda data: tfrecord.record_file([b"\xff\xff"]), "INVALID_ARGUMENT", "record 1 is not"),
+    ],
+    ids=["a bad CRC", "cut short", "not a PredictionLog"],
+)
+def test_a_damaged_warmup_file_fails_the_load_in_one_line(
+    tmp_path, half_plus_two, running, runtime, damage, code, message
+):
+    """As TF Serving, whose warm-up reads the file with TensorFlow's record reader: the
+    version ends with DATA_LOSS and the reader's words (INVALID_ARGUMENT for a record that
+    is not a PredictionLog), on either runtime, the others serve on."""
+    plain = tmp_path / "m" / "1"
+    shutil.copytree(half_plus_two, plain)
+    _warmup_file(plain / WARMUP_FILE, [1.0, 2.0])
+    (plain / WARMUP_FILE).write_bytes(damage((plain / WARMUP_FILE).read_bytes()))
+    shutil.copytree(half_plus_two, tmp_path / "other" / "1")
+    server = running(
+        [
+            ModelConfig("m", str(tmp_path / "m"), runtime=parse_runtime(runtime)),
+            ModelConfig("other", str(tmp_path / "other")),
+        ],
+        {},
+    )
+    status = server.http("GET", "/v1/models/m").json()["model_version_status"][0]
+    assert status["state"] == "END"
+    assert status["status"]["error_code"] == code
+    error = status["status"]["error_message"]
+    assert error.startswith(f"{WARMUP_FILE}: ") and message in error and "\n" not in error
+    assert predict(server, "other").json() == {"predictions": [2.5, 3.0, 4.5]}

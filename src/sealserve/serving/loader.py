@@ -1,4 +1,4 @@
-"""Loading one model version: key → decryption into memory → TensorFlow → warmup.
+"""Loading one model version: key → decryption into memory → a runtime → warmup.
 
 What a version directory must be depends on its model (`ModelTrust`, from measured flags):
 - a model with a key (`--model_key`, or any model with a key broker) serves only a
@@ -13,8 +13,12 @@ What a version directory must be depends on its model (`ModelTrust`, from measur
 
 All expensive work happens in `load()` (TF Serving's Loader idea); the result is a `Servable`.
 The model's `RuntimeSpec` picks what runs its signatures: a TensorFlow Session (the default),
-or OpenVINO (`runtimes.openvino`: converted in memory from the same `ram://` root, checked
-against TensorFlow on the warm-up requests; signatures it cannot convert stay on TensorFlow).
+or OpenVINO (`runtimes.openvino`: converted in a conversion process that gets the decrypted
+files through a pipe, checked against TensorFlow on the warm-up requests; signatures it
+cannot convert stay on TensorFlow). The loader reads `saved_model.pb` and the warm-up file
+itself, from plaintext it keeps in memory (`memory_load.kept_along`) with TensorFlow's
+protos only: a model whose signatures all run on OpenVINO never starts TensorFlow's runtime
+in this process, nor puts its files into `ram://` here.
 With `metrics`, each load attempt (outcome, duration) and the decryption (plaintext bytes,
 time) are recorded, and the servable reports its run times once warmup is done.
 A key provider may also pin models (the key broker's resource metadata): if it has a
@@ -24,9 +28,10 @@ stricter of both). A loader is used by one thread at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,9 +48,18 @@ from sealserve.errors import (
 from sealserve.model_tree import MANIFEST_NAME, ProtectedTree, is_protected_tree
 from sealserve.model_tree.tree import list_tree
 from sealserve.protected_files.format import FILE_ID, GRAPHENE_FILE_ID
+from sealserve.serving import tfrecord
 from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.keys import KeyProvider
-from sealserve.serving.memory_load import files_in_memory, tree_files
+from sealserve.serving.memory_load import (
+    Files,
+    SavedModelRoot,
+    files_in_memory,
+    kept_along,
+    tree_files,
+    tree_in_memory,
+    wipe_all,
+)
 from sealserve.serving.model_config import ModelPin, ModelTrust
 from sealserve.serving.runtimes import DEFAULT_RUNTIME, OPENVINO, RuntimeSpec
 from sealserve.serving.runtimes.conversion import ConversionProcess
@@ -60,7 +74,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAVED_MODEL_PB = "saved_model.pb"
+SAVED_MODEL_PBTXT = "saved_model.pbtxt"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+KEPT_FILES = (SAVED_MODEL_PB, SAVED_MODEL_PBTXT, WARMUP_FILE)  # what the loader reads itself
 INIT_OP_SIGNATURE = "__saved_model_init_op"  # TF2's initializer, listed as a signature
 MAX_WARMUP_RECORDS = 1000  # as TF Serving's saved_model_warmup
 
@@ -151,15 +167,33 @@ class VersionLoader:
                 f"{pin.model_id}"
             )
         directories, decrypted = tree_files(tree)
-        files: Iterable[tuple[str, Iterable[bytes | bytearray | memoryview]]] = decrypted
+        kept: dict[str, bytearray] = {}
+        sizes = {entry.path: entry.size for entry in tree.manifest.files}
+        files: Files = kept_along(decrypted, KEPT_FILES, sizes, kept)
         if self._conversion is not None:  # decrypted once, for both: it loads meanwhile
             from sealserve.serving.runtimes.openvino_worker import files_sent_along
 
             self._conversion.files_sent = True
             files = files_sent_along(self._conversion.write, self.options.tags, directories, files)
-        with files_in_memory(directories, files) as root:  # decrypts and verifies every file
-            self._record_decryption(tree.manifest.total_size, started)
-            return self._from_root(root, lambda: tree_files(tree))
+        try:
+            if self.runtime.platform == OPENVINO:
+                # this process reads only `kept`: the model goes to the conversion process,
+                # and to a ram:// of this process only if a signature falls back to
+                # TensorFlow (decrypted again then)
+                for _, chunks in files:  # decrypts and verifies every file
+                    for _ in chunks:
+                        pass
+                self._record_decryption(tree.manifest.total_size, started)
+                return self._from_files(
+                    kept, lambda: tree_in_memory(tree), lambda: tree_files(tree)
+                )
+            with files_in_memory(directories, files) as root:  # decrypts and verifies every file
+                self._record_decryption(tree.manifest.total_size, started)
+                return self._from_files(
+                    kept, lambda: contextlib.nullcontext(root), lambda: tree_files(tree)
+                )
+        finally:
+            wipe_all(kept)
 
     def _load_unkeyed(self) -> Servable:
         """A plain SavedModel (nothing to authenticate it with, by configuration)."""
@@ -174,7 +208,7 @@ class VersionLoader:
             raise FailedPrecondition(
                 f"{where} is encrypted but model {self.name} has no key ({hint})"
             )
-        if SAVED_MODEL_PB not in files and "saved_model.pbtxt" not in files:
+        if SAVED_MODEL_PB not in files and SAVED_MODEL_PBTXT not in files:
             raise NotFound(f"no SavedModel in {self.path}")
         if self.name in self.trust.plain_models:
             log.warning(
@@ -208,22 +242,35 @@ class VersionLoader:
             )
 
     def _load_plain(self) -> Servable:
-        return self._from_root(str(self.path), lambda: plain_files(self.path))
+        kept: dict[str, bytes] = {}
+        for relative in KEPT_FILES:
+            path = self.path / relative
+            if path.is_file() and not path.is_symlink():
+                kept[relative] = path.read_bytes()  # (not secret: a plain model)
+        root = str(self.path)
+        return self._from_files(
+            kept, lambda: contextlib.nullcontext(root), lambda: plain_files(self.path)
+        )
 
-    def _from_root(self, root: str, files: FileSource) -> Servable:
-        tf = import_tensorflow()
-        signature_defs = self._signature_defs(tf, root)
-        warmup_path = f"{root}/{WARMUP_FILE}"
-        warmup = []
-        if self.options.warmup and tf.io.gfile.exists(warmup_path):
-            warmup = read_warmup(warmup_path)
+    def _from_files(
+        self,
+        kept: Mapping[str, bytes | bytearray],
+        root: SavedModelRoot,
+        files: FileSource,
+    ) -> Servable:
+        """The servable of a SavedModel whose `saved_model.pb` (or `.pbtxt`) and warm-up
+        file are `kept`, whose files are `files()`, and which TensorFlow reads at `root()`.
+        Nothing here starts TensorFlow's runtime unless a signature runs on it."""
+        signature_defs = signature_defs_of(kept, self.options.tags)
+        warmup: list[WarmupRequest] = []
+        if self.options.warmup and WARMUP_FILE in kept:
+            warmup = warmup_requests(kept[WARMUP_FILE])
         labels: dict[str, str] = {}
         if self.runtime.platform == OPENVINO:
-            runners, resources, labels = self._openvino_runners(
-                tf, root, signature_defs, warmup, files
-            )
+            runners, resources, labels = self._openvino_runners(root, signature_defs, warmup, files)
         else:
-            runners, resources = self._runners(tf, root, signature_defs)
+            with root() as where:
+                runners, resources = self._runners(where, signature_defs)
         servable = Servable(self.name, self.version, runners, signature_defs, resources)
         servable.runtime_labels = labels
         if warmup:
@@ -232,8 +279,7 @@ class VersionLoader:
 
     def _openvino_runners(
         self,
-        tf: Any,
-        root: str,
+        root: SavedModelRoot,
         signature_defs: dict[str, Any],
         warmup: list[WarmupRequest],
         files: FileSource,
@@ -263,16 +309,16 @@ class VersionLoader:
                 "it runs" if len(converted.unconverted) == 1 else "they run",
             )
             left = {k: signature_defs[k] for k in converted.unconverted}
-            tf_runners, tf_resources = self._runners(tf, root, left)
+            with root() as where:  # TensorFlow starts here, if nothing needed it before
+                tf_runners, tf_resources = self._runners(where, left)
             runners.update(tf_runners)
             resources.append(tf_resources)
         return runners, resources, labels
 
-    def _runners(
-        self, tf: Any, root: str, signature_defs: dict[str, Any]
-    ) -> tuple[dict[str, Runner], Any]:
+    def _runners(self, root: str, signature_defs: dict[str, Any]) -> tuple[dict[str, Runner], Any]:
         """One runner per runnable signature, and what they run on: a Session, as TF
         Serving; for a SavedModel the TF1 loader cannot load, its `tf.function`s."""
+        tf = import_tensorflow()
         keys = [key for key in signature_defs if key != INIT_OP_SIGNATURE]
         loadable = (RuntimeError, ValueError, KeyError, OSError, tf.errors.OpError)
         try:
@@ -296,48 +342,78 @@ class VersionLoader:
             key: GraphCall.build(fn) or _public_call(fn) for key, fn in functions.items()
         }, loaded
 
-    def _signature_defs(self, tf: Any, root: str) -> dict[str, Any]:
-        from tensorflow.core.protobuf import saved_model_pb2
-
-        message = saved_model_pb2.SavedModel()
-        path = f"{root}/{SAVED_MODEL_PB}"
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path, "rb") as f:
-                message.ParseFromString(f.read())
-        else:
-            from google.protobuf import text_format
-
-            with tf.io.gfile.GFile(f"{root}/saved_model.pbtxt", "r") as f:
-                text_format.Parse(f.read(), message)
-        wanted = set(self.options.tags)
-        for meta_graph in message.meta_graphs:
-            if set(meta_graph.meta_info_def.tags) == wanted:
-                return dict(meta_graph.signature_def)
-        raise InvalidArgument(f"the SavedModel has no MetaGraph with tags {sorted(wanted)}")
-
 
 # One warm-up request: (signature key, inputs by alias, output filter)
 WarmupRequest = tuple[str, dict[str, np.ndarray], tuple[str, ...]]
 
 
-def read_warmup(path: str) -> list[WarmupRequest]:
-    """The predict requests of TF Serving's warmup file (PredictionLog records)."""
+def signature_defs_of(
+    files: Mapping[str, bytes | bytearray], tags: Sequence[str]
+) -> dict[str, Any]:
+    """The `SignatureDef`s of the MetaGraph `tags` of a SavedModel, from its
+    `saved_model.pb` (or `saved_model.pbtxt`) in `files`: TensorFlow's protos only."""
+    from google.protobuf import text_format
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    message = saved_model_pb2.SavedModel()
+    try:
+        if SAVED_MODEL_PB in files:
+            message.ParseFromString(files[SAVED_MODEL_PB])
+        elif SAVED_MODEL_PBTXT in files:
+            text_format.Parse(bytes(files[SAVED_MODEL_PBTXT]).decode(), message)
+        else:
+            raise NotFound(f"the model has no {SAVED_MODEL_PB}")
+    except (DecodeError, text_format.ParseError, UnicodeDecodeError):
+        name = SAVED_MODEL_PB if SAVED_MODEL_PB in files else SAVED_MODEL_PBTXT
+        raise InvalidArgument(f"{name} is not a SavedModel") from None
+    wanted = set(tags)
+    for meta_graph in message.meta_graphs:
+        if set(meta_graph.meta_info_def.tags) == wanted:
+            return dict(meta_graph.signature_def)
+    raise InvalidArgument(f"the SavedModel has no MetaGraph with tags {sorted(wanted)}")
+
+
+def warmup_requests(data: bytes | bytearray) -> list[WarmupRequest]:
+    """The predict requests of TF Serving's warm-up file (TFRecords of PredictionLogs), at
+    most `MAX_WARMUP_RECORDS`, read as TF Serving reads them (a record that fails its
+    checksum fails the load with DATA_LOSS), without TensorFlow's runtime."""
+    from google.protobuf.message import DecodeError
     from tensorflow_serving.apis import prediction_log_pb2
 
     from sealserve.serving.tensor_proto import to_numpy
 
-    tf = import_tensorflow()
     requests: list[WarmupRequest] = []
-    for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
-        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        if entry.WhichOneof("log_type") != "predict_log":
-            log.info("warmup: skipping a %s record", entry.WhichOneof("log_type"))
-            continue
-        request = entry.predict_log.request
-        signature = request.model_spec.signature_name or "serving_default"
-        inputs = {alias: to_numpy(proto) for alias, proto in request.inputs.items()}
-        requests.append((signature, inputs, tuple(request.output_filter)))
+    try:
+        for count, record in enumerate(tfrecord.records(data)):
+            if count == MAX_WARMUP_RECORDS:
+                break
+            try:
+                entry = prediction_log_pb2.PredictionLog.FromString(record)
+            except DecodeError:
+                raise InvalidArgument(
+                    f"{WARMUP_FILE}: record {count + 1} is not a PredictionLog"
+                ) from None
+            if entry.WhichOneof("log_type") != "predict_log":
+                log.info("warmup: skipping a %s record", entry.WhichOneof("log_type"))
+                continue
+            request = entry.predict_log.request
+            signature = request.model_spec.signature_name or "serving_default"
+            inputs = {alias: to_numpy(proto) for alias, proto in request.inputs.items()}
+            requests.append((signature, inputs, tuple(request.output_filter)))
+    except tfrecord.CorruptRecord as exc:
+        raise tfrecord.CorruptRecord(f"{WARMUP_FILE}: {exc}") from None
     return requests
+
+
+def read_warmup(path: str) -> list[WarmupRequest]:
+    """The predict requests of the warm-up file at `path` (a local path, or a file system
+    TensorFlow knows, such as `ram://`)."""
+    if "://" in path:
+        with import_tensorflow().io.gfile.GFile(path, "rb") as f:
+            return warmup_requests(f.read())
+    with open(path, "rb") as f:
+        return warmup_requests(f.read())
 
 
 def replay_warmup(servable: Servable, requests: str | list[WarmupRequest]) -> None:

@@ -12,17 +12,28 @@ written, so no immutable copy of plaintext is left for the garbage collector. Wh
 TensorFlow copies into its own memory (the `ram://` file's string, then the Session's
 tensors) is freed, not overwritten, when the file is deleted and the Session closed: Python
 cannot reach it.
+
+The few files the loader reads itself (`saved_model.pb`, the warm-up file) are also kept as
+they stream past (`kept_along`), each in one `bytearray` sized from the manifest and wiped
+by the loader once it is done: parsing them needs no TensorFlow, so a model served by
+OpenVINO never has its files in `ram://` in the server (only in its conversion process's),
+unless a signature falls back to TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sealserve.model_tree import ProtectedTree
 from sealserve.serving.tensorflow_runtime import import_tensorflow
+
+# Where TensorFlow reads a SavedModel from, for as long as the block runs: a fresh ram://
+# root (`tree_in_memory`), or a plain SavedModel's own directory
+SavedModelRoot = Callable[[], contextlib.AbstractContextManager[str]]
+Files = Iterable[tuple[str, Iterable[bytes | bytearray | memoryview]]]
 
 
 @contextlib.contextmanager
@@ -72,6 +83,45 @@ def _write_wiped(path: str, chunks: Iterable[bytes | bytearray | memoryview]) ->
                 wipe(chunk)
     finally:
         out.close()
+
+
+def kept_along(
+    files: Files, wanted: Collection[str], sizes: Mapping[str, int], kept: dict[str, bytearray]
+) -> list[tuple[str, Iterator[bytes | bytearray | memoryview]]]:
+    """`files` as they were, each chunk of a file in `wanted` also copied into `kept[path]`
+    as it passes (one buffer of the file's size from `sizes`, grown only if the file is
+    longer: the old buffer is wiped). The caller wipes `kept` when done with it."""
+
+    def keep(path: str, chunks: Iterable[bytes | bytearray | memoryview]) -> Iterator[Any]:
+        buffer = kept[path] = bytearray(sizes.get(path, 0))
+        filled = 0
+        for chunk in chunks:
+            end = filled + len(chunk)
+            if end > len(buffer):
+                buffer = kept[path] = _grown(buffer, filled, end)
+            buffer[filled:end] = chunk  # same length: in place
+            filled = end
+            yield chunk
+        if filled < len(buffer):
+            kept[path] = _grown(buffer, filled, filled)
+
+    return [
+        (path, keep(path, chunks) if path in wanted else iter(chunks)) for path, chunks in files
+    ]
+
+
+def _grown(buffer: bytearray, filled: int, size: int) -> bytearray:
+    """A buffer of `max(size, 2 * len(buffer))` bytes (exactly `size` when shrinking) with
+    `buffer`'s first `filled` bytes; `buffer` is wiped."""
+    grown = bytearray(size if size <= filled else max(size, 2 * len(buffer)))
+    grown[:filled] = memoryview(buffer)[:filled]
+    wipe(buffer)
+    return grown
+
+
+def wipe_all(buffers: Mapping[str, bytearray]) -> None:
+    for buffer in buffers.values():
+        wipe(buffer)
 
 
 def wipe(buffer: bytearray | memoryview) -> None:

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from sealserve.errors import InvalidArgument
+from sealserve.serving.memory_load import SavedModelRoot
 from sealserve.serving.runtimes import RuntimeSpec
 from sealserve.serving.runtimes.accuracy import Agreement
 from sealserve.serving.runtimes.conversion import ConversionFailed, ConversionProcess, wipe
@@ -136,7 +137,7 @@ def compile_config(precision: str, hint: str) -> dict[str, object]:
 
 def convert_signatures(
     model: str,
-    root: str,
+    root: SavedModelRoot,
     signature_defs: Mapping[str, Any],
     keys: Sequence[str],
     tags: Sequence[str],
@@ -145,11 +146,11 @@ def convert_signatures(
     files: FileSource | None = None,
     process: ConversionProcess | None = None,
 ) -> Converted:
-    """Convert, compile and check signatures `keys` of the SavedModel at `root`; `model`
-    names the version in messages. With a conversion `process` (started by the loader) the
-    conversion runs there, on the SavedModel's `files()`; without, in this process, from
-    `root`. Raises InvalidArgument if the model must be refused, ConversionFailed if the
-    conversion process ended without an answer."""
+    """Convert, compile and check signatures `keys` of a SavedModel; `model` names the
+    version in messages. With a conversion `process` (started by the loader) the conversion
+    runs there, on the SavedModel's `files()`; without, in this process (TensorFlow's
+    runtime starts here then), from `root()`. Raises InvalidArgument if the model must be
+    refused, ConversionFailed if the conversion process ended without an answer."""
     precision = spec.precision
     if precision == "bf16" and not bf16_supported():
         log.warning("%s: this CPU has no bf16 support; running OpenVINO in fp32", model)
@@ -168,7 +169,8 @@ def convert_signatures(
         result, sent = _convert_in(process, request, files)
         where = f"process {process.pid}"
     else:
-        result = convert_model(root, tags, lambda: request)
+        with root() as saved_model:
+            result = convert_model(saved_model, tags, lambda: request)
         where = "this process"
     seconds = {"send": sent, "conversion": time.perf_counter() - started - sent}
     seconds.update(result.seconds)
