@@ -801,8 +801,8 @@ def _measure(args: argparse.Namespace) -> None:
 
 def _may_serve_openvino(args: argparse.Namespace) -> bool:
     """Whether a model may run on OpenVINO (`--runtime`, or a `model_platform` naming it):
-    then a conversion process is started ahead. A guess from the text, before TensorFlow
-    (which parsing the config needs) is imported: a wrong one costs only that process."""
+    then a conversion process is started ahead. A guess from the text, before the config is
+    parsed: a wrong one costs only that process."""
     if args.model_config_file:
         try:
             text = Path(args.model_config_file).read_text(errors="replace")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -264,3 +266,47 @@ def test_a_tensorflow_model_in_the_start_config_starts_tensorflow_at_start(serve
     assert halves == {"predictions": [2.5]}
     with pytest.raises(urllib.error.HTTPError):
         rest(server, "POST", "/v1/models/half_plus_two:predict", {"instances": "nonsense"})
+
+
+LOADS = """
+import sys
+import numpy as np
+from pathlib import Path
+from sealserve.serving.tensorflow_runtime import defer_runtime, started
+assert defer_runtime()
+from sealserve.serving.keys import StaticKeyProvider
+from sealserve.serving.loader import LoadOptions, VersionLoader
+from sealserve.serving.runtimes import conversion, parse_runtime
+
+tree, key = Path(sys.argv[1]), bytes.fromhex(sys.argv[2])
+images = np.zeros((2, 8, 8, 1), np.float32)
+
+def load():
+    return VersionLoader(
+        "digits_numeric", 1, tree, StaticKeyProvider({"digits_numeric": key}), LoadOptions(),
+        runtime=parse_runtime("openvino"),
+    ).load()
+
+servable = load()  # converted in a conversion process
+print(servable.runtime_labels, servable.run("serving_default", {"image": images})["classes"].shape,
+      started())
+# where no process can start (Gramine forbids them), the conversion runs here: TensorFlow
+# starts for it
+conversion.ConversionProcess._spawn = classmethod(lambda cls, model, quiet=False: None)
+servable = load()
+print(servable.runtime_labels, servable.run("serving_default", {"image": images})["classes"].shape,
+      started())
+"""
+
+
+def test_tensorflow_starts_for_a_conversion_in_the_servers_own_process(models):
+    result = subprocess.run(
+        [sys.executable, "-c", LOADS, str(models / "digits_numeric" / "1"), SECRET_KEY.hex()],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    converted = "{'serving_default': 'OpenVINO'} (2,)"
+    assert result.stdout.splitlines() == [f"{converted} False", f"{converted} True"]
+    assert "cudart_stub" not in result.stderr and "cuInit" not in result.stderr  # quietly

@@ -17,7 +17,9 @@ The few files the loader reads itself (`saved_model.pb`, the warm-up file) are a
 they stream past (`kept_along`), each in one `bytearray` sized from the manifest and wiped
 by the loader once it is done: parsing them needs no TensorFlow, so a model served by
 OpenVINO never has its files in `ram://` in the server (only in its conversion process's),
-unless a signature falls back to TensorFlow.
+unless a signature falls back to TensorFlow. Parsing makes short-lived immutable copies of
+a `saved_model.pbtxt`'s text and of each warm-up record (the CRC32C library takes `bytes`),
+as TensorFlow's own reads of those files did.
 """
 
 from __future__ import annotations

@@ -164,9 +164,9 @@ def stop_conversions() -> None:
 
 def prestart() -> None:
     """Start a conversion process now, for the first OpenVINO load to take: its imports of
-    TensorFlow and OpenVINO (seconds) then run while the server starts, side by side with
-    its own import of TensorFlow. Call it from the server's main thread (the child dies with
-    the thread that started it), before the models load; `discard_prestarted` after."""
+    TensorFlow and OpenVINO (seconds) then run while the server starts. Call it from the
+    server's main thread (the child dies with the thread that started it), before the models
+    load; `discard_prestarted` after."""
     process = ConversionProcess._spawn("a conversion process started ahead", quiet=True)
     if process is not None:
         with _live_lock:
