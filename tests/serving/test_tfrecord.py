@@ -70,6 +70,7 @@ DAMAGES = {
 }
 
 
+@pytest.mark.integration  # TensorFlow reads the same files
 @pytest.mark.parametrize("damage", list(DAMAGES), ids=list(DAMAGES))
 def test_damaged_files_are_read_and_refused_as_tensorflow_does(tmp_path, damage):
     data = DAMAGES[damage](tfrecord.record_file(PAYLOADS))
@@ -81,3 +82,12 @@ def test_damaged_files_are_read_and_refused_as_tensorflow_does(tmp_path, damage)
     # TensorFlow's words ("corrupted record at 12"), without its op's name around them
     assert bool(we_say) == bool(tensorflow_says)
     assert we_say.split(" (")[0].lower() in tensorflow_says.lower()
+
+
+def test_records_round_trip_and_a_bad_crc_is_data_loss():
+    data = tfrecord.record_file(PAYLOADS)
+    assert list(tfrecord.records(data)) == PAYLOADS
+    assert list(tfrecord.records(memoryview(bytearray(data)))) == PAYLOADS
+    with pytest.raises(tfrecord.CorruptRecord, match="^corrupted record at 12$") as caught:
+        list(tfrecord.records(_flip(14)(data)))
+    assert caught.value.code == Code.DATA_LOSS
