@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -181,3 +183,32 @@ def test_request_document_rules():
         request_document('{"instances": [1], "signature_name": "a"}', "b")
     with pytest.raises(InvalidArgument, match="must be a request body"):
         request_document("3", None)
+
+
+CLIENT_PROCESS = """
+import sys
+from sealserve.cli import main
+code = main(sys.argv[1:])
+print("runtime" if "tensorflow.python" in sys.modules else "protos only", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("command", ["predict", "client"])
+def test_the_clients_never_start_tensorflows_runtime(client_plain_server, command):
+    """`sealserve predict` and `sealserve client` need TF Serving's protos only: they answer
+    without the seconds and the ~600 MiB of TensorFlow's runtime."""
+    target = f"127.0.0.1:{client_plain_server.grpc_port}"
+    argv = {
+        "predict": ["--grpc", target, "-m", "half_plus_two", "--json", SEED_BODY],
+        "client": ["-url", target, "-cnum", "1", "-loop", "2", "--model_name", "half_plus_two"]
+        + ["--input_name", "x", "--shape", "3"],
+    }[command]
+    done = subprocess.run(
+        [sys.executable, "-c", CLIENT_PROCESS, command, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "protos only"

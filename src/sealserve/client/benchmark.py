@@ -268,9 +268,9 @@ def _numpy_dtype(name: str) -> np.dtype[Any]:
 def grpc_request_bytes(config: BenchmarkConfig, values: np.ndarray) -> bytes:
     """A serialised PredictRequest (the input as tensor_content, as tf.make_tensor_proto)."""
     from sealserve.serving.tensor_proto import from_numpy
-    from sealserve.serving.tensorflow_runtime import import_tensorflow
+    from sealserve.serving.tensorflow_runtime import protos_importable
 
-    import_tensorflow()  # TF Serving's protos import TensorFlow; keep its start-up quiet
+    protos_importable()
     from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest()
@@ -754,6 +754,9 @@ def run(
 ) -> int:
     """`sealserve client`: run the benchmark, print the seed's lines and ours; the exit
     status of the module docstring. Set-up errors raise SealserveError (one line)."""
+    from sealserve.serving.tensorflow_runtime import defer_runtime
+
+    defer_runtime()  # a client needs TF Serving's protos, never TensorFlow's runtime
     out = out or sys.stdout
     err = err or sys.stderr
     config = config_from_args(args)

@@ -254,9 +254,9 @@ def predict_grpc(
     TF Serving's REST API would write them."""
     import grpc
 
-    from sealserve.serving.tensorflow_runtime import import_tensorflow
+    from sealserve.serving.tensorflow_runtime import protos_importable
 
-    import_tensorflow()  # TF Serving's protos import TensorFlow; keep its start-up quiet
+    protos_importable()
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     if not options.model_name:
@@ -439,6 +439,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """`sealserve predict`: print the response; errors raise SealserveError (one line)."""
+    from sealserve.serving.tensorflow_runtime import defer_runtime
+
+    defer_runtime()  # a client needs TF Serving's protos, never TensorFlow's runtime
     out = out or sys.stdout
     if bool(args.json) == bool(args.npy):
         raise InvalidArgument("give the input with --json or with --npy (one of them)")

@@ -107,6 +107,13 @@ def defer_runtime() -> bool:
         return True
 
 
+def protos_importable() -> None:
+    """Make TF Serving's protos importable, quietly: nothing to do after `defer_runtime`
+    (they import without the runtime), else the runtime starts (they import it)."""
+    if not isinstance(sys.modules.get("tensorflow"), _ProtoOnlyPackage):
+        import_tensorflow()
+
+
 def started() -> bool:
     """Whether TensorFlow's runtime has started in this process."""
     return _runtime is not None
