@@ -406,21 +406,9 @@ def warmup_requests(data: bytes | bytearray) -> list[WarmupRequest]:
     return requests
 
 
-def read_warmup(path: str) -> list[WarmupRequest]:
-    """The predict requests of the warm-up file at `path` (a local path, or a file system
-    TensorFlow knows, such as `ram://`)."""
-    if "://" in path:
-        with import_tensorflow().io.gfile.GFile(path, "rb") as f:
-            return warmup_requests(f.read())
-    with open(path, "rb") as f:
-        return warmup_requests(f.read())
-
-
-def replay_warmup(servable: Servable, requests: str | list[WarmupRequest]) -> None:
-    """Run the requests of TF Serving's warmup file (its path, or as `read_warmup` read
-    them) once each (predict only)."""
-    if isinstance(requests, str):
-        requests = read_warmup(requests)
+def replay_warmup(servable: Servable, requests: list[WarmupRequest]) -> None:
+    """Run the requests of TF Serving's warmup file (as `warmup_requests` read them) once
+    each (predict only)."""
     count = 0
     for signature, inputs, output_filter in requests:
         try:
