@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from sealserve.model_tree import MANIFEST_NAME, encrypt_tree
-from sealserve.serving import tfrecord
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.loader import WARMUP_FILE
 from sealserve.serving.manager import State
@@ -19,6 +18,7 @@ from sealserve.serving.runtimes import parse_runtime
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 from tests.harness import RunningServer, server_options
 from tests.serving.conftest import SECRET_KEY
+from tests.tfrecords import record_file
 
 OTHER_KEY = bytes(16)
 
@@ -173,7 +173,7 @@ def _damaged(data: bytes, offset: int) -> bytes:
     [
         (lambda data: _damaged(data, 14), "DATA_LOSS", "corrupted record at 12"),
         (lambda data: data[:-1], "DATA_LOSS", "truncated record at 0"),
-        (lambda data: tfrecord.record_file([b"\xff\xff"]), "INVALID_ARGUMENT", "record 1 is not"),
+        (lambda data: record_file([b"\xff\xff"]), "INVALID_ARGUMENT", "record 1 is not"),
     ],
     ids=["a bad CRC", "cut short", "not a PredictionLog"],
 )

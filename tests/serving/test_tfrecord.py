@@ -8,6 +8,7 @@ import pytest
 from sealserve.errors import Code
 from sealserve.serving import tfrecord
 from sealserve.serving.tensorflow_runtime import import_tensorflow
+from tests.tfrecords import record_file
 
 PAYLOADS = [b"hello world", b"", b"x" * 70000]
 
@@ -41,7 +42,7 @@ def test_the_file_is_what_tensorflows_writer_writes(tmp_path):
     with tf.io.TFRecordWriter(str(path)) as writer:
         for payload in PAYLOADS:
             writer.write(payload)
-    assert tfrecord.record_file(PAYLOADS) == path.read_bytes()
+    assert record_file(PAYLOADS) == path.read_bytes()
     assert list(tfrecord.records(bytearray(path.read_bytes()))) == PAYLOADS
 
 
@@ -73,7 +74,7 @@ DAMAGES = {
 @pytest.mark.integration  # TensorFlow reads the same files
 @pytest.mark.parametrize("damage", list(DAMAGES), ids=list(DAMAGES))
 def test_damaged_files_are_read_and_refused_as_tensorflow_does(tmp_path, damage):
-    data = DAMAGES[damage](tfrecord.record_file(PAYLOADS))
+    data = DAMAGES[damage](record_file(PAYLOADS))
     path = tmp_path / "records"
     path.write_bytes(data)
     expected_records, tensorflow_says = _tensorflow_reads(path)
@@ -85,7 +86,7 @@ def test_damaged_files_are_read_and_refused_as_tensorflow_does(tmp_path, damage)
 
 
 def test_records_round_trip_and_a_bad_crc_is_data_loss():
-    data = tfrecord.record_file(PAYLOADS)
+    data = record_file(PAYLOADS)
     assert list(tfrecord.records(data)) == PAYLOADS
     assert list(tfrecord.records(memoryview(bytearray(data)))) == PAYLOADS
     with pytest.raises(tfrecord.CorruptRecord, match="^corrupted record at 12$") as caught:

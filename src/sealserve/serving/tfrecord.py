@@ -55,13 +55,3 @@ def records(data: bytes | bytearray | memoryview) -> Iterator[bytes]:
             raise CorruptRecord(f"corrupted record at {start}")
         yield record
         offset = start + length + _CRC.size
-
-
-def record_file(payloads: list[bytes]) -> bytes:
-    """A TFRecord file of `payloads` (what `tf.io.TFRecordWriter` writes)."""
-    parts = []
-    for payload in payloads:
-        header = _LENGTH.pack(len(payload))
-        parts += [header, _CRC.pack(masked_crc32c(header))]
-        parts += [payload, _CRC.pack(masked_crc32c(payload))]
-    return b"".join(parts)
