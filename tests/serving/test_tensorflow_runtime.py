@@ -25,8 +25,24 @@ def test_thread_pools_are_sized_before_start_and_stderr_stays_clean():
     assert "cudart_stub" not in result.stderr and "cuInit" not in result.stderr
 
 
-LATE = """
-import logging, sys, threading, time
+# Another thread logs "line 0", "line 1"... until `stop` is set; `said` counts them
+TALKER = """
+import logging, threading, time
+logging.basicConfig(format="%(message)s")
+log = logging.getLogger("serving")
+stop, said = threading.Event(), [0]
+def talk():
+    while not stop.is_set():
+        log.warning("line %d", said[0])
+        said[0] += 1
+        time.sleep(PAUSE)
+talker = threading.Thread(target=talk)
+talker.start()
+"""
+
+LATE = (
+    """
+import sys, threading
 from sealserve.serving.tensorflow_runtime import (
     configure_threads, defer_runtime, import_tensorflow, started,
 )
@@ -38,17 +54,9 @@ try:
 except ImportError as exc:
     print("refused:", "call import_tensorflow() first" in str(exc))
 assert configure_threads(2, 3)
-logging.basicConfig(format="%(message)s")
-log = logging.getLogger("serving")
-stop, said = threading.Event(), [0]
-def talk():
-    while not stop.is_set():
-        log.warning("line %d", said[0])
-        said[0] += 1
-        time.sleep(0.0005)
-talker = threading.Thread(target=talk)
-talker.start()
-runtime = []  # started late, on a thread of its own, while another thread logs
+"""
+    + TALKER.replace("PAUSE", "0.0005")
+    + """runtime = []  # started late, on a thread of its own, while another thread logs
 starter = threading.Thread(target=lambda: runtime.append(import_tensorflow()))
 starter.start()
 starter.join()
@@ -63,6 +71,7 @@ request.inputs["x"].CopyFrom(tensor)
 print(type(tensor) is type(request.inputs["x"]), tf.make_ndarray(tensor).tolist(),
       tf.core is sys.modules["tensorflow.core"], float(tf.constant(3.0)))
 """
+)
 
 
 def test_a_late_start_keeps_every_other_line_and_the_thread_pools():
@@ -83,6 +92,42 @@ def test_a_late_start_keeps_every_other_line_and_the_thread_pools():
     assert lines == [f"line {i}" for i in range(int(said))]
     assert int(said) > 0
     assert "cudart_stub" not in result.stderr and "cuInit" not in result.stderr
+
+
+SWITCHES = (
+    """
+import os, threading
+from sealserve.serving.tensorflow_runtime import _native_start_up_lines_dropped
+"""
+    + TALKER.replace("PAUSE", "0.0001")
+    + """for start in range(200):  # the switch back to the real stderr, many times over
+    with _native_start_up_lines_dropped():
+        me = threading.get_native_id()
+        for _ in range(50):  # the starting thread's native lines, while it holds the GIL
+            os.write(2, b"E0000 00:00:1700000000.000000 %d cuda_platform.cc:52] cuInit\\n" % me)
+            sum(range(2000))
+        os.write(2, b"kept %d\\n" % start)  # not a native line: passed on
+stop.set()
+talker.join()
+print(said[0])
+"""
+)
+
+
+def test_lines_keep_their_order_across_the_switch_back_to_stderr():
+    """Other threads' lines written while the start-up filter is on and just after it comes
+    off reach stderr in the order written: none written after the switch back overtakes
+    one written before, however far the filter had fallen behind."""
+    result = subprocess.run(
+        [sys.executable, "-c", SWITCHES], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line.startswith("line ")] == [
+        f"line {i}" for i in range(int(result.stdout))
+    ]
+    assert [line for line in lines if line.startswith("kept ")] == [f"kept {i}" for i in range(200)]
+    assert "cuInit" not in result.stderr
 
 
 PROXY = """

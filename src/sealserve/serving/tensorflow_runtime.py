@@ -16,7 +16,7 @@ straight to file descriptor 2, before its log level applies. While it starts, fd
 a pipe that a thread drains into the real stderr, dropping only the lines TensorFlow's native
 logger writes from the starting thread (absl's format carries the thread id): the runtime may
 start late, while other threads serve and log, and their lines, sealserve's own included,
-all get through. Python exceptions are unaffected and reach the caller.
+all get through, in the order written. Python exceptions are unaffected and reach the caller.
 
 Thread counts (`--tensorflow_intra_op_parallelism`, `--tensorflow_inter_op_parallelism`)
 take effect only if given before TensorFlow starts, so `configure_threads` must run before
@@ -33,9 +33,10 @@ import importlib.machinery
 import importlib.util
 import os
 import re
+import select
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -198,23 +199,16 @@ _NATIVE_BANNERS = (
 
 @contextlib.contextmanager
 def _native_start_up_lines_dropped() -> Iterator[None]:
-    """fd 2 through a pipe while the block runs: a thread passes every line on to the real
-    stderr except TensorFlow's native start-up lines (`_is_start_up_line`). Lines written
-    just before the block ends may follow lines written just after it."""
-    thread_id = threading.get_native_id()
+    """fd 2 through a pipe while the block runs: every line but TensorFlow's native start-up
+    lines (`_is_start_up_line`) is passed on to the real stderr, in the order written."""
     with contextlib.suppress(AttributeError, ValueError, OSError):
         sys.stderr.flush()  # what Python holds goes where it was meant to
     read_end, write_end = os.pipe()
     with contextlib.suppress(AttributeError, OSError):  # Linux only; the default is 64 kB
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    real_stderr = os.dup(2)
-    forwarder = threading.Thread(
-        target=_forward,
-        args=(read_end, real_stderr, thread_id),
-        name="sealserve-tensorflow-start",
-        daemon=True,
-    )
-    forwarder.start()
+    lines = _LineFilter(os.dup(2), threading.get_native_id())
+    stop_read, stop_write = os.pipe()
+    forwarder = _start_daemon(_forward_until_stopped, read_end, stop_read, lines)
     os.dup2(write_end, 2)
     os.close(write_end)
     try:
@@ -222,35 +216,92 @@ def _native_start_up_lines_dropped() -> Iterator[None]:
     finally:
         with contextlib.suppress(AttributeError, ValueError, OSError):
             sys.stderr.flush()
-        # closes fd 2's end of the pipe: the forwarder ends once every other writer has
-        # (a child process started meanwhile has it as its stderr until it exits)
-        os.dup2(real_stderr, 2)
-        forwarder.join(timeout=1.0)  # usually at once; never held up by such a child
+        # Order across the switch back: the forwarder stops, what is in the pipe goes out,
+        # and only then does fd 2 point at the real stderr again (so no line written after
+        # the switch can overtake one written before). What lands in the pipe in the
+        # microseconds between the last read and the switch goes out right after it (only a
+        # line written in those same microseconds can come before it).
+        os.write(stop_write, b"\0")
+        forwarder.join()
+        os.close(stop_write)
+        os.close(stop_read)
+        os.set_blocking(read_end, False)
+        lines.pass_on_available(read_end)
+        os.dup2(lines.real_stderr, 2)
+        lines.pass_on_available(read_end)
+        # the pipe stays open until every writer has closed it: a child process started
+        # meanwhile has it as its stderr until it exits
+        os.set_blocking(read_end, True)
+        _start_daemon(_forward_to_end, read_end, lines)
 
 
-def _forward(read_end: int, real_stderr: int, thread_id: int) -> None:
-    """Copy lines from the pipe to the real stderr, but TensorFlow's; close both at the end."""
-    pending = b""
+def _start_daemon(target: Callable[..., None], *args: Any) -> threading.Thread:
+    thread = threading.Thread(
+        target=target, args=args, name="sealserve-tensorflow-start", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+class _LineFilter:
+    """Passes lines on to the real stderr but TensorFlow's native start-up lines."""
+
+    def __init__(self, real_stderr: int, thread_id: int) -> None:
+        self.real_stderr = real_stderr
+        self._thread_id = thread_id
+        self._pending = b""  # the start of a line whose end is still to come
+
+    def pass_on(self, chunk: bytes) -> None:
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        kept = [line + b"\n" for line in lines if not self._is_start_up_line(line)]
+        _write_all(self.real_stderr, b"".join(kept))
+
+    def pass_on_available(self, read_end: int) -> None:
+        """Everything the (non-blocking) pipe holds now."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(read_end, 1 << 16):
+                self.pass_on(chunk)
+
+    def finish(self) -> None:
+        if self._pending and not self._is_start_up_line(self._pending):
+            _write_all(self.real_stderr, self._pending)
+        self._pending = b""
+
+    def _is_start_up_line(self, line: bytes) -> bool:
+        native = _NATIVE_LINE.match(line)
+        if native is not None:
+            return int(native.group(1)) == self._thread_id
+        return line.startswith(_NATIVE_BANNERS)
+
+
+def _forward_until_stopped(read_end: int, stop: int, lines: _LineFilter) -> None:
+    """Pass lines on as they come, until a byte arrives on `stop`."""
+    poller = select.poll()
+    poller.register(read_end, select.POLLIN)
+    poller.register(stop, select.POLLIN)
+    with contextlib.suppress(OSError):  # stderr went away: nothing to say it on
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if stop in ready:
+                return
+            chunk = os.read(read_end, 1 << 16)
+            if not chunk:
+                return
+            lines.pass_on(chunk)
+
+
+def _forward_to_end(read_end: int, lines: _LineFilter) -> None:
+    """Pass on what is left until the last writer closes the pipe; close both ends."""
     try:
         while chunk := os.read(read_end, 1 << 16):
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            kept = [line + b"\n" for line in lines if not _is_start_up_line(line, thread_id)]
-            _write_all(real_stderr, b"".join(kept))
-        if pending and not _is_start_up_line(pending, thread_id):
-            _write_all(real_stderr, pending)
+            lines.pass_on(chunk)
+        lines.finish()
     except OSError:
         pass  # stderr went away: nothing to say it on
     finally:
         os.close(read_end)
-        os.close(real_stderr)
-
-
-def _is_start_up_line(line: bytes, thread_id: int) -> bool:
-    native = _NATIVE_LINE.match(line)
-    if native is not None:
-        return int(native.group(1)) == thread_id
-    return line.startswith(_NATIVE_BANNERS)
+        os.close(lines.real_stderr)
 
 
 def _write_all(fd: int, data: bytes) -> None:
