@@ -200,7 +200,10 @@ def _bomb(size: int, method: str = "deflate") -> bytes:
 
 @pytest.mark.parametrize("encoding", ["deflate", "gzip", "br", "identity, gzip"])
 def test_compressed_body_is_refused_without_inflating(abused: Any, encoding: str) -> None:
-    bomb = _bomb(256 << 20, "gzip" if "gzip" in encoding else "deflate")  # 256 MiB inflated
+    # 32 MiB inflated, 32 KiB on the wire: the KBS closes the connection without reading the
+    # body, so a body larger than the socket buffers could still be in the client's send
+    # when it does (a reset, not the 415) on a busy machine
+    bomb = _bomb(32 << 20, "gzip" if "gzip" in encoding else "deflate")
     abuser = Abuser(abused.port, abused.ca, "127.0.0.4")
     headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
     status, body = abuser.request("POST", "/kbs/v0/auth", bomb, headers)
