@@ -515,8 +515,8 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         "--max_in_flight_request_bytes",
         type=int,
         default=BudgetOptions.max_in_flight_bytes,
-        help="bytes of gRPC requests and responses held at once, server-wide; a request "
-        "beyond is refused with RESOURCE_EXHAUSTED (clients retry)",
+        help="bytes of gRPC and REST requests and responses held at once, server-wide; a "
+        "request beyond is refused with RESOURCE_EXHAUSTED, HTTP 429 (clients retry)",
     )
     own.add_argument(
         "--rest_api_idle_timeout_seconds",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import gzip
 import json
 import resource
+import select
 import socket
 import threading
+import time
 import zlib
 
 import grpc
@@ -286,3 +288,90 @@ def test_classify_and_regress_requests_count_against_the_budget(stub):
         stub.Regress(request, timeout=60)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "allowed per request" in info.value.details()
+
+
+# -- REST requests in the server's in-flight budget (shared with gRPC) ----------------------
+
+
+def _predict_body(values: int) -> bytes:
+    return b'{"instances": [' + b",".join([b"1.5"] * values) + b"]}"
+
+
+def test_rest_requests_hold_their_bytes_in_the_servers_budget(guarded):
+    """A REST predict is charged its body, its parse and its answer in the budget gRPC uses:
+    while 8 of the 12 MiB are held, one needing about 5 MiB is refused at once (429, retry
+    later); once they are released, it is served, and it gives back all it held."""
+    budget = guarded.server.request_budget
+    body = _predict_body(16 << 10)
+    with budget.reserve(8 << 20):
+        refused = guarded.http("POST", "/v1/models/half_plus_two:predict", body)
+        assert refused.status == 429, refused.body[:300]
+        assert "server busy" in refused.json()["error"]
+    served = guarded.http("POST", "/v1/models/half_plus_two:predict", body)
+    assert served.status == 200
+    assert served.json()["predictions"][:2] == [2.75, 2.75]
+    assert budget.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [' + b",".join([b"[]"] * (85 << 10)) + b"]}",  # 256 KiB of lists
+        b'{"instances": [' + b",".join([b'{"b64": "AA=="}'] * (16 << 10)) + b"]}",
+        _predict_body(64 << 10),  # 256 KiB of floats: parsed, but its answer would not fit
+    ],
+    ids=["nested-arrays", "b64-objects", "answer"],
+)
+def test_a_rest_request_that_alone_exceeds_the_budget_is_a_413(guarded, body):
+    """What parsing a body, or writing its answer, would hold is charged before it is
+    done: beyond the whole budget, 413 (a retry cannot help), not the memory."""
+    result = guarded.http("POST", "/v1/models/half_plus_two:predict", body)
+    assert result.status == 413, result.body[:300]
+    assert "the server holds for all requests at once" in result.json()["error"]
+    assert guarded.server.request_budget.in_flight == 0
+
+
+def _until(condition, seconds: float = 60.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def _stalled_body(port: int, sent: int, declared: int) -> socket.socket:
+    """A connection that sends `sent` bytes of a `declared`-byte body, then nothing more."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=60)
+    conn.sendall(
+        b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\n"
+        + f"Content-Length: {declared}\r\n\r\n".encode()
+        + b'{"instances": ['
+        + b"1.5," * ((sent - 15) // 4)
+    )
+    return conn
+
+
+def test_bodies_sent_slowly_on_many_connections_cannot_hold_more_than_the_budget(guarded):
+    """The attack: connections each send most of a large body and stop, so that every
+    body is held in memory until the body timeout. Each body's bytes are held in the budget
+    as they arrive: the connection that would take the budget past its 12 MiB is answered
+    429 and closed, the others stay within it, and all is given back when they hang up."""
+    budget = guarded.server.request_budget
+    limit = budget.options.max_in_flight_bytes
+    stalled = [_stalled_body(guarded.rest_port, 900_000, 1_000_000) for _ in range(8)]
+    try:
+        assert _until(lambda: select.select(stalled, [], [], 0)[0] != [])
+        answered = select.select(stalled, [], [], 0)[0]
+        assert 0 < len(answered) < len(stalled)
+        for conn in answered:
+            head = conn.recv(65536)
+            assert head.startswith(b"HTTP/1.1 429"), head[:200]
+            assert b"server busy" in head
+        assert budget.in_flight <= limit
+        assert _until(lambda: budget.in_flight >= 2 * 800_000 * (len(stalled) - len(answered)))
+    finally:
+        for conn in stalled:
+            conn.close()
+    assert _until(lambda: budget.in_flight == 0)
+    served = guarded.http("POST", "/v1/models/half_plus_two:predict", _predict_body(1024))
+    assert served.status == 200

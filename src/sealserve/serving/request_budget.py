@@ -1,10 +1,12 @@
 """How much request memory the server holds at once: a cap per request and a server-wide
 budget of bytes in flight.
 
-A request's cost is counted before its tensors are decoded (from the declared shapes, checked
-against the bytes on the wire by `tensor_proto.decoded_bytes`), so an oversized or
+A gRPC request's cost is counted before its tensors are decoded (from the declared shapes,
+checked against the bytes on the wire by `tensor_proto.decoded_bytes`), so an oversized or
 over-subscribed request is refused with RESOURCE_EXHAUSTED before it allocates anything; the
-reservation is held until its response is built and released when the request ends. Refusing
+reservation is held until its response is built and released when the request ends. A REST
+request draws on the same budget: its body as it arrives, then bounds of what parsing its
+JSON and writing its answer hold (`rest_json.parse_cost`, `*_response_cost`). Refusing
 at once rather than waiting keeps a flood of large requests from queueing memory (and
 threads) behind each other: the client retries, as for TF Serving's full batch queues.
 Thread safe.
@@ -13,8 +15,6 @@ Thread safe.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sealserve.errors import Code, SealserveError
@@ -22,6 +22,11 @@ from sealserve.errors import Code, SealserveError
 
 class ResourceExhausted(SealserveError):
     code = Code.RESOURCE_EXHAUSTED
+
+
+class OverBudget(ResourceExhausted):
+    """A request that alone needs more than the whole in-flight budget: retrying cannot help
+    (REST answers 413, not 429)."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,9 @@ class RequestBudget:
     def in_flight(self) -> int:
         return self._in_flight
 
-    @contextmanager
-    def reserve(self, nbytes: int) -> Iterator[Reservation]:
-        """Hold `nbytes` for the duration of the block (more may be added with `grow`)."""
+    def reserve(self, nbytes: int) -> Reservation:
+        """Hold `nbytes` for the duration of a `with` block on the reservation returned
+        (more may be added with `grow`); everything it holds is given back at the end."""
         if nbytes > self.options.max_request_bytes:
             raise ResourceExhausted(
                 f"request needs {nbytes} bytes, more than the {self.options.max_request_bytes} "
@@ -50,10 +55,7 @@ class RequestBudget:
             )
         reservation = Reservation(self)
         reservation.grow(nbytes)
-        try:
-            yield reservation
-        finally:
-            reservation.release()
+        return reservation
 
     def _take(self, nbytes: int) -> None:
         with self._lock:
@@ -81,6 +83,14 @@ class Reservation:
     def grow(self, nbytes: int) -> None:
         """Add `nbytes` (e.g. the response about to be built); RESOURCE_EXHAUSTED if the
         server's budget cannot take them."""
+        if not nbytes:
+            return
+        limit = self._budget.options.max_in_flight_bytes
+        if self.held + nbytes > limit:
+            raise OverBudget(
+                f"request needs {self.held + nbytes} bytes, more than the {limit} bytes the "
+                "server holds for all requests at once"
+            )
         self._budget._take(nbytes)
         self.held += nbytes
 
@@ -88,3 +98,9 @@ class Reservation:
         held, self.held = self.held, 0
         if held:
             self._budget._give_back(held)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

@@ -36,6 +36,7 @@ from sealserve.serving import api_protos, rest_json
 from sealserve.serving.dataplane import DataPlane, ModelSpec, Resolved
 from sealserve.serving.manager import ServableHandle
 from sealserve.serving.metrics import CONTENT_TYPE, Metrics
+from sealserve.serving.request_budget import OverBudget, RequestBudget, Reservation
 from sealserve.serving.signatures import SignatureInfo
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,12 @@ def build_app(
     metrics: Metrics | None = None,
     metrics_path: str | None = None,
     draining: Callable[[], bool] = lambda: False,
+    budget: RequestBudget | None = None,
 ) -> web.Application:
     """The REST app; with `metrics_path`, the Prometheus page of `metrics` is served there.
-    `draining()` true (the server is shutting down) makes the readiness probe answer 503."""
-    api = _RestApi(dataplane, options, metrics)
+    `draining()` true (the server is shutting down) makes the readiness probe answer 503.
+    Model API requests hold their bytes in `budget` (the server's, shared with gRPC)."""
+    api = _RestApi(dataplane, options, metrics, budget or RequestBudget())
     app = web.Application(client_max_size=options.max_body_bytes)
     probes = _Probes(dataplane, draining)
     app.router.add_get(LIVE_PATH, probes.live)
@@ -130,7 +133,8 @@ def json_response(body: bytes, status: int = 200) -> web.Response:
 
 
 def error_response(error: SealserveError) -> web.Response:
-    status = 413 if isinstance(error, PayloadTooLarge) else HTTP_STATUS.get(error.code, 500)
+    too_large = isinstance(error, PayloadTooLarge | OverBudget)
+    status = 413 if too_large else HTTP_STATUS.get(error.code, 500)
     return json_response(rest_json.format_error(str(error)), status)
 
 
@@ -183,11 +187,16 @@ class _Call:
 
 class _RestApi:
     def __init__(
-        self, dataplane: DataPlane, options: RestOptions, metrics: Metrics | None = None
+        self,
+        dataplane: DataPlane,
+        options: RestOptions,
+        metrics: Metrics | None,
+        budget: RequestBudget,
     ) -> None:
         self.dataplane = dataplane
         self.options = options
         self.metrics = metrics
+        self.budget = budget
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -226,10 +235,14 @@ class _RestApi:
             # TF Serving's REST `API` label is the path's verb: predict, classify, regress
             call.model, call.api = unquote(name), verb.lower()
             spec = _spec(name, version, label)
-            body = await self._read_body(request)
-            if verb.lower() == "predict":
-                return json_response(await self._predict(spec, body))
-            return json_response(await self._classify_or_regress(spec, body, verb.lower()))
+            # the body as it arrives, its parsing and its answer: all held in the budget
+            with self.budget.reserve(0) as reservation:
+                body = await self._read_body(request, reservation)
+                if verb.lower() == "predict":
+                    answer = await self._predict(spec, body, reservation)
+                else:
+                    answer = await self._classify_or_regress(spec, body, verb.lower(), reservation)
+                return json_response(answer)
         if request.method == "GET" and (match := _GET.fullmatch(path)):
             name, version, label, metadata = match.groups()
             # TF Serving leaves `API` empty for these; ours name them
@@ -249,12 +262,29 @@ class _RestApi:
             )
         raise InvalidArgument(f"Malformed request: {request.method} {path}")
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        """The request body, gzip inflated by aiohttp within the size cap (HTTP 413 beyond);
-        a body that is not valid for its Content-Encoding is the client's error (400)."""
+    async def _read_body(self, request: web.Request, reservation: Reservation) -> bytes:
+        """The request body, gzip inflated by aiohttp as it arrives, within the size cap
+        (HTTP 413 beyond); a body that is not valid for its Content-Encoding is the client's
+        error (400). Each piece is held in the budget as it arrives (twice: the pieces and
+        their join), so bodies sent slowly on many connections cannot together hold more
+        than the budget (429 beyond)."""
+        limit = self.options.max_body_bytes
+        if (request.content_length or 0) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        content = request.content
+        pieces = []
+        size = 0
         try:
             async with asyncio.timeout(self.options.body_timeout_seconds):
-                return await request.read()
+                while piece := await content.readany():
+                    size += len(piece)
+                    if size > limit:
+                        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+                    reservation.grow(2 * len(piece))
+                    pieces.append(piece)
+                    if content.is_eof():  # the last piece (no wait for the end)
+                        break
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         except TimeoutError:
             raise SealserveError(
                 "Timed out reading the request body", code=Code.DEADLINE_EXCEEDED
@@ -265,11 +295,13 @@ class _RestApi:
         except web.HTTPBadRequest as exc:
             raise InvalidArgument(f"Request body cannot be decoded: {exc.text}") from None
 
-    async def _predict(self, spec: ModelSpec, body: bytes) -> bytes:
+    async def _predict(self, spec: ModelSpec, body: bytes, reservation: Reservation) -> bytes:
         with self.dataplane.handle(spec) as handle:  # held until the answer is written
-            return await self._predict_on(handle, body)
+            return await self._predict_on(handle, body, reservation)
 
-    async def _predict_on(self, handle: ServableHandle, body: bytes) -> bytes:
+    async def _predict_on(
+        self, handle: ServableHandle, body: bytes, reservation: Reservation
+    ) -> bytes:
         depth = self.options.max_json_depth
 
         def decode() -> tuple[Resolved, rest_json.PredictRequest]:
@@ -289,35 +321,48 @@ class _RestApi:
             )
             return resolved[0], request
 
+        reservation.grow(rest_json.parse_cost(body))
         resolved, request = await _off_loop_if_large(decode, len(body))
         outputs = await self.dataplane.predict(resolved, request.inputs)
+        reservation.grow(rest_json.predict_response_cost(outputs))
         size = sum(array.nbytes for array in outputs.values())
         return await _off_loop_if_large(
             lambda: rest_json.format_predict_response(outputs, request.row_format), size
         )
 
-    async def _classify_or_regress(self, spec: ModelSpec, body: bytes, verb: str) -> bytes:
+    async def _classify_or_regress(
+        self, spec: ModelSpec, body: bytes, verb: str, reservation: Reservation
+    ) -> bytes:
         with self.dataplane.handle(spec) as handle:  # held until the answer is written
-            return await self._classify_or_regress_on(handle, spec, body, verb)
+            return await self._classify_or_regress_on(handle, spec, body, verb, reservation)
 
     async def _classify_or_regress_on(
-        self, handle: ServableHandle, spec: ModelSpec, body: bytes, verb: str
+        self,
+        handle: ServableHandle,
+        spec: ModelSpec,
+        body: bytes,
+        verb: str,
+        reservation: Reservation,
     ) -> bytes:
         depth = self.options.max_json_depth
 
         def decode() -> tuple[str, list[bytes]]:
             return rest_json.examples_from_json(rest_json.loads(body, max_depth=depth))
 
+        # the parse, and the serialized tf.Examples made from it (about as large as the body)
+        reservation.grow(rest_json.parse_cost(body) + len(body))
         signature_name, serialized = await _off_loop_if_large(decode, len(body))
         resolved = self.dataplane.resolve_signature(handle, signature_name)
         if self.metrics is not None:
             self.metrics.record_examples(spec.name, len(serialized))
         if verb == "classify":
             rows = await self.dataplane.classify_async(resolved, serialized)
+            reservation.grow(rest_json.classify_response_cost(rows))
             return await _off_loop_if_large(
                 lambda: rest_json.format_classify_response(rows), 32 * sum(map(len, rows))
             )
         values = await self.dataplane.regress_async(resolved, serialized)
+        reservation.grow(rest_json.regress_response_cost(values))
         return await _off_loop_if_large(
             lambda: rest_json.format_regress_response(values), 16 * len(values)
         )

@@ -244,6 +244,7 @@ class ModelServer:
             metrics=self.metrics,
             metrics_path=monitoring.path if monitoring.enable else None,
             draining=lambda: self._draining,
+            budget=self.request_budget,
         )
         if self.options.attested is not None:
             app.router.add_get(

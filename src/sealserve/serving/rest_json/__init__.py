@@ -12,26 +12,33 @@ Stateless; thread safe.
 from __future__ import annotations
 
 from sealserve.serving.rest_json.examples import (
+    classify_response_cost,
     examples_from_json,
     format_classify_response,
     format_error,
     format_regress_response,
+    regress_response_cost,
 )
-from sealserve.serving.rest_json.parsing import DEFAULT_MAX_DEPTH, loads
+from sealserve.serving.rest_json.parsing import DEFAULT_MAX_DEPTH, loads, parse_cost
 from sealserve.serving.rest_json.predict import (
     PredictRequest,
     format_predict_response,
     parse_predict_request,
+    predict_response_cost,
 )
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
     "PredictRequest",
+    "classify_response_cost",
     "examples_from_json",
     "format_classify_response",
     "format_error",
     "format_predict_response",
     "format_regress_response",
     "loads",
+    "parse_cost",
     "parse_predict_request",
+    "regress_response_cost",
+    "predict_response_cost",
 ]

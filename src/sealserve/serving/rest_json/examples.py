@@ -16,7 +16,14 @@ from typing import Any
 
 from sealserve.errors import InvalidArgument
 from sealserve.serving.rest_json.numbers import format_decimal
-from sealserve.serving.rest_json.text import INDENT, json_type, quote, render
+from sealserve.serving.rest_json.text import (
+    INDENT,
+    WRITE_STRING_BYTES,
+    WRITE_VALUE_BYTES,
+    json_type,
+    quote,
+    render,
+)
 from sealserve.serving.rest_json.values import (
     decode_base64,
     is_b64_object,
@@ -106,6 +113,18 @@ def _add_value(value: Any, name: str, feature: Any, kind: str | None) -> str:
     else:
         feature.float_list.value.append(item)
     return wanted
+
+
+def classify_response_cost(rows: Sequence[Sequence[tuple[str, float]]]) -> int:
+    """An upper bound of the memory `format_classify_response(rows)` holds at once."""
+    return sum(
+        2 * WRITE_VALUE_BYTES + WRITE_STRING_BYTES * len(label) for row in rows for label, _ in row
+    )
+
+
+def regress_response_cost(values: Sequence[float]) -> int:
+    """An upper bound of the memory `format_regress_response(values)` holds at once."""
+    return WRITE_VALUE_BYTES * len(values)
 
 
 def format_classify_response(rows: Sequence[Sequence[tuple[str, float]]]) -> bytes:

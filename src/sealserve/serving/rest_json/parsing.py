@@ -189,6 +189,32 @@ def _common_prefix(text: str, word: str) -> str:
     return word[:n]
 
 
+# What parsing a body may hold at once, by what it contains, at most: the per-item figures
+# bound CPython 3.11's objects (tests/serving/test_rest_json_costs.py measures them with
+# tracemalloc on the costliest shapes: nested empty arrays and objects, short strings, floats).
+_VALUE_BYTES = 72  # a number (a float: 24) in its list slot, and its copies into numpy
+_ARRAY_BYTES = 96  # a list
+_OBJECT_BYTES = 512  # a small dict (its first entries), or a {"b64": ...} and its bytes
+_STRING_BYTES = 80  # a str's header (UCS-4 at worst); its characters are counted apart
+
+
+def parse_cost(raw: bytes) -> int:
+    """An upper bound of the memory `loads(raw)` and the conversion of its values to numpy
+    hold at once, from a linear count of the body's separators and brackets (strings'
+    contents included, which only overestimates): what a request is charged against the
+    server's in-flight budget before its body is parsed. Python's objects cost 4 to 26
+    times the JSON text they come from."""
+    text = len(raw) if raw.isascii() else 4 * len(raw)  # one str: UCS-4 if a character needs it
+    return (
+        len(raw)  # loads' own copy of the bytes
+        + 3 * text  # the decoded document, the strings cut from it, base64 decoded
+        + _VALUE_BYTES * (raw.count(b",") + 1)
+        + _ARRAY_BYTES * raw.count(b"[")
+        + _OBJECT_BYTES * raw.count(b"{")
+        + _STRING_BYTES * (raw.count(b'"') // 2)
+    )
+
+
 def loads(text: bytes | str, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Parse a JSON request body as TF Serving does (RapidJSON, NaN/Infinity allowed).
 

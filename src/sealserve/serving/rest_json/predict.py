@@ -19,7 +19,14 @@ import numpy as np
 
 from sealserve.errors import Code, InvalidArgument, SealserveError
 from sealserve.serving.rest_json.numbers import FLT_MAX, decimal_tokens
-from sealserve.serving.rest_json.text import INDENT, quote, raw_text, render
+from sealserve.serving.rest_json.text import (
+    INDENT,
+    WRITE_STRING_BYTES,
+    WRITE_VALUE_BYTES,
+    quote,
+    raw_text,
+    render,
+)
 from sealserve.serving.rest_json.values import (
     FLOAT_MAX_INT,
     INT_RANGES,
@@ -448,6 +455,19 @@ def _columnar_json(names: list[str], arrays: dict[str, np.ndarray]) -> str:
         value = _nest(tokens, 1, array.shape, 2, False)[0]
         members.append("\n" + INDENT * 2 + quote(name) + ": " + value)
     return '{\n    "outputs": {' + ",".join(members) + "\n    }\n}"
+
+
+def predict_response_cost(outputs: Mapping[str, np.ndarray]) -> int:
+    """An upper bound of the memory `format_predict_response(outputs, ...)` holds at once,
+    either format: what a REST request is charged against the server's in-flight budget
+    before its answer is written."""
+    total = 0
+    for array in outputs.values():
+        array = np.asarray(array)
+        total += WRITE_VALUE_BYTES * array.size
+        if array.dtype == object:
+            total += WRITE_STRING_BYTES * sum(len(value) for value in array.flat)
+    return total
 
 
 def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:

@@ -12,6 +12,12 @@ from typing import Any
 from sealserve.serving.rest_json.numbers import RAPIDJSON_FLOAT_MAX, format_decimal, to_float32
 
 INDENT = "    "  # RapidJSON PrettyWriter: four spaces per open level
+# What writing a response may hold at once, at most, per value (a Python number and its
+# tokens: 210 bytes measured for uint8 columns) and per byte of a string value (escaped, up
+# to 6 characters a byte, or base64, and copied): tests/serving/test_rest_json_costs.py
+# measures them with tracemalloc.
+WRITE_VALUE_BYTES = 256
+WRITE_STRING_BYTES = 32
 _RENDER_LIMIT = 4096  # characters of a JSON value echoed in an error message
 # ---------------------------------------------------------------------------------------------
 # JSON text as RapidJSON writes it (strings, values echoed in error messages).
