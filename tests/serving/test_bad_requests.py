@@ -25,6 +25,7 @@ from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.model_config import ModelConfig
 from sealserve.serving.request_budget import BudgetOptions
 from sealserve.serving.rest import RestOptions
+from sealserve.serving.rest_json import predict_response_cost
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 from tests.harness import RunningServer, server_options
 
@@ -293,6 +294,13 @@ def test_classify_and_regress_requests_count_against_the_budget(stub):
 # -- REST requests in the server's in-flight budget (shared with gRPC) ----------------------
 
 
+def _until(condition, seconds: float = 60.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 def _predict_body(values: int) -> bytes:
     return b'{"instances": [' + b",".join([b"1.5"] * values) + b"]}"
 
@@ -310,7 +318,7 @@ def test_rest_requests_hold_their_bytes_in_the_servers_budget(guarded):
     served = guarded.http("POST", "/v1/models/half_plus_two:predict", body)
     assert served.status == 200
     assert served.json()["predictions"][:2] == [2.75, 2.75]
-    assert budget.in_flight == 0
+    assert _until(lambda: budget.in_flight == 0)  # given back once its answer is written
 
 
 @pytest.mark.parametrize(
@@ -328,25 +336,17 @@ def test_a_rest_request_that_alone_exceeds_the_budget_is_a_413(guarded, body):
     result = guarded.http("POST", "/v1/models/half_plus_two:predict", body)
     assert result.status == 413, result.body[:300]
     assert "the server holds for all requests at once" in result.json()["error"]
-    assert guarded.server.request_budget.in_flight == 0
-
-
-def _until(condition, seconds: float = 60.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return condition()
+    assert _until(lambda: guarded.server.request_budget.in_flight == 0)
 
 
 def _stalled_body(port: int, sent: int, declared: int) -> socket.socket:
-    """A connection that sends `sent` bytes of a `declared`-byte body, then nothing more."""
+    """A connection that sends the first `sent` bytes of a `declared`-byte body, then stops."""
     conn = socket.create_connection(("127.0.0.1", port), timeout=60)
     conn.sendall(
         b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
         b"Content-Type: application/json\r\n"
         + f"Content-Length: {declared}\r\n\r\n".encode()
-        + b'{"instances": ['
-        + b"1.5," * ((sent - 15) // 4)
+        + (b'{"instances": [' + b"1.5," * declared)[:sent]
     )
     return conn
 
@@ -354,24 +354,79 @@ def _stalled_body(port: int, sent: int, declared: int) -> socket.socket:
 def test_bodies_sent_slowly_on_many_connections_cannot_hold_more_than_the_budget(guarded):
     """The attack: connections each send most of a large body and stop, so that every
     body is held in memory until the body timeout. Each body's bytes are held in the budget
-    as they arrive: the connection that would take the budget past its 12 MiB is answered
-    429 and closed, the others stay within it, and all is given back when they hang up."""
+    as they arrive (twice: the pieces and their join), so the connections that would take
+    the budget past its 12 MiB are answered 429 and closed, the others stay within it, and
+    all is given back when they hang up."""
     budget = guarded.server.request_budget
     limit = budget.options.max_in_flight_bytes
-    stalled = [_stalled_body(guarded.rest_port, 900_000, 1_000_000) for _ in range(8)]
+    sent = 900_000
+    stalled = [_stalled_body(guarded.rest_port, sent, 1_000_000) for _ in range(8)]
+
+    def answered() -> list[socket.socket]:
+        return select.select(stalled, [], [], 0)[0]
+
     try:
-        assert _until(lambda: select.select(stalled, [], [], 0)[0] != [])
-        answered = select.select(stalled, [], [], 0)[0]
-        assert 0 < len(answered) < len(stalled)
-        for conn in answered:
-            head = conn.recv(65536)
+        # settled: every connection is either answered or holds its whole body so far
+        assert _until(lambda: budget.in_flight == 2 * sent * (len(stalled) - len(answered())))
+        refused = answered()
+        assert 0 < len(refused) < len(stalled)
+        for conn in refused:
+            try:
+                head = conn.recv(65536)
+            except ConnectionResetError:
+                continue  # closed mid-body, its unread bytes reset the connection: also refused
             assert head.startswith(b"HTTP/1.1 429"), head[:200]
             assert b"server busy" in head
         assert budget.in_flight <= limit
-        assert _until(lambda: budget.in_flight >= 2 * 800_000 * (len(stalled) - len(answered)))
     finally:
         for conn in stalled:
             conn.close()
     assert _until(lambda: budget.in_flight == 0)
     served = guarded.http("POST", "/v1/models/half_plus_two:predict", _predict_body(1024))
+    assert served.status == 200
+
+
+@pytest.fixture(scope="module")
+def impatient(model_root):
+    """A server whose REST requests must be done, answer written, within 6 s; 16 MiB bodies."""
+    options = server_options(
+        [ModelConfig("half_plus_two", str(model_root / "half_plus_two"))],
+        rest=RestOptions(max_body_bytes=16 << 20, timeout_seconds=6.0),
+    )
+    running = RunningServer(options, StaticKeyProvider({}))
+    yield running
+    running.stop()
+
+
+def test_an_answer_its_client_does_not_read_is_dropped_at_the_timeout(impatient):
+    """The slow-reader attack: ask for large answers and never read them, so the server keeps
+    each in its socket buffers. The answer is written within the request's timeout and held
+    in the budget until the socket has taken it: unread, it is counted, then dropped with its
+    connection when the timeout comes."""
+    budget = impatient.server.request_budget
+    values = 1_500_000  # a 6 MB body; an answer of about 9 MB, more than the socket buffers take
+    answer_cost = predict_response_cost({"y": np.zeros(values, np.float32)})
+    body = _predict_body(values)
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(60)
+        conn.connect(("127.0.0.1", impatient.rest_port))
+        conn.sendall(
+            b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert _until(lambda: budget.in_flight >= answer_cost)  # the answer, being written
+        assert _until(lambda: budget.in_flight == 0)  # ... until the timeout dropped it
+        received = b""
+        try:
+            while chunk := conn.recv(1 << 20):
+                received += chunk
+        except ConnectionResetError:
+            pass  # dropped: what was left unread is gone
+    head, _, answer = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    assert len(answer) < length  # cut short: the server did not keep it for us
+    served = impatient.http("POST", "/v1/models/half_plus_two:predict", _predict_body(3))
     assert served.status == 200

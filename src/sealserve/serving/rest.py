@@ -183,6 +183,7 @@ class _Call:
 
     model: str = ""
     api: str | None = None  # None: not a model API request (malformed path), not recorded
+    answer: web.StreamResponse | None = None  # once its writing has begun
 
 
 class _RestApi:
@@ -212,12 +213,15 @@ class _RestApi:
             return error_response(exc)
         except TimeoutError:
             status = Code.DEADLINE_EXCEEDED.name
+            if call.answer is not None:  # its client stopped reading it: drop it, and them
+                if request.transport is not None:
+                    request.transport.abort()
+                return call.answer
             return error_response(SealserveError("Request timed out", code=Code.DEADLINE_EXCEEDED))
-        except web.HTTPRequestEntityTooLarge:
-            status = Code.RESOURCE_EXHAUSTED.name
-            return error_response(
-                PayloadTooLarge(f"request body exceeds {self.options.max_body_bytes} bytes")
-            )
+        except ConnectionResetError:  # the client went away (status: CANCELLED)
+            if call.answer is not None:
+                return call.answer
+            return error_response(SealserveError("connection reset", code=Code.CANCELLED))
         except Exception:  # never a traceback to the caller
             status = Code.INTERNAL.name
             log.exception("REST request %s %s failed", request.method, request.path)
@@ -242,7 +246,12 @@ class _RestApi:
                     answer = await self._predict(spec, body, reservation)
                 else:
                     answer = await self._classify_or_regress(spec, body, verb.lower(), reservation)
-                return json_response(answer)
+                # written here, within the request's timeout and while the budget holds it: a
+                # client that does not read its answers cannot make the server keep them
+                call.answer = json_response(answer)
+                await call.answer.prepare(request)
+                await call.answer.write_eof()  # returns once the socket has taken all but 64 KiB
+                return call.answer
         if request.method == "GET" and (match := _GET.fullmatch(path)):
             name, version, label, metadata = match.groups()
             # TF Serving leaves `API` empty for these; ours name them
