@@ -4,7 +4,9 @@ Thin: match the route, read the body within limits, hand the work to the data pl
 `SealserveError` to TF Serving's status code and `{"error": ...}` body. Routes and messages
 follow `model_servers/http_rest_api_util.cc` and `http_rest_api_handler.cc`. Beyond TF
 Serving: caps on the body size, the gzip-decompressed size and JSON nesting (TF Serving has
-crashed on deeply nested JSON and gzip bombs), and TLS (see `tls.py`).
+crashed on deeply nested JSON and gzip bombs), the server's in-flight budget (shared with
+gRPC: a request holds its body, a bound of its parse and of its answer until the answer is
+sent, which must happen within the request timeout), and TLS (see `tls.py`).
 
 Also on this port: the Prometheus page at the monitoring config's path (as TF Serving), and
 probes for load balancers and Kubernetes, named as KServe's and Triton's (`/v2/health/...`)
