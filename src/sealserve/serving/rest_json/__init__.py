@@ -3,9 +3,11 @@ byte as TF Serving's RapidJSON writer does (`tensorflow_serving/util/json_tensor
 
 `parsing` (limits and RapidJSON's syntax errors), `values` (dtypes and the one base64 decoder
 of every verb), `predict`, `examples` (classify / regress), `numbers` and `text` (how TF
-Serving writes them). Deliberate differences, each safer than TF Serving: integers for
-DT_INT8/INT16/UINT8 must be in the dtype's range (TF wraps them modulo 2^n); values echoed in
-error messages are cut after 4096 characters; nesting depth and tensor rank are limited.
+Serving writes them). `parse_cost` and the `*_response_cost`s bound the memory parsing a
+body and writing an answer hold (what the server's in-flight budget charges a request).
+Deliberate differences, each safer than TF Serving: integers for DT_INT8/INT16/UINT8 must be
+in the dtype's range (TF wraps them modulo 2^n); values echoed in error messages are cut
+after 4096 characters; nesting depth and tensor rank are limited.
 Stateless; thread safe.
 """
 
@@ -39,6 +41,6 @@ __all__ = [
     "loads",
     "parse_cost",
     "parse_predict_request",
-    "regress_response_cost",
     "predict_response_cost",
+    "regress_response_cost",
 ]
