@@ -316,6 +316,7 @@ class _RestApi:
         depth = self.options.max_json_depth
 
         def decode() -> tuple[Resolved, rest_json.PredictRequest]:
+            reservation.grow(rest_json.parse_cost(body))  # a linear count: off the loop too
             resolved: list[Resolved] = []
 
             def lookup(signature_name: str) -> SignatureInfo:
@@ -332,14 +333,13 @@ class _RestApi:
             )
             return resolved[0], request
 
-        reservation.grow(rest_json.parse_cost(body))
+        def encode() -> bytes:
+            reservation.grow(rest_json.predict_response_cost(outputs))
+            return rest_json.format_predict_response(outputs, request.row_format)
+
         resolved, request = await _off_loop_if_large(decode, len(body))
         outputs = await self.dataplane.predict(resolved, request.inputs)
-        reservation.grow(rest_json.predict_response_cost(outputs))
-        size = sum(array.nbytes for array in outputs.values())
-        return await _off_loop_if_large(
-            lambda: rest_json.format_predict_response(outputs, request.row_format), size
-        )
+        return await _off_loop_if_large(encode, sum(a.nbytes for a in outputs.values()))
 
     async def _classify_or_regress(
         self, spec: ModelSpec, body: bytes, verb: str, reservation: Reservation
@@ -358,25 +358,29 @@ class _RestApi:
         depth = self.options.max_json_depth
 
         def decode() -> tuple[str, list[bytes]]:
+            # the parse, and the serialized tf.Examples made from it (about the body's size)
+            reservation.grow(rest_json.parse_cost(body) + len(body))
             return rest_json.examples_from_json(rest_json.loads(body, max_depth=depth))
 
-        # the parse, and the serialized tf.Examples made from it (about as large as the body)
-        reservation.grow(rest_json.parse_cost(body) + len(body))
         signature_name, serialized = await _off_loop_if_large(decode, len(body))
         resolved = self.dataplane.resolve_signature(handle, signature_name)
         if self.metrics is not None:
             self.metrics.record_examples(spec.name, len(serialized))
         if verb == "classify":
             rows = await self.dataplane.classify_async(resolved, serialized)
-            reservation.grow(rest_json.classify_response_cost(rows))
-            return await _off_loop_if_large(
-                lambda: rest_json.format_classify_response(rows), 32 * sum(map(len, rows))
-            )
+
+            def encode_classes() -> bytes:
+                reservation.grow(rest_json.classify_response_cost(rows))
+                return rest_json.format_classify_response(rows)
+
+            return await _off_loop_if_large(encode_classes, 32 * sum(map(len, rows)))
         values = await self.dataplane.regress_async(resolved, serialized)
-        reservation.grow(rest_json.regress_response_cost(values))
-        return await _off_loop_if_large(
-            lambda: rest_json.format_regress_response(values), 16 * len(values)
-        )
+
+        def encode_values() -> bytes:
+            reservation.grow(rest_json.regress_response_cost(values))
+            return rest_json.format_regress_response(values)
+
+        return await _off_loop_if_large(encode_values, 16 * len(values))
 
 
 async def _off_loop_if_large(work: Callable[[], T], size: int) -> T:
