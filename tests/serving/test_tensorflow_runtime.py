@@ -147,3 +147,24 @@ def test_anything_but_protos_from_the_deferred_package_starts_the_runtime():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2.0", "True", "True"]
     assert "cudart_stub" not in result.stderr and "cuInit" not in result.stderr
+
+
+GONE = """
+import os
+from sealserve.serving.tensorflow_runtime import _native_start_up_lines_dropped
+reader, writer = os.pipe()
+os.dup2(writer, 2)
+os.close(writer)
+os.close(reader)  # stderr: a pipe nobody reads any more
+with _native_start_up_lines_dropped():
+    os.write(2, b"a line with nowhere to go\\n")
+print("started")
+"""
+
+
+def test_a_stderr_gone_away_does_not_fail_the_start():
+    """Lines with nowhere to go are dropped; the start itself goes on."""
+    result = subprocess.run(
+        [sys.executable, "-c", GONE], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (0, "started\n")

@@ -258,8 +258,9 @@ class _LineFilter:
         _write_all(self.real_stderr, b"".join(kept))
 
     def pass_on_available(self, read_end: int) -> None:
-        """Everything the (non-blocking) pipe holds now."""
-        with contextlib.suppress(BlockingIOError):
+        """Everything the (non-blocking) pipe holds now. Runs in the starting thread: a
+        stderr gone away (nothing to say it on) must not fail TensorFlow's start."""
+        with contextlib.suppress(OSError):  # BlockingIOError too: the pipe is empty
             while chunk := os.read(read_end, 1 << 16):
                 self.pass_on(chunk)
 
