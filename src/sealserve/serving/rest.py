@@ -307,7 +307,7 @@ class _RestApi:
             raise InvalidArgument(f"Request body cannot be decoded: {exc.text}") from None
 
     async def _predict(self, spec: ModelSpec, body: bytes, reservation: Reservation) -> bytes:
-        with self.dataplane.handle(spec) as handle:  # held until the answer is written
+        with self.dataplane.handle(spec) as handle:  # held until the answer is built
             return await self._predict_on(handle, body, reservation)
 
     async def _predict_on(
@@ -344,7 +344,7 @@ class _RestApi:
     async def _classify_or_regress(
         self, spec: ModelSpec, body: bytes, verb: str, reservation: Reservation
     ) -> bytes:
-        with self.dataplane.handle(spec) as handle:  # held until the answer is written
+        with self.dataplane.handle(spec) as handle:  # held until the answer is built
             return await self._classify_or_regress_on(handle, spec, body, verb, reservation)
 
     async def _classify_or_regress_on(
