@@ -184,11 +184,10 @@ class Processes:
             raise ClusterFailed(f"{name} is already running")
         with open(log, "wb") as out:
             popen = subprocess.Popen(
-                argv,
+                as_user(user, argv),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                **as_user(user),
             )
         process = Process(name, popen, log, stop_signal)
         self.running[name] = process
@@ -229,12 +228,15 @@ class Processes:
             self.stop(name)
 
 
-def as_user(user: str | None) -> dict[str, Any]:
-    """`subprocess` arguments that run a command as `user` (None: as ourselves)."""
+def as_user(user: str | None, argv: list[str]) -> list[str]:
+    """`argv` run as `user` (None: as ourselves). setpriv drops the ids after an exec, so
+    this process never forks: `subprocess`'s user= would fork() a process whose gRPC
+    threads then run their fork handlers in the child, which can die before its exec."""
     if user is None:
-        return {}
+        return argv
     entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    ids = [f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+    return ["setpriv", *ids, "--", *argv]
 
 
 def tail(process: Process, lines: int = 15) -> str:
@@ -726,7 +728,7 @@ def _run(
     data = pg_dir / "data"
     initdb_argv = [initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]
     show(initdb_argv)
-    result = subprocess.run(initdb_argv, capture_output=True, text=True, **as_user(user))
+    result = subprocess.run(as_user(user, initdb_argv), capture_output=True, text=True)
     if result.returncode != 0:
         raise ClusterFailed(f"initdb failed: {(result.stdout + result.stderr).strip()}")
     pg_argv = [postgres, "-D", str(data), "-k", str(pg_dir), "-h", "", "-p", str(pg_port),

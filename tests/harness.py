@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -228,7 +228,8 @@ class Child:
     stderr): `self.ready` is that match, so the ports it bound are read from it. Both streams
     are collected in the background (no pipe fills up) for assertions after `stop()`. A
     process that exits, or stays silent for `timeout` seconds, fails the test with its
-    output. `preexec_fn` runs in the child before it executes (e.g. to lower a limit)."""
+    output. (Nothing runs in the child before its exec: a fork of this process, whose gRPC
+    threads run fork handlers, can die there. Wrap `argv` instead, e.g. in `prlimit`.)"""
 
     def __init__(
         self,
@@ -237,7 +238,6 @@ class Child:
         *,
         timeout: float = 120,
         env: dict[str, str] | None = None,
-        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.process = subprocess.Popen(
             [str(a) for a in argv],
@@ -245,7 +245,6 @@ class Child:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-            preexec_fn=preexec_fn,
         )
         self._out: list[str] = []
         self._err: list[str] = []
@@ -347,10 +346,8 @@ class KbsProcess(Child):
         self,
         argv: list[str | Path],
         timeout: float = 60,
-        *,
-        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(argv, KBS_LISTENING, timeout=timeout, preexec_fn=preexec_fn)
+        super().__init__(argv, KBS_LISTENING, timeout=timeout)
         self.url = self.ready["url"]
         self.port = int(self.ready["port"])
 

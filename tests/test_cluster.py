@@ -9,10 +9,15 @@ packages when missing): without them this test fails, it does not skip."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import threading
 from collections import Counter
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
 from examples import cluster
@@ -171,3 +176,39 @@ def test_the_balancer_config_is_layer_4_only(tmp_path: Path) -> None:
     for port in (9101, 9102, 9103, 9001, 9002, 9003):
         assert f"server 127.0.0.1:{port} max_fails=1" in config
     assert config.count("proxy_next_upstream on;") == 3
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a command as another user needs root")
+def test_commands_run_as_another_user_survive_a_parent_busy_with_grpc() -> None:
+    """The cluster starts PostgreSQL as user postgres from a process whose gRPC threads are
+    busy (the test session's channels, the load). Dropping privileges in a fork() of it ran
+    gRPC's fork handlers in the child, which now and then died before its exec (SIGSEGV;
+    "initdb failed: ... Epoll1Poller ... Bad file descriptor"): about 4 starts in 100."""
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, _: request)
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t", {"E": echo})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    done = threading.Event()
+
+    def call_until_done() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t/E")
+            while not done.is_set():
+                call(b"x")
+
+    callers = [threading.Thread(target=call_until_done) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    try:
+        codes = Counter(
+            subprocess.run(cluster.as_user("nobody", ["true"]), capture_output=True).returncode
+            for _ in range(300)
+        )
+    finally:
+        done.set()
+        for caller in callers:
+            caller.join()
+        server.stop(None)
+    assert codes == {0: 300}

@@ -382,13 +382,11 @@ def test_low_fd_limit_gives_no_traceback_storm(tmp_path: Path, sim_dir: Path, ce
     (tmp_path / "signing.pem").write_bytes(ECKey.generate_key("P-256").as_pem(private=True))
     (tmp_path / "signing.pem").chmod(0o600)
 
-    def low_limit() -> None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-
     kbs = KbsProcess(
         [
+            "prlimit",
+            "--nofile=64:64",
+            "--",
             SEALSERVE,
             "kbs",
             "serve",
@@ -407,7 +405,6 @@ def test_low_fd_limit_gives_no_traceback_storm(tmp_path: Path, sim_dir: Path, ce
             "--port",
             "0",
         ],
-        preexec_fn=low_limit,
     )
     held: list[socket.socket] = []
     try:

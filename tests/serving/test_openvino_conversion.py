@@ -328,14 +328,11 @@ print(libc.prctl(3, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE))
 def test_the_conversion_process_is_undumpable_before_it_reads_plaintext():
     """An exec makes a process dumpable again (the server's own PR_SET_DUMPABLE does not
     carry over): the conversion process turns it off itself; RLIMIT_CORE is inherited."""
-    import resource
-
     done = subprocess.run(
-        [sys.executable, "-c", PROTECTED],
+        ["prlimit", "--core=0:0", "--", sys.executable, "-c", PROTECTED],
         capture_output=True,
         text=True,
         timeout=GUARD_SECONDS,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)),
     )
     assert done.stdout.split(maxsplit=1) == ["0", "(0, 0)\n"]
 
