@@ -368,8 +368,10 @@ def add_services(
 ) -> health.HealthServicer | None:
     """Add TF Serving's services (and grpc.health.v1 if asked, returned so that the caller
     keeps it in step with readiness: see `set_health`). `handler_pool`: the server's
-    executor; quick Predict calls are answered in grpc's poller thread instead
-    (`grpc_inline`), and a handler thread waits for its batch inside its `waiting()`."""
+    executor, which takes a call only once its request message has arrived
+    (`grpc_inline.message_first`); quick Predict calls are answered in grpc's poller thread
+    instead (`grpc_inline`), and a handler thread waits for its batch inside its
+    `waiting()`."""
     prediction = PredictionService(
         dataplane, metrics, budget, max_response_bytes, handler_pool.waiting
     )
@@ -377,16 +379,38 @@ def add_services(
     prediction.Predict = grpc_inline.inline_when(  # type: ignore[method-assign,assignment]
         prediction.Predict, handler_pool, prediction.place_predict
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    registry = _MessageFirstRegistry(server, handler_pool)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, registry)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelService(dataplane, metrics, management), server
+        ModelService(dataplane, metrics, management), registry
     )
     if not health_check:
         return None
     servicer = health.HealthServicer()
     set_health(servicer, dataplane.ready())
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, registry)
     return servicer
+
+
+class _MessageFirstRegistry:
+    """What grpc's generated `add_*_to_server` functions register on instead of the server:
+    the handlers they add, as `grpc_inline.message_first` gives them."""
+
+    def __init__(self, server: grpc.Server, pool: HandlerPool) -> None:
+        self._server = server
+        self._pool = pool
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(grpc_inline.message_first(handler, self._pool) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service, grpc_inline.message_first_methods(handlers, self._pool)
+        )
 
 
 def set_health(servicer: health.HealthServicer, ready: bool) -> None:

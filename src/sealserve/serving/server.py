@@ -35,7 +35,7 @@ from aiohttp import web
 from grpc_health.v1 import health
 
 from sealserve.errors import Code, SealserveError
-from sealserve.serving import attested_identity, grpc_service, rest
+from sealserve.serving import attested_identity, grpc_inline, grpc_service, rest
 from sealserve.serving.attested_identity import AttestedIdentity, BrokeredIdentity
 from sealserve.serving.batching import BatchingOptions, BatchScheduler
 from sealserve.serving.dataplane import DataPlane
@@ -216,9 +216,8 @@ class ModelServer:
         if self._health is not None:
             self._health_watch = asyncio.create_task(self._follow_readiness(self._health))
         if self.options.attested is not None:
-            server.add_generic_rpc_handlers(
-                (attested_identity.grpc_attestation_handler(self.options.attested),)
-            )
+            attestation = attested_identity.grpc_attestation_handler(self.options.attested)
+            server.add_generic_rpc_handlers((grpc_inline.message_first(attestation, pool),))
         address = f"{self.options.bind_address}:{self.options.grpc_port}"
         try:
             if self.options.ssl is not None:
