@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Bodies (and outputs) up to this size are decoded (encoded) on the event loop
 INLINE_MAX_BYTES = 16 << 10
+# what is left of a refused body is read and dropped for this long at most (see `_refuse`);
+# then the connection is closed
+LINGER_SECONDS = 5.0
 
 _POST = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)"
@@ -188,6 +191,27 @@ class _Call:
     answer: web.StreamResponse | None = None  # once its writing has begun
 
 
+async def _refuse(request: web.Request, answer: web.Response) -> web.StreamResponse:
+    """`answer`, an error, to a request whose body may not have been read: written at once,
+    then what is left of the body is read and dropped, so that a client still sending it (as
+    most do, before reading anything) gets the answer rather than a reset when the connection
+    closes on its unread bytes. For `LINGER_SECONDS` at most, and never a compressed body: the
+    rest of it would be inflated on the event loop (that connection is closed after the
+    answer, as any whose body is unfinished)."""
+    content = request.content
+    if content.is_eof() or request.headers.get("Content-Encoding", "identity") != "identity":
+        return answer
+    try:
+        await answer.prepare(request)
+        await answer.write_eof()
+        async with asyncio.timeout(LINGER_SECONDS):
+            while await content.readany():
+                pass
+    except (TimeoutError, HttpProcessingError, RequestPayloadError, ConnectionError):
+        pass  # the client is slow or gone: aiohttp closes the connection
+    return answer
+
+
 class _RestApi:
     def __init__(
         self,
@@ -212,7 +236,7 @@ class _RestApi:
             return response
         except SealserveError as exc:
             status = exc.code.name
-            return error_response(exc)
+            return await _refuse(request, error_response(exc))
         except TimeoutError:
             status = Code.DEADLINE_EXCEEDED.name
             if call.answer is not None:  # its client stopped reading it: drop it, and them
