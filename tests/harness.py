@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,6 +57,14 @@ SERVING = re.compile(
 )
 #: `sealserve kbs serve`'s start-up line.
 KBS_LISTENING = re.compile(r"KBS listening on (?P<url>https?://[^\s:]+:(?P<port>\d+))")
+
+
+def until(condition: Callable[[], object], seconds: float = 60.0) -> bool:
+    """Whether `condition()` holds within `seconds` (polled every 10 ms)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(condition())
 
 
 def free_port() -> int:

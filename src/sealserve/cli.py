@@ -321,6 +321,16 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     measure.set_defaults(run=_measure)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
+
+
 def _port_or_off(text: str) -> int | None:
     """A port for a listener: a number, 0 for any free one, or `off` (None) for none."""
     if text.strip().lower() == "off":
@@ -504,6 +514,14 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         default=1024,
         help="gRPC calls in progress or queued at once; more are refused with "
         "RESOURCE_EXHAUSTED (default 1024)",
+    )
+    own.add_argument(
+        "--grpc_send_timeout_seconds",
+        type=_positive_seconds,
+        default=60.0,
+        help="drop a large gRPC answer its client has not taken this long after it was ready "
+        "(the call ends CANCELLED), and close a connection that answers no keepalive ping "
+        "within as long",
     )
     own.add_argument(
         "--max_request_bytes",
@@ -935,6 +953,7 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
         grpc_health_check=args.enable_grpc_healthcheck_service,
         grpc_threads=args.grpc_max_threads,
         grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
+        grpc_send_timeout_seconds=args.grpc_send_timeout_seconds,
         request_budget=BudgetOptions(args.max_request_bytes, args.max_in_flight_request_bytes),
         intra_op_threads=args.tensorflow_intra_op_parallelism,
         inter_op_threads=args.tensorflow_inter_op_parallelism,

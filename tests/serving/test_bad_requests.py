@@ -13,7 +13,6 @@ import resource
 import select
 import socket
 import threading
-import time
 import zlib
 
 import grpc
@@ -27,7 +26,7 @@ from sealserve.serving.request_budget import BudgetOptions
 from sealserve.serving.rest import RestOptions
 from sealserve.serving.rest_json import predict_response_cost
 from sealserve.serving.tensorflow_runtime import import_tensorflow
-from tests.harness import RunningServer, server_options
+from tests.harness import RunningServer, server_options, until
 
 tf = import_tensorflow()
 
@@ -294,13 +293,6 @@ def test_classify_and_regress_requests_count_against_the_budget(stub):
 # -- REST requests in the server's in-flight budget (shared with gRPC) ----------------------
 
 
-def _until(condition, seconds: float = 60.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return condition()
-
-
 def _predict_body(values: int) -> bytes:
     return b'{"instances": [' + b",".join([b"1.5"] * values) + b"]}"
 
@@ -318,7 +310,7 @@ def test_rest_requests_hold_their_bytes_in_the_servers_budget(guarded):
     served = guarded.http("POST", "/v1/models/half_plus_two:predict", body)
     assert served.status == 200
     assert served.json()["predictions"][:2] == [2.75, 2.75]
-    assert _until(lambda: budget.in_flight == 0)  # given back once its answer is written
+    assert until(lambda: budget.in_flight == 0)  # given back once its answer is written
 
 
 @pytest.mark.parametrize(
@@ -336,7 +328,7 @@ def test_a_rest_request_that_alone_exceeds_the_budget_is_a_413(guarded, body):
     result = guarded.http("POST", "/v1/models/half_plus_two:predict", body)
     assert result.status == 413, result.body[:300]
     assert "the server holds for all requests at once" in result.json()["error"]
-    assert _until(lambda: guarded.server.request_budget.in_flight == 0)
+    assert until(lambda: guarded.server.request_budget.in_flight == 0)
 
 
 def _stalled_body(port: int, sent: int, declared: int) -> socket.socket:
@@ -367,7 +359,7 @@ def test_bodies_sent_slowly_on_many_connections_cannot_hold_more_than_the_budget
 
     try:
         # settled: every connection is either answered or holds its whole body so far
-        assert _until(lambda: budget.in_flight == 2 * sent * (len(stalled) - len(answered())))
+        assert until(lambda: budget.in_flight == 2 * sent * (len(stalled) - len(answered())))
         refused = answered()
         assert 0 < len(refused) < len(stalled)
         for conn in refused:
@@ -381,7 +373,7 @@ def test_bodies_sent_slowly_on_many_connections_cannot_hold_more_than_the_budget
     finally:
         for conn in stalled:
             conn.close()
-    assert _until(lambda: budget.in_flight == 0)
+    assert until(lambda: budget.in_flight == 0)
     served = guarded.http("POST", "/v1/models/half_plus_two:predict", _predict_body(1024))
     assert served.status == 200
 
@@ -416,8 +408,8 @@ def test_an_answer_its_client_does_not_read_is_dropped_at_the_timeout(impatient)
             + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        assert _until(lambda: budget.in_flight >= answer_cost)  # the answer, being written
-        assert _until(lambda: budget.in_flight == 0)  # ... until the timeout dropped it
+        assert until(lambda: budget.in_flight >= answer_cost)  # the answer, being written
+        assert until(lambda: budget.in_flight == 0)  # ... until the timeout dropped it
         received = b""
         try:
             while chunk := conn.recv(1 << 20):

@@ -1,9 +1,13 @@
-"""gRPC clients that hold calls open without doing their part: calls whose request message
+"""gRPC clients that hold calls open without doing their part. Calls whose request message
 never comes must not hold the server's handler threads (one per CPU by default), so every
-other call is still answered."""
+other call is still answered; answers a client does not take stay in the request budget
+until they are dropped, at the send timeout or with the connection."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +24,12 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from sealserve.serving import grpc_service, tensor_proto
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.model_config import ModelConfig
+from sealserve.serving.request_budget import BudgetOptions
 from sealserve.serving.tensorflow_runtime import import_tensorflow
-from tests.harness import RunningServer, server_options
+from tests.harness import RunningServer, server_options, until
 
 tf = import_tensorflow()
 HANDLER_THREADS = 2
@@ -129,3 +135,164 @@ def test_a_call_closed_without_its_message_is_answered_as_grpc_does(
             list(channel.stream_stream(method)(iter(()), timeout=ANSWER_SECONDS))
         assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, method
         assert "requires exactly one request message" in refused.value.details(), method
+
+
+# -- answers their clients do not take ---------------------------------------------------
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+SEND_TIMEOUT = 4.0
+ANSWER_VALUES = 4_000_000  # a 16 MB answer: more than a connection's socket buffers take
+
+
+@pytest.fixture(scope="module")
+def impatient(model_root: Path) -> Iterator[RunningServer]:
+    """A server that drops answers not taken within 4 s."""
+    options = server_options(
+        [ModelConfig("half_plus_two", str(model_root / "half_plus_two"))],
+        grpc_max_message_bytes=64 << 20,
+        grpc_send_timeout_seconds=SEND_TIMEOUT,
+        request_budget=BudgetOptions(max_request_bytes=64 << 20, max_in_flight_bytes=256 << 20),
+    )
+    server = RunningServer(options, StaticKeyProvider({}))
+    yield server
+    server.stop()
+
+
+def _large_answer_request() -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(ANSWER_VALUES, np.float32)))
+    return request
+
+
+def _answer_bytes() -> int:
+    """What the server charges the answer to `_large_answer_request`."""
+    return (
+        grpc_service.RESPONSE_OVERHEAD_BYTES
+        + grpc_service.TENSOR_OVERHEAD_BYTES
+        + tensor_proto.encoded_bytes_estimate(np.ones(ANSWER_VALUES, np.float32))
+    )
+
+
+def _served_afterwards(server: RunningServer) -> float:
+    channel = server.channel()
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(3, np.float32)))
+        return stub.Predict(request, timeout=ANSWER_SECONDS).outputs["y"].float_val[0]
+    finally:
+        channel.close()
+
+
+def test_an_answer_its_client_grants_no_window_for_is_held_in_the_budget_then_dropped(
+    impatient: RunningServer,
+) -> None:
+    """The slow-reader attack over HTTP/2: read the socket (so keepalive pings are answered)
+    but never grant the flow-control window the answer needs. Before: the answer left the
+    budget when its handler returned and stayed in grpc's buffers for as long as the client
+    liked. Now it is counted until the call ends, and dropped at the send timeout."""
+    budget = impatient.server.request_budget
+    channel = impatient.channel(
+        options=[
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.http2.bdp_probe", 0),  # the window stays at its initial 64 KiB
+        ]
+    )
+    try:
+        # a stream that is never read: grpc grants no window beyond the initial one
+        unread = channel.unary_stream(
+            PREDICT,
+            request_serializer=predict_pb2.PredictRequest.SerializeToString,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+        )(_large_answer_request())
+        # the handler has returned (its request and inputs released): only the answer
+        assert until(lambda: budget.in_flight == _answer_bytes())
+        assert until(lambda: budget.in_flight == 0)  # dropped at the send timeout
+        with pytest.raises(grpc.RpcError) as dropped:
+            next(unread)
+        assert dropped.value.code() is grpc.StatusCode.CANCELLED
+    finally:
+        channel.close()
+    assert _served_afterwards(impatient) == 2.5
+
+
+STOPPED_CLIENT = """
+import sys, grpc
+from tensorflow_serving.apis import predict_pb2
+channel = grpc.insecure_channel(sys.argv[1], options=[
+    ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+predict = channel.unary_unary(
+    "/tensorflow.serving.PredictionService/Predict",
+    response_deserializer=predict_pb2.PredictResponse.FromString)
+try:
+    predict(sys.stdin.buffer.read(), timeout=600)
+    print("answered")
+except grpc.RpcError as error:
+    print(error.code().name)
+"""
+
+
+def test_an_answer_to_a_client_that_stopped_reading_is_dropped_with_its_connection(
+    impatient: RunningServer,
+) -> None:
+    """A client that stops reading its socket altogether (here: a process stopped) cannot
+    even be sent a cancellation: the connection answers no keepalive ping, so it is closed,
+    and the answer with it."""
+    budget = impatient.server.request_budget
+    client = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_CLIENT, f"127.0.0.1:{impatient.grpc_port}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=False,
+    )
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(_large_answer_request().SerializeToString())
+        client.stdin.close()
+        assert until(lambda: budget.in_flight > 0)  # the request has arrived whole
+        client.send_signal(signal.SIGSTOP)
+        assert until(lambda: budget.in_flight == _answer_bytes())  # handler done, unread
+        assert until(lambda: budget.in_flight == 0)  # the connection closed
+        client.send_signal(signal.SIGCONT)
+        assert client.stdout.read().decode().strip() in ("UNAVAILABLE", "CANCELLED")
+    finally:
+        client.send_signal(signal.SIGCONT)
+        client.kill()
+        client.wait()
+    assert _served_afterwards(impatient) == 2.5
+
+
+SILENT_CLIENT = """
+import sys, threading, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+never = threading.Event()
+def no_message():
+    never.wait()
+    yield b""
+call = channel.stream_stream("/grpc.health.v1.Health/Check")(no_message())
+sys.stdin.read()  # until the test ends
+"""
+
+
+def test_a_connection_that_answers_no_keepalive_ping_is_closed(
+    impatient: RunningServer,
+) -> None:
+    """A client gone silent (a process stopped, a peer cut off) with a call open: the server
+    pings it after the send timeout without traffic and closes the connection when the ping is
+    not answered within as long again, ending its calls. Before: they were kept for ever."""
+    state = impatient.server._grpc._state  # grpc's own count of calls in progress
+    client = subprocess.Popen(
+        [sys.executable, "-c", SILENT_CLIENT, f"127.0.0.1:{impatient.grpc_port}"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        assert until(lambda: state.active_rpc_count == 1)
+        client.send_signal(signal.SIGSTOP)
+        assert until(lambda: state.active_rpc_count == 0)
+    finally:
+        client.send_signal(signal.SIGCONT)
+        client.kill()
+        client.wait()

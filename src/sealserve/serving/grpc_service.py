@@ -43,11 +43,12 @@ from tensorflow_serving.apis import (
 from sealserve.errors import Code, InvalidArgument, PermissionDenied, SealserveError
 from sealserve.serving import api_protos, grpc_inline, model_config, tensor_proto
 from sealserve.serving.dataplane import DataPlane, ModelSpec, Resolved
+from sealserve.serving.grpc_delivery import Deliveries
 from sealserve.serving.handler_pool import HandlerPool
 from sealserve.serving.inference import examples_from_input
 from sealserve.serving.metrics import Metrics
 from sealserve.serving.model_management import NOT_ALLOWED, ModelManagementPolicy
-from sealserve.serving.request_budget import RequestBudget, ResourceExhausted
+from sealserve.serving.request_budget import RequestBudget, Reservation, ResourceExhausted
 from sealserve.serving.signatures import CLASSIFY_METHOD, REGRESS_METHOD, check_aliases
 
 log = logging.getLogger(__name__)
@@ -108,17 +109,27 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         budget: RequestBudget | None = None,
         max_response_bytes: int = 1 << 31,
         batch_wait: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+        deliveries: Deliveries | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.budget = budget if budget is not None else RequestBudget()
         self.max_response_bytes = max_response_bytes
         self.batch_wait = batch_wait  # around a handler thread's wait for its batch
+        # large answers stay in the budget until their client has taken them
+        self.deliveries = deliveries if deliveries is not None else Deliveries(60.0)
 
     def _examples_budget(self, request: Any) -> Any:
         """A reservation for a Classify/Regress/MultiInference request: the message, and the
         serialized examples made from it (about as large again)."""
         return self.budget.reserve(2 * request.ByteSize())
+
+    def _deliver(self, context: Any, reservation: Reservation, response: Any) -> Any:
+        """`response`, charged to `reservation` and held until its client has taken it."""
+        size = response.ByteSize()
+        reservation.grow(size)
+        self.deliveries.hold(context, reservation, size)
+        return response
 
     def _examples(self, model: str, request_input: Any) -> list[bytes]:
         serialized = examples_from_input(request_input)
@@ -191,6 +202,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 for alias, array in outputs.items():  # typed fields, as TF Serving answers
                     tensor_proto.from_numpy(array, out=response.outputs[alias])
                 _fill_spec(response.model_spec, resolved)
+                self.deliveries.hold(context, reservation, estimate)
                 return response
 
         return _guarded(context, predict, self.metrics, request.model_spec.name, "Predict")
@@ -216,9 +228,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def classify() -> Any:
             with (
                 self.dataplane.resolve(model_spec(request.model_spec)) as resolved,
-                self._examples_budget(request),
+                self._examples_budget(request) as reservation,
             ):
-                return work(resolved)
+                return self._deliver(context, reservation, work(resolved))
 
         def work(resolved: Any) -> Any:
             examples = self._examples(request.model_spec.name, request.input)
@@ -234,9 +246,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def regress() -> Any:
             with (
                 self.dataplane.resolve(model_spec(request.model_spec)) as resolved,
-                self._examples_budget(request),
+                self._examples_budget(request) as reservation,
             ):
-                return work(resolved)
+                return self._deliver(context, reservation, work(resolved))
 
         def work(resolved: Any) -> Any:
             examples = self._examples(request.model_spec.name, request.input)
@@ -258,7 +270,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     "All ModelSpecs in a MultiInferenceRequest must access the same model name."
                 )
             with contextlib.ExitStack() as held:
-                held.enter_context(self._examples_budget(request))
+                reservation = held.enter_context(self._examples_budget(request))
                 tasks = [
                     (
                         held.enter_context(self.dataplane.resolve(model_spec(t.model_spec))),
@@ -266,7 +278,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     )
                     for t in request.tasks
                 ]
-                return work(tasks)
+                return self._deliver(context, reservation, work(tasks))
 
         def work(tasks: list[tuple[Any, str]]) -> Any:
             serialized = self._examples(request.tasks[0].model_spec.name, request.input)
@@ -365,15 +377,16 @@ def add_services(
     management: ModelManagementPolicy | None = None,
     budget: RequestBudget | None = None,
     max_response_bytes: int = 1 << 31,
+    deliveries: Deliveries | None = None,
 ) -> health.HealthServicer | None:
     """Add TF Serving's services (and grpc.health.v1 if asked, returned so that the caller
     keeps it in step with readiness: see `set_health`). `handler_pool`: the server's
     executor, which takes a call only once its request message has arrived
     (`grpc_inline.message_first`); quick Predict calls are answered in grpc's poller thread
     instead (`grpc_inline`), and a handler thread waits for its batch inside its
-    `waiting()`."""
+    `waiting()`. `deliveries`: where large answers wait for their clients."""
     prediction = PredictionService(
-        dataplane, metrics, budget, max_response_bytes, handler_pool.waiting
+        dataplane, metrics, budget, max_response_bytes, handler_pool.waiting, deliveries
     )
     # an instance attribute: the behaviour grpc's generated registration picks up
     prediction.Predict = grpc_inline.inline_when(  # type: ignore[method-assign,assignment]

@@ -94,6 +94,15 @@ class Reservation:
         self._budget._take(nbytes)
         self.held += nbytes
 
+    def split(self, nbytes: int) -> Reservation:
+        """A new reservation holding `nbytes` of this one's (which no longer holds them): a
+        part that outlives the rest, as an answer its client has yet to take."""
+        if not 0 <= nbytes <= self.held:
+            raise ValueError(f"cannot split {nbytes} bytes off a reservation of {self.held}")
+        part = Reservation(self._budget)
+        part.held, self.held = nbytes, self.held - nbytes
+        return part
+
     def release(self) -> None:
         held, self.held = self.held, 0
         if held:

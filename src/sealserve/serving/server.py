@@ -35,7 +35,7 @@ from aiohttp import web
 from grpc_health.v1 import health
 
 from sealserve.errors import Code, SealserveError
-from sealserve.serving import attested_identity, grpc_inline, grpc_service, rest
+from sealserve.serving import attested_identity, grpc_delivery, grpc_inline, grpc_service, rest
 from sealserve.serving.attested_identity import AttestedIdentity, BrokeredIdentity
 from sealserve.serving.batching import BatchingOptions, BatchScheduler
 from sealserve.serving.dataplane import DataPlane
@@ -81,6 +81,9 @@ class ServerOptions:
     # a pool of channels), waiting in grpc's queue for a handler thread; memory is bounded
     # by the byte budget, so this only bounds their number.
     grpc_max_concurrent_rpcs: int = 1024
+    # a large answer its client has not taken this long after it was ready is dropped; a
+    # connection that answers no keepalive ping within as long is closed (`grpc_delivery`)
+    grpc_send_timeout_seconds: float = 60.0
     request_budget: BudgetOptions = BudgetOptions()  # request bytes per request / in flight
     intra_op_threads: int = 0  # 0: TensorFlow decides
     inter_op_threads: int = 0
@@ -135,6 +138,7 @@ class ModelServer:
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self._grpc: grpc.Server | None = None
+        self._deliveries = grpc_delivery.Deliveries(options.grpc_send_timeout_seconds)
         self._rest: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._draining = False
@@ -200,6 +204,7 @@ class ModelServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                *grpc_delivery.keepalive_options(self.options.grpc_send_timeout_seconds),
             ],
             maximum_concurrent_rpcs=self.options.grpc_max_concurrent_rpcs,
         )
@@ -212,6 +217,7 @@ class ModelServer:
             management=self.options.model_management,
             budget=self.request_budget,
             max_response_bytes=limit,
+            deliveries=self._deliveries,
         )
         if self._health is not None:
             self._health_watch = asyncio.create_task(self._follow_readiness(self._health))
@@ -313,6 +319,7 @@ class ModelServer:
         if self._grpc is not None:
             stopped = self._grpc.stop(grace)  # a threading.Event, set once calls have ended
             await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
+        self._deliveries.close()
         if self._rest is not None:
             await self._rest.cleanup()
         self.manager.stop()
