@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sealserve import __version__
 from sealserve.errors import FailedPrecondition, InvalidArgument, NotFound, SealserveError
+from sealserve.serving.grpc_delivery import SEND_TIMEOUT_SECONDS  # no grpc, no TensorFlow
 from sealserve.serving.request_budget import BudgetOptions  # no TensorFlow: a dataclass
 
 if TYPE_CHECKING:
@@ -518,7 +519,7 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
     own.add_argument(
         "--grpc_send_timeout_seconds",
         type=_positive_seconds,
-        default=60.0,
+        default=SEND_TIMEOUT_SECONDS,
         help="drop a large gRPC answer its client has not taken this long after it was ready "
         "(the call ends CANCELLED), and close a connection that answers no keepalive ping "
         "within as long",

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # answers below this many bytes are not followed (1024 calls at most hold 64 MiB of them)
 SMALL_ANSWER_BYTES = 64 << 10
 SWEEP_SECONDS = 1.0  # an idle sweeper looks again this often
+SEND_TIMEOUT_SECONDS = 60.0  # by default (--grpc_send_timeout_seconds)
 
 
 def keepalive_options(timeout_seconds: float) -> list[tuple[str, int]]:
@@ -119,4 +120,4 @@ class Deliveries:
                 delivery.context.cancel()
 
 
-__all__ = ["SMALL_ANSWER_BYTES", "Deliveries", "keepalive_options"]
+__all__ = ["SEND_TIMEOUT_SECONDS", "SMALL_ANSWER_BYTES", "Deliveries", "keepalive_options"]

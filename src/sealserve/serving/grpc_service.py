@@ -43,7 +43,7 @@ from tensorflow_serving.apis import (
 from sealserve.errors import Code, InvalidArgument, PermissionDenied, SealserveError
 from sealserve.serving import api_protos, grpc_inline, model_config, tensor_proto
 from sealserve.serving.dataplane import DataPlane, ModelSpec, Resolved
-from sealserve.serving.grpc_delivery import Deliveries
+from sealserve.serving.grpc_delivery import SEND_TIMEOUT_SECONDS, Deliveries
 from sealserve.serving.handler_pool import HandlerPool
 from sealserve.serving.inference import examples_from_input
 from sealserve.serving.metrics import Metrics
@@ -117,7 +117,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.max_response_bytes = max_response_bytes
         self.batch_wait = batch_wait  # around a handler thread's wait for its batch
         # large answers stay in the budget until their client has taken them
-        self.deliveries = deliveries if deliveries is not None else Deliveries(60.0)
+        self.deliveries = deliveries if deliveries is not None else Deliveries(SEND_TIMEOUT_SECONDS)
 
     def _examples_budget(self, request: Any) -> Any:
         """A reservation for a Classify/Regress/MultiInference request: the message, and the

@@ -199,7 +199,8 @@ async def _refuse(request: web.Request, answer: web.Response) -> web.StreamRespo
     rest of it would be inflated on the event loop (that connection is closed after the
     answer, as any whose body is unfinished)."""
     content = request.content
-    if content.is_eof() or request.headers.get("Content-Encoding", "identity") != "identity":
+    encoding = request.headers.get("Content-Encoding", "identity").lower()
+    if content.is_eof() or encoding != "identity":
         return answer
     try:
         await answer.prepare(request)

@@ -83,7 +83,7 @@ class ServerOptions:
     grpc_max_concurrent_rpcs: int = 1024
     # a large answer its client has not taken this long after it was ready is dropped; a
     # connection that answers no keepalive ping within as long is closed (`grpc_delivery`)
-    grpc_send_timeout_seconds: float = 60.0
+    grpc_send_timeout_seconds: float = grpc_delivery.SEND_TIMEOUT_SECONDS
     request_budget: BudgetOptions = BudgetOptions()  # request bytes per request / in flight
     intra_op_threads: int = 0  # 0: TensorFlow decides
     inter_op_threads: int = 0
