@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import grpc
@@ -104,6 +105,32 @@ def test_editing_the_model_config_file_reloads_it(polled, paths, caplog):
     config.write_text("this is not a text proto")  # a bad edit keeps what is served
     wait_until(lambda: "not applied" in caplog.text, "the bad edit was never read")
     assert predict_status(server, "b") == 200
+
+
+def test_an_edit_made_while_the_server_started_is_applied(tmp_path, paths):
+    """The file says a and b, the server started with a: as when the file is edited after
+    the server read it but before it began to poll (a test that wrote the config as soon as
+    the server said it was serving found the edit never applied, now and then)."""
+    config = tmp_path / "models.config"
+    config.write_text(config_text(paths))
+    options = server_options(
+        [ModelConfig("a", paths["a"])], model_config_file=str(config), model_config_poll_seconds=0.1
+    )
+    server = RunningServer(options, StaticKeyProvider({"b": SECRET_KEY}))
+    try:
+        wait_until(lambda: predict_status(server, "b") == 200, "the edit was never applied")
+        assert predict_status(server, "a") == 200
+    finally:
+        server.stop()
+
+
+def test_the_first_poll_of_an_unchanged_file_reloads_nothing(polled, caplog):
+    caplog.set_level(logging.INFO, logger="sealserve")
+    config, server = polled
+    served = loaded_servable(server, "a")
+    time.sleep(0.5)  # several polls of the file the server started from
+    assert "reloaded" not in caplog.text
+    assert loaded_servable(server, "a") is served
 
 
 PLATFORM_CHANGE = (

@@ -288,18 +288,22 @@ class ModelServer:
             grpc_service.set_health(servicer, self.manager.ready())
 
     async def _watch_model_config(self) -> None:
-        """Reload the models when the config file changes (a bad file keeps the old list)."""
+        """Reload the models when the config file changes (a bad file keeps the old list).
+        The first poll compares the file with the models the server started with, not with
+        the file as it then is: an edit made while the server started is applied too."""
         path = self.options.model_config_file
         assert path is not None
-        last = _read_quietly(path)
+        last: str | None = None
         while True:
             await asyncio.sleep(self.options.model_config_poll_seconds)
             text = _read_quietly(path)
             if text is None or text == last:
                 continue
-            last = text
+            first, last = last is None, text
             try:
                 configs = parse_model_config_text(text, path)
+                if first and configs == self.options.models:
+                    continue
                 # off the loop and the inference threads; the loads go on in the background
                 reload = functools.partial(self.manager.reload, configs, wait=False)
                 await _on_daemon_thread(reload, "sealserve-reload")
