@@ -178,7 +178,7 @@ def test_the_balancer_config_is_layer_4_only(tmp_path: Path) -> None:
     assert config.count("proxy_next_upstream on;") == 3
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() != 0, reason="running a command as another user needs root")
 def test_commands_run_as_another_user_survive_a_parent_busy_with_grpc() -> None:
     """The cluster starts PostgreSQL as user postgres from a process whose gRPC threads are

@@ -18,7 +18,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from sealserve.serving import grpc_inline, grpc_service
 from sealserve.serving.keys import StaticKeyProvider
 from sealserve.serving.model_config import ModelConfig
-from sealserve.serving.servable import Servable
+from sealserve.serving.servable import QUICK_RUN_SECONDS, Servable
 from sealserve.serving.tensorflow_runtime import import_tensorflow
 from tests.harness import RunningServer, server_options
 
@@ -157,3 +157,58 @@ def test_concurrent_callers_each_get_their_own_answer(running):
             assert all(callers.map(caller, range(8)))
     finally:
         channel.close()
+
+
+class _Count(tf.Module):
+    """A loop counted to its input: about 20 µs a run for 1, 32 s for ten million."""
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64, name="n")])
+    def count(self, n):  # noqa: ANN001, ANN201
+        one = tf.constant(1, tf.int64)
+        return {"y": tf.while_loop(lambda i: i < n, lambda i: i + one, [0 * one])[0]}
+
+
+@pytest.fixture(scope="module")
+def counting(tmp_path_factory: pytest.TempPathFactory, model_root: Path) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("count")
+    module = _Count()
+    tf.saved_model.save(module, str(root / "1"), signatures={"serving_default": module.count})
+    options = server_options(
+        [
+            ModelConfig("count", str(root)),
+            ModelConfig("half_plus_two", str(model_root / "half_plus_two")),
+        ]
+    )
+    server = RunningServer(options, StaticKeyProvider({}))
+    yield server
+    server.stop()
+
+
+def test_a_signature_whose_work_an_input_decides_never_runs_in_the_poller_thread(
+    counting: RunningServer, run_threads: list[str]
+) -> None:
+    """Before: the loop's runs were quick, so the poller thread ran the next one whatever its
+    count: one request could stall every gRPC call of the server for as long as it chose
+    (`bounded_ops`). Now it always runs in a handler thread; half_plus_two stays inline."""
+    channel = counting.channel()
+    try:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        count = predict_pb2.PredictRequest()
+        count.model_spec.name = "count"
+        count.inputs["n"].CopyFrom(tf.make_tensor_proto(np.int64(3)))
+        warm(predict)
+        with counting.manager.handle("count") as handle:
+            for _ in range(200):  # until its runs are as quick as the poller thread takes
+                assert tf.make_ndarray(predict.Predict(count, timeout=30).outputs["y"]) == 3
+                if handle.servable._fast_run["serving_default"] < QUICK_RUN_SECONDS:
+                    break
+            assert handle.servable._fast_run["serving_default"] < QUICK_RUN_SECONDS
+        run_threads.clear()
+        predict.Predict(count, timeout=30)
+        assert answer(predict, request([1.0])) == [2.5]
+    finally:
+        channel.close()
+    with counting.manager.handle("count") as handle:
+        assert handle.servable.quick("serving_default") is False
+    assert run_threads[0].startswith(HANDLER_THREADS)
+    assert not run_threads[1].startswith(HANDLER_THREADS)

@@ -49,6 +49,7 @@ from sealserve.model_tree import MANIFEST_NAME, ProtectedTree, is_protected_tree
 from sealserve.model_tree.tree import list_tree
 from sealserve.protected_files.format import FILE_ID, GRAPHENE_FILE_ID
 from sealserve.serving import tfrecord
+from sealserve.serving.bounded_ops import bounded_signatures
 from sealserve.serving.graph_call import GraphCall
 from sealserve.serving.keys import KeyProvider
 from sealserve.serving.memory_load import (
@@ -261,7 +262,8 @@ class VersionLoader:
         """The servable of a SavedModel whose `saved_model.pb` (or `.pbtxt`) and warm-up
         file are `kept`, whose files are `files()`, and which TensorFlow reads at `root()`.
         Nothing here starts TensorFlow's runtime unless a signature runs on it."""
-        signature_defs = signature_defs_of(kept, self.options.tags)
+        meta_graph = meta_graph_of(kept, self.options.tags)
+        signature_defs = dict(meta_graph.signature_def)
         warmup: list[WarmupRequest] = []
         if self.options.warmup and WARMUP_FILE in kept:
             warmup = warmup_requests(kept[WARMUP_FILE])
@@ -271,7 +273,14 @@ class VersionLoader:
         else:
             with root() as where:
                 runners, resources = self._runners(where, signature_defs)
-        servable = Servable(self.name, self.version, runners, signature_defs, resources)
+        servable = Servable(
+            self.name,
+            self.version,
+            runners,
+            signature_defs,
+            resources,
+            bounded=bounded_signatures(meta_graph),
+        )
         servable.runtime_labels = labels
         if warmup:
             replay_warmup(servable, warmup)
@@ -347,10 +356,8 @@ class VersionLoader:
 WarmupRequest = tuple[str, dict[str, np.ndarray], tuple[str, ...]]
 
 
-def signature_defs_of(
-    files: Mapping[str, bytes | bytearray], tags: Sequence[str]
-) -> dict[str, Any]:
-    """The `SignatureDef`s of the MetaGraph `tags` of a SavedModel, from its
+def meta_graph_of(files: Mapping[str, bytes | bytearray], tags: Sequence[str]) -> Any:
+    """The MetaGraphDef `tags` of a SavedModel (its signatures and graph), from its
     `saved_model.pb` (or `saved_model.pbtxt`) in `files`: TensorFlow's protos only."""
     from google.protobuf import text_format
     from google.protobuf.message import DecodeError
@@ -370,7 +377,7 @@ def signature_defs_of(
     wanted = set(tags)
     for meta_graph in message.meta_graphs:
         if set(meta_graph.meta_info_def.tags) == wanted:
-            return dict(meta_graph.signature_def)
+            return meta_graph
     raise InvalidArgument(f"the SavedModel has no MetaGraph with tags {sorted(wanted)}")
 
 

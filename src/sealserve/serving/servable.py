@@ -72,7 +72,11 @@ class Servable:
         runners: dict[str, Runner],
         signature_defs: dict[str, Any],
         resources: Any = None,
+        bounded: frozenset[str] | None = None,
     ) -> None:
+        """`bounded`: the signatures whose runs cost no more than their inputs' sizes say
+        (`bounded_ops`), the only ones that may be `quick`; None: every one (runners that
+        are not a model's graph)."""
         self.name = name
         self.version = version
         self.signature_defs = signature_defs  # SignatureDef protos, for the metadata API
@@ -80,6 +84,7 @@ class Servable:
         self._runners = {key: run for key, run in runners.items() if key in self.signatures}
         self._resources = resources  # what the runners run on (a Session, variables)
         self._fast_run: dict[str, float] = {}  # per signature: its fastest recent run, s
+        self._bounded = bounded
         self.run_observer: RunObserver | None = None
         self.runtime_labels: dict[str, str] = {}  # per signature, when not "TF"
         self._closed = False
@@ -131,7 +136,10 @@ class Servable:
 
     def quick(self, key: str) -> bool:
         """Whether recent runs of signature `key` take under `QUICK_RUN_SECONDS` (False
-        until it has run): such runs may be made without a trip to a thread."""
+        until it has run) and no input can make one take much longer (`bounded`): such runs
+        may be made without a trip to a thread."""
+        if self._bounded is not None and key not in self._bounded:
+            return False
         return self._fast_run.get(key, QUICK_RUN_SECONDS) < QUICK_RUN_SECONDS
 
     def check_request(
