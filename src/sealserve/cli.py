@@ -332,6 +332,22 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+def _grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """TF Serving's --grpc_channel_arguments: "key=value,..."; integers as integers."""
+    arguments: list[tuple[str, int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE")
+        try:
+            number = int(value)
+        except ValueError:
+            arguments.append((key.strip(), value))
+            continue
+        arguments.append((key.strip(), number if -(2**31) <= number < 2**31 else value))
+    return tuple(arguments)
+
+
 def _port_or_off(text: str) -> int | None:
     """A port for a listener: a number, 0 for any free one, or `off` (None) for none."""
     if text.strip().lower() == "off":
@@ -386,6 +402,14 @@ def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
         default=0,
         help="threads handling gRPC calls (default 0: one per CPU, plus two batches' worth, "
         "up to 64, with --enable_batching)",
+    )
+    tf.add_argument(
+        "--grpc_channel_arguments",
+        type=_grpc_channel_arguments,
+        default=(),
+        metavar="KEY=VALUE,...",
+        help="arguments for the gRPC server, comma-separated, as TF Serving takes them (e.g. "
+        "grpc.max_connection_age_ms=2000): a value that is a 32-bit integer is passed as one",
     )
     for name, default, text in (
         ("--enable_model_warmup", True, "replay assets.extra/tf_serving_warmup_requests"),
@@ -951,6 +975,7 @@ def _server_options(args: argparse.Namespace, keys: KeyProvider) -> ServerOption
             idle_timeout_seconds=args.rest_api_idle_timeout_seconds,
         ),
         grpc_max_message_bytes=args.grpc_max_message_bytes,
+        grpc_channel_arguments=args.grpc_channel_arguments,
         grpc_health_check=args.enable_grpc_healthcheck_service,
         grpc_threads=args.grpc_max_threads,
         grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,

@@ -194,3 +194,45 @@ def test_messages_over_the_limit_are_refused_then_service_continues(stubs, serve
     assert tf.make_ndarray(
         stubs[0].Predict(predict_request("half_plus_two", [2.0])).outputs["y"]
     ).tolist() == [3.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "arguments"),
+    [
+        ("grpc.max_connection_age_ms=2000", (("grpc.max_connection_age_ms", 2000),)),
+        (
+            "grpc.a=x, grpc.b=-3,grpc.c=4294967296,",
+            (("grpc.a", "x"), ("grpc.b", -3), ("grpc.c", "4294967296")),
+        ),
+        ("", ()),
+    ],
+)
+def test_grpc_channel_arguments_are_read_as_tf_serving_reads_them(text, arguments):
+    from sealserve import cli
+
+    argv = ["serve", "--model_base_path=/m", f"--grpc_channel_arguments={text}"]
+    assert cli.build_parser().parse_args(argv).grpc_channel_arguments == arguments
+
+
+def test_grpc_channel_arguments_reach_the_server_over_its_own(model_root):
+    """--grpc_channel_arguments=grpc.max_receive_message_length=1024 wins over the server's
+    own limit (--grpc_max_message_bytes): a 2 KB request is refused by grpc itself."""
+    from sealserve.serving.keys import StaticKeyProvider
+    from sealserve.serving.model_config import ModelConfig
+    from tests.harness import RunningServer, server_options
+
+    options = server_options(
+        [ModelConfig("half_plus_two", str(model_root / "half_plus_two"))],
+        grpc_channel_arguments=(("grpc.max_receive_message_length", 1024),),
+    )
+    server = RunningServer(options, StaticKeyProvider({}))
+    try:
+        channel = server.channel()
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert predict.Predict(predict_request("half_plus_two", [1.0]), timeout=30).outputs
+        with pytest.raises(grpc.RpcError) as refused:
+            predict.Predict(predict_request("half_plus_two", [1.0] * 512), timeout=30)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        channel.close()
+    finally:
+        server.stop()

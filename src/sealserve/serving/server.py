@@ -74,6 +74,8 @@ class ServerOptions:
     manager: ManagerOptions = field(default_factory=ManagerOptions)
     rest: rest.RestOptions = field(default_factory=rest.RestOptions)
     grpc_max_message_bytes: int = 256 << 20
+    # --grpc_channel_arguments: (key, value) for grpc's server, over the ones set here
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
     grpc_health_check: bool = False
     grpc_threads: int = 0  # --grpc_max_threads; 0: `grpc_threads(batching)`
     # RPCs in progress at once, beyond which grpc refuses new ones (RESOURCE_EXHAUSTED)
@@ -199,13 +201,15 @@ class ModelServer:
         # batch (see `handler_pool`)
         runners = min(threads, grpc_threads(None)) if self.options.batching else threads
         pool = HandlerPool(runners, threads, "sealserve-grpc")
+        arguments: dict[str, int | str] = {
+            "grpc.max_receive_message_length": limit,
+            "grpc.max_send_message_length": limit,
+            **dict(grpc_delivery.keepalive_options(self.options.grpc_send_timeout_seconds)),
+            **dict(self.options.grpc_channel_arguments),  # the operator's last: they win
+        }
         server = grpc.server(
             pool,
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                *grpc_delivery.keepalive_options(self.options.grpc_send_timeout_seconds),
-            ],
+            options=list(arguments.items()),
             maximum_concurrent_rpcs=self.options.grpc_max_concurrent_rpcs,
         )
         self._health = grpc_service.add_services(
