@@ -27,16 +27,16 @@ from sealserve.serving.request_budget import Reservation
 
 log = logging.getLogger(__name__)
 
-# answers below this many bytes are not followed (1024 calls at most hold 64 MiB of them)
+# answers below this many bytes are not followed (1024 calls, the default most, hold 64 MiB)
 SMALL_ANSWER_BYTES = 64 << 10
 SWEEP_SECONDS = 1.0  # an idle sweeper looks again this often
 SEND_TIMEOUT_SECONDS = 60.0  # by default (--grpc_send_timeout_seconds)
 
 
 def keepalive_options(timeout_seconds: float) -> list[tuple[str, int]]:
-    """grpc server options that ping each connection after `timeout_seconds` without
-    traffic and close it if the ping is not answered within as long again: a client that
-    stopped reading its socket never answers."""
+    """grpc server options that ping a connection with calls open after `timeout_seconds`
+    without traffic, and close it if the ping is not answered within as long again: a client
+    that stopped reading its socket never answers. (Idle connections are not pinged.)"""
     milliseconds = max(1, round(timeout_seconds * 1000))
     return [
         ("grpc.keepalive_time_ms", milliseconds),
