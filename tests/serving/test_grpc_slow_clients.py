@@ -69,7 +69,7 @@ METHODS = [
 ]
 
 
-def _every_kind_of_call(stubs: tuple) -> dict[str, object]:  # noqa: ANN001
+def _every_kind_of_call(stubs: tuple) -> dict[str, object]:
     """One call of each kind a client relies on, answered (or raising)."""
     predict, models, health = stubs
     big = predict_pb2.PredictRequest()  # large: answered in a handler thread, not inline
