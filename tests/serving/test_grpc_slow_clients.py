@@ -142,6 +142,9 @@ def test_a_call_closed_without_its_message_is_answered_as_grpc_does(
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 SEND_TIMEOUT = 4.0
 ANSWER_VALUES = 4_000_000  # a 16 MB answer: more than a connection's socket buffers take
+# to a client stopped once its request has arrived: the larger, the longer the server takes
+# to answer, so the client is stopped before it could read the answer whole
+STOPPED_ANSWER_VALUES = 8_000_000
 
 
 @pytest.fixture(scope="module")
@@ -158,19 +161,19 @@ def impatient(model_root: Path) -> Iterator[RunningServer]:
     server.stop()
 
 
-def _large_answer_request() -> predict_pb2.PredictRequest:
+def _large_answer_request(values: int = ANSWER_VALUES) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "half_plus_two"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(ANSWER_VALUES, np.float32)))
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(values, np.float32)))
     return request
 
 
-def _answer_bytes() -> int:
+def _answer_bytes(values: int = ANSWER_VALUES) -> int:
     """What the server charges the answer to `_large_answer_request`."""
     return (
         grpc_service.RESPONSE_OVERHEAD_BYTES
         + grpc_service.TENSOR_OVERHEAD_BYTES
-        + tensor_proto.encoded_bytes_estimate(np.ones(ANSWER_VALUES, np.float32))
+        + tensor_proto.encoded_bytes_estimate(np.ones(values, np.float32))
     )
 
 
@@ -250,11 +253,12 @@ def test_an_answer_to_a_client_that_stopped_reading_is_dropped_with_its_connecti
     )
     try:
         assert client.stdin is not None and client.stdout is not None
-        client.stdin.write(_large_answer_request().SerializeToString())
+        client.stdin.write(_large_answer_request(STOPPED_ANSWER_VALUES).SerializeToString())
         client.stdin.close()
         assert until(lambda: budget.in_flight > 0)  # the request has arrived whole
         client.send_signal(signal.SIGSTOP)
-        assert until(lambda: budget.in_flight == _answer_bytes())  # handler done, unread
+        # the handler is done; its answer unread
+        assert until(lambda: budget.in_flight == _answer_bytes(STOPPED_ANSWER_VALUES))
         assert until(lambda: budget.in_flight == 0)  # the connection closed
         client.send_signal(signal.SIGCONT)
         assert client.stdout.read().decode().strip() in ("UNAVAILABLE", "CANCELLED")
