@@ -83,33 +83,26 @@ def _reachable_ops(
 ) -> Iterator[str]:
     """The op types of every node that runs to compute `outputs` when the tensors `fed` are
     given (the graph is cut there, as a Session cuts it), and of every node of every function
-    those nodes call (a function is looked into once)."""
+    those nodes call, however deep (each function looked into once; no recursion, so a
+    graph's nesting cannot exhaust the stack)."""
     seen: set[str] = set()
     pending = [t for t in outputs if t not in fed]
-    called: set[str] = set()
+    running = []
     while pending:
         name = pending.pop().lstrip("^").split(":", 1)[0]
-        if name in seen:
-            continue
-        seen.add(name)
-        node = nodes[name]
+        if name not in seen:
+            seen.add(name)
+            running.append(nodes[name])
+            pending.extend(t for t in map(_tensor, nodes[name].input) if t not in fed)
+    called: set[str] = set()
+    while running:
+        node = running.pop()
         if node.op not in functions:  # a call of a function: its nodes are what runs
             yield node.op
-        pending.extend(t for t in map(_tensor, node.input) if t not in fed)
         for function in _called(node, functions):
             if function not in called:
                 called.add(function)
-                yield from _function_ops(functions[function], functions, called)
-
-
-def _function_ops(function: Any, functions: dict[str, Any], called: set[str]) -> Iterator[str]:
-    for node in function.node_def:  # a function's every node (its outputs use most)
-        if node.op not in functions:
-            yield node.op
-        for inner in _called(node, functions):
-            if inner not in called:
-                called.add(inner)
-                yield from _function_ops(functions[inner], functions, called)
+                running.extend(functions[function].node_def)  # its every node
 
 
 def _called(node: Any, functions: dict[str, Any]) -> Iterator[str]:
