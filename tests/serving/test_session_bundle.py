@@ -151,6 +151,7 @@ def test_a_signature_becomes_quick_after_quick_runs_only(half_plus_two, monkeypa
         1,
         {"serving_default": lambda inputs, quick: {"y": inputs["x"]}},
         servable.signature_defs,
+        bounded=frozenset({"serving_default"}),  # only its run time may keep it from quick
     )
     slow_servable.run("serving_default", {"x": np.asarray([1.0], np.float32)})
     assert not slow_servable.quick("serving_default")

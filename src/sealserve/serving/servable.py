@@ -72,11 +72,10 @@ class Servable:
         runners: dict[str, Runner],
         signature_defs: dict[str, Any],
         resources: Any = None,
-        bounded: frozenset[str] | None = None,
+        bounded: frozenset[str] = frozenset(),
     ) -> None:
         """`bounded`: the signatures whose runs cost no more than their inputs' sizes say
-        (`bounded_ops`), the only ones that may be `quick`; None: every one (runners that
-        are not a model's graph)."""
+        (`bounded_ops`), the only ones that may be `quick` (none unless said)."""
         self.name = name
         self.version = version
         self.signature_defs = signature_defs  # SignatureDef protos, for the metadata API
@@ -138,7 +137,7 @@ class Servable:
         """Whether recent runs of signature `key` take under `QUICK_RUN_SECONDS` (False
         until it has run) and no input can make one take much longer (`bounded`): such runs
         may be made without a trip to a thread."""
-        if self._bounded is not None and key not in self._bounded:
+        if key not in self._bounded:
             return False
         return self._fast_run.get(key, QUICK_RUN_SECONDS) < QUICK_RUN_SECONDS
 
