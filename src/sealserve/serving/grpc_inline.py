@@ -171,13 +171,25 @@ def message_first(handler: grpc.GenericRpcHandler, pool: Executor) -> grpc.Gener
     return _MessageFirst(handler, pool)
 
 
-def message_first_methods(
-    handlers: dict[str, grpc.RpcMethodHandler], pool: Executor
-) -> dict[str, grpc.RpcMethodHandler]:
-    """`message_first` for a service's method handlers by name (grpc's registered methods)."""
-    if not available():
-        return handlers
-    return {name: _placed_in(handler, pool) for name, handler in handlers.items()}
+class MessageFirstRegistry:
+    """What grpc's generated `add_*_to_server` functions register on instead of the server:
+    the handlers they add (generic and by method name), as `message_first` gives them."""
+
+    def __init__(self, server: grpc.Server, pool: Executor) -> None:
+        self._server = server
+        self._pool = pool
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(message_first(handler, self._pool) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        if available():
+            handlers = {name: _placed_in(h, self._pool) for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, handlers)
 
 
 class _MessageFirst(grpc.GenericRpcHandler):

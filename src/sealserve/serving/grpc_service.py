@@ -392,7 +392,7 @@ def add_services(
     prediction.Predict = grpc_inline.inline_when(  # type: ignore[method-assign,assignment]
         prediction.Predict, handler_pool, prediction.place_predict
     )
-    registry = _MessageFirstRegistry(server, handler_pool)
+    registry = grpc_inline.MessageFirstRegistry(server, handler_pool)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, registry)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(dataplane, metrics, management), registry
@@ -403,27 +403,6 @@ def add_services(
     set_health(servicer, dataplane.ready())
     health_pb2_grpc.add_HealthServicer_to_server(servicer, registry)
     return servicer
-
-
-class _MessageFirstRegistry:
-    """What grpc's generated `add_*_to_server` functions register on instead of the server:
-    the handlers they add, as `grpc_inline.message_first` gives them."""
-
-    def __init__(self, server: grpc.Server, pool: HandlerPool) -> None:
-        self._server = server
-        self._pool = pool
-
-    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
-        self._server.add_generic_rpc_handlers(
-            tuple(grpc_inline.message_first(handler, self._pool) for handler in handlers)
-        )
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
-    ) -> None:
-        self._server.add_registered_method_handlers(
-            service, grpc_inline.message_first_methods(handlers, self._pool)
-        )
 
 
 def set_health(servicer: health.HealthServicer, ready: bool) -> None:
